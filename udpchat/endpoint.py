@@ -1,0 +1,338 @@
+"""The sans-IO protocol endpoints: ServerEndpoint (many sessions) and ClientEndpoint.
+
+Feed datagrams in with receive_datagram(data, ..., now), ask datagrams_to_send(now),
+drain next_event(), and call handle_timer(now) at get_timer(). Nothing here reads a
+clock, opens a socket or imports Twisted; `now` is Unix time in seconds (it also
+stamps Fernet tokens). Nothing that arrives can make these methods raise: every
+rejected datagram is dropped without a reply and counted in `stats` by reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import hmac
+import itertools
+from collections import deque
+
+from . import events, wire
+from .handshake import (
+    FERNET_MAX_CLOCK_SKEW_S,
+    ZERO_TAG,
+    HandshakeRejected,
+    new_session_id,
+    parse_initiation,
+    respond,
+)
+from .limits import MAX_DATAGRAM_BYTES, ProtocolConfig
+from .ratelimit import AddressRateLimiter, BoundedExpiringSet
+from .reliability import MessageTooLarge, QueueFull
+from .session import Session
+from .stats import DropStats
+
+__all__ = [
+    "ClientEndpoint",
+    "MessageTooLarge",
+    "NotConnected",
+    "QueueFull",
+    "ServerEndpoint",
+    "UnknownSession",
+]
+
+INIT_BYTES = 1 + wire.FERNET_OVERHEAD_BYTES + (wire.INIT_PLAINTEXT_BYTES // 16 + 1) * 16
+MIN_DATA_BYTES = wire.DATA_HEADER_BYTES + wire.MIN_FERNET_BYTES
+
+
+class UnknownSession(KeyError):
+    """send() or close_session() named a session that does not exist (any more)."""
+
+
+class NotConnected(Exception):
+    """ClientEndpoint.send() before connect(), or after the session ended."""
+
+
+class _Endpoint:
+    """What both sides share: keys, events, stats, and the timer heap."""
+
+    def __init__(self, psk: bytes, config: ProtocolConfig) -> None:
+        self._config = config
+        self._psk32 = wire.psk_raw(psk)
+        self._f_hs = wire.fernet_key(wire.handshake_key(self._psk32))
+        self._events: deque[events.Event] = deque()
+        self._message_ids = itertools.count()
+        self.stats = DropStats()
+
+    def next_event(self) -> events.Event | None:
+        return self._events.popleft() if self._events else None
+
+    def _emit(self, event: events.Event) -> None:
+        self._events.append(event)
+
+    def _new_session(
+        self, session_id: bytes, *, initiator: bool, now: float, addr: object
+    ) -> Session:
+        return Session(
+            session_id,
+            initiator=initiator,
+            config=self._config,
+            stats=self.stats,
+            emit=self._emit,
+            now=now,
+            addr=addr,
+        )
+
+
+class ServerEndpoint(_Endpoint):
+    """The responder side: sessions keyed by their random id, never by address."""
+
+    def __init__(
+        self, psk: bytes, config: ProtocolConfig = ProtocolConfig(), max_sessions: int = 1024
+    ) -> None:
+        super().__init__(psk, config)
+        self.max_sessions = max_sessions
+        self._sessions: dict[bytes, Session] = {}
+        self._dirty: dict[bytes, None] = {}  # sessions with something to flush, in order
+        self._timers: list[tuple[float, int, bytes]] = []
+        self._timer_order = itertools.count()
+        # A replayed message 1 is caught here while it is still fresh enough to pass.
+        self._seen_ephemerals = BoundedExpiringSet(
+            config.handshake_cache_max, config.handshake_ttl_s + FERNET_MAX_CLOCK_SKEW_S
+        )
+        self._handshake_limiter = AddressRateLimiter(
+            config.handshake_rate_per_s,
+            config.handshake_burst,
+            config.rate_limiter_max_addresses,
+        )
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def session_address(self, session_id: bytes) -> events.Address:
+        return self._sessions[session_id].addr
+
+    # -- input -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: events.Address, now: float) -> None:
+        try:
+            self._receive(data, addr, now)
+        except Exception:  # a bug must not let a datagram kill the daemon
+            self.stats.drop("internal-error")
+
+    def _receive(self, data: bytes, addr: events.Address, now: float) -> None:
+        if len(data) > MAX_DATAGRAM_BYTES:
+            self.stats.drop("too-large")
+        elif not data:
+            self.stats.drop("short")
+        elif data[0] == wire.DATA:
+            if len(data) < MIN_DATA_BYTES:
+                self.stats.drop("short")
+                return
+            session = self._sessions.get(data[1 : 1 + wire.SESSION_ID_BYTES])
+            if session is None:
+                self.stats.drop("unknown-session")
+                return
+            session.receive_data(data, addr, now)
+            self._touch(session)
+        elif data[0] == wire.HANDSHAKE_INIT:
+            if len(data) != INIT_BYTES:
+                self.stats.drop("short" if len(data) < INIT_BYTES else "bad-length")
+                return
+            try:
+                self._receive_init(data, addr, now)
+            except HandshakeRejected as rejected:
+                self.stats.drop(rejected.reason)
+        else:
+            self.stats.drop("unknown-type")
+
+    def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
+        init = parse_initiation(self._f_hs, data, now, self._config.handshake_ttl_s)
+        if not self._seen_ephemerals.add(init.ephemeral, now):
+            full = not self._seen_ephemerals.contains(init.ephemeral, now)
+            raise HandshakeRejected("handshake-cache-full" if full else "replayed-handshake")
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        if not self._handshake_limiter.allow(host, now):
+            raise HandshakeRejected("rate-limited")
+        session = self._sessions.get(init.session_id)
+        if session is None:
+            if init.resume_tag != ZERO_TAG or init.epoch != 0:
+                raise HandshakeRejected("unknown-session")
+            if len(self._sessions) >= self.max_sessions:
+                raise HandshakeRejected("server-full")
+        elif init.resume_tag == ZERO_TAG:
+            # Only a retry of a first handshake that never completed may reuse an id.
+            if session.established or init.epoch != 0:
+                raise HandshakeRejected("session-exists")
+        elif not self._resumes(session, init):
+            raise HandshakeRejected("bad-resume")
+        responded = respond(self._psk32, self._f_hs, data, init, now)
+        if session is None:
+            session = self._new_session(init.session_id, initiator=False, now=now, addr=addr)
+            self._sessions[init.session_id] = session
+        session.install(responded.keys, init.epoch, now, confirmed=False)
+        session.handshakes.append((responded.message, addr))
+        self._touch(session)
+
+    @staticmethod
+    def _resumes(session: Session, init: wire.Init) -> bool:
+        for keyset in session.resume_keysets():
+            expected = wire.resume_tag(keyset.resume, init.session_id, init.epoch, init.ephemeral)
+            if init.epoch == (keyset.epoch + 1) % 256 and hmac.compare_digest(
+                expected, init.resume_tag
+            ):
+                return True
+        return False
+
+    # -- output ------------------------------------------------------------------
+
+    def send(self, session_id: bytes, payload: bytes, now: float) -> int:
+        """Queue one message for reliable delivery; returns its message id."""
+        session = self._sessions.get(session_id)
+        if session is None or session.ended or not session.established:
+            raise UnknownSession(session_id)
+        message_id = next(self._message_ids)
+        session.queue(payload, message_id)
+        self._touch(session)
+        return message_id
+
+    def close_session(self, session_id: bytes, now: float) -> None:
+        """End a session, telling the peer once (best effort)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        session.close(now)
+        self._touch(session)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, events.Address]]:
+        out: list[tuple[bytes, events.Address]] = []
+        dirty, self._dirty = self._dirty, {}
+        for session_id in dirty:
+            session = self._sessions.get(session_id)
+            if session is None:
+                continue
+            out.extend(session.handshakes)
+            session.handshakes.clear()
+            out.extend((d, session.addr) for d in session.flush(now))
+            if session.ended:
+                del self._sessions[session_id]
+            else:
+                self._schedule(session)
+        return out
+
+    # -- timers ------------------------------------------------------------------
+
+    def _touch(self, session: Session) -> None:
+        self._dirty[session.session_id] = None
+        self._schedule(session)
+
+    def _schedule(self, session: Session) -> None:
+        deadline = session.next_deadline()
+        if deadline != session.scheduled:
+            session.scheduled = deadline
+            if deadline is not None:
+                heapq.heappush(
+                    self._timers, (deadline, next(self._timer_order), session.session_id)
+                )
+
+    def _current(self, entry: tuple[float, int, bytes]) -> Session | None:
+        session = self._sessions.get(entry[2])
+        if session is None or session.scheduled != entry[0]:
+            return None
+        return session
+
+    def get_timer(self) -> float | None:
+        while self._timers and self._current(self._timers[0]) is None:
+            heapq.heappop(self._timers)  # superseded: lazy deletion keeps this O(log n)
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        due: list[Session] = []
+        while self._timers and self._timers[0][0] <= now:
+            session = self._current(heapq.heappop(self._timers))
+            if session is not None:
+                session.scheduled = None
+                due.append(session)
+        for session in due:
+            session.handle_timer(now)
+            self._touch(session)
+
+
+class ClientEndpoint(_Endpoint):
+    """The initiator side: one session to one server at a time."""
+
+    def __init__(self, psk: bytes, config: ProtocolConfig = ProtocolConfig()) -> None:
+        super().__init__(psk, config)
+        self._session: Session | None = None
+
+    @property
+    def session_id(self) -> bytes | None:
+        return None if self._session is None else self._session.session_id
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and self._session.established and not self._session.ended
+
+    @property
+    def idle(self) -> bool:
+        """No message is queued or waiting for its acknowledgement."""
+        return self._session is None or self._session.idle
+
+    def connect(self, now: float) -> None:
+        """Start a new session (a fresh id and handshake); ends any current one silently."""
+        if self._session is not None and not self._session.ended:
+            self._session.close(now)
+        session = self._new_session(new_session_id(), initiator=True, now=now, addr=None)
+        session.start_handshake(self._psk32, self._f_hs, now)
+        self._session = session
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        try:
+            self._receive(data, now)
+        except Exception:  # a bug must not let a datagram kill the client
+            self.stats.drop("internal-error")
+
+    def _receive(self, data: bytes, now: float) -> None:
+        session = self._session
+        if len(data) > MAX_DATAGRAM_BYTES:
+            self.stats.drop("too-large")
+        elif not data:
+            self.stats.drop("short")
+        elif session is None or session.ended:
+            self.stats.drop("unknown-session")
+        elif data[1 : 1 + wire.SESSION_ID_BYTES] != session.session_id:
+            self.stats.drop("unknown-session")
+        elif data[0] == wire.HANDSHAKE_RESPONSE:
+            session.receive_response(data, now)
+        elif data[0] == wire.DATA and len(data) >= MIN_DATA_BYTES:
+            session.receive_data(data, None, now)
+        else:
+            self.stats.drop("unknown-type" if data[0] != wire.DATA else "short")
+
+    def send(self, payload: bytes, now: float) -> int:
+        """Queue one message (sent once the handshake completes); returns its id."""
+        if self._session is None or self._session.ended:
+            raise NotConnected("no session: call connect() first")
+        message_id = next(self._message_ids)
+        self._session.queue(payload, message_id)
+        return message_id
+
+    def close(self, now: float) -> None:
+        """End the session, telling the server once (best effort)."""
+        if self._session is not None:
+            self._session.close(now)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        session = self._session
+        if session is None:
+            return []
+        out = [d for d, _ in session.handshakes]
+        session.handshakes.clear()
+        out.extend(session.flush(now))
+        return out
+
+    def get_timer(self) -> float | None:
+        return None if self._session is None else self._session.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        if self._session is not None:
+            deadline = self._session.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._session.handle_timer(now)

@@ -1,0 +1,94 @@
+"""Events the protocol core hands to the application (small immutable records)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Address = Any  # whatever the transport uses, e.g. ("127.0.0.1", 12345)
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """A handshake completed; the session can carry messages."""
+
+    session_id: bytes
+    addr: Address
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """An application message, delivered exactly once and in the sender's order."""
+
+    session_id: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class MessageDelivered:
+    """The peer acknowledged message `message_id` (as returned by send())."""
+
+    session_id: bytes
+    message_id: int
+
+
+@dataclass(frozen=True)
+class MessageNotDelivered:
+    """Message `message_id` was not acknowledged and never will be.
+
+    reason: "give-up" (unacknowledged for give_up_s) or "session-ended" (the session
+    ended first; the peer may or may not have received it only if it crashed).
+    """
+
+    session_id: bytes
+    message_id: int
+    payload: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionRoamed:
+    """Authentic, fresh data came from a new address; replies go there now."""
+
+    session_id: bytes
+    old_addr: Address
+    new_addr: Address
+
+
+@dataclass(frozen=True)
+class SessionRekeyed:
+    """A new key epoch is in use; the old keys are forgotten after key_grace_s."""
+
+    session_id: bytes
+    epoch: int
+
+
+@dataclass(frozen=True)
+class KeepaliveSent:
+    """The session was idle for keepalive_s and sent a keepalive."""
+
+    session_id: bytes
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The session is gone.
+
+    reason: "timeout" (peer silent for session_expiry_s), "closed" (peer said so),
+    "local-close" (we closed it), "stalled" (a message hit give_up_s).
+    """
+
+    session_id: bytes
+    reason: str
+
+
+Event = (
+    SessionStarted
+    | MessageReceived
+    | MessageDelivered
+    | MessageNotDelivered
+    | SessionRoamed
+    | SessionRekeyed
+    | KeepaliveSent
+    | SessionEnded
+)

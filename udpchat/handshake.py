@@ -1,0 +1,138 @@
+"""The two-message handshake: ephemeral X25519 authenticated by the pre-shared key.
+
+Shaped like Noise NNpsk0: the initiator sends a fresh ephemeral public key, the
+responder answers with its own, and both derive per-direction session keys from the
+X25519 secret with the PSK and the transcript mixed in. Both messages are Fernet
+tokens under a key derived from the PSK, so nothing without the key gets an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from . import wire
+from .wire import Init, Malformed, Response, SessionKeys
+
+ZERO_TAG = bytes(wire.RESUME_TAG_BYTES)
+
+#: cryptography's Fernet refuses tokens stamped further in the future than this.
+FERNET_MAX_CLOCK_SKEW_S = 60
+
+
+class HandshakeRejected(Exception):
+    """A handshake message failed a check; `reason` names it for the drop counters."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _exchange(private: X25519PrivateKey, peer: bytes) -> bytes:
+    try:
+        # cryptography raises ValueError for low-order points (all-zero secret).
+        return private.exchange(X25519PublicKey.from_public_bytes(peer))
+    except ValueError as exc:
+        raise HandshakeRejected("bad-point") from exc
+
+
+def open_handshake(f_hs: Fernet, token: bytes, now: float, ttl_s: float) -> bytes:
+    """Authenticate a handshake token and check its freshness; return the plaintext."""
+    try:
+        plaintext, timestamp = wire.open_token(f_hs, token)
+    except InvalidToken as exc:
+        raise HandshakeRejected("bad-token") from exc
+    if timestamp + ttl_s < now:
+        raise HandshakeRejected("stale-handshake")
+    if timestamp > now + FERNET_MAX_CLOCK_SKEW_S:
+        raise HandshakeRejected("future-handshake")
+    return plaintext
+
+
+class Initiator:
+    """One attempt at a handshake, from the client's side.
+
+    A retry is a new Initiator with a new ephemeral key, never the same message 1
+    again: the responder drops repeated ephemerals as replays.
+    """
+
+    def __init__(
+        self,
+        psk32: bytes,
+        f_hs: Fernet,
+        session_id: bytes,
+        epoch: int,
+        now: float,
+        resume_key: bytes | None = None,
+    ) -> None:
+        self._psk32 = psk32
+        self._f_hs = f_hs
+        self.session_id = session_id
+        self.epoch = epoch
+        self._private: X25519PrivateKey | None = X25519PrivateKey.generate()
+        ephemeral = _public_bytes(self._private)
+        tag = ZERO_TAG
+        if resume_key is not None:
+            tag = wire.resume_tag(resume_key, session_id, epoch, ephemeral)
+        self.message = wire.build_init(f_hs, Init(session_id, epoch, ephemeral, tag), now)
+
+    def receive_response(self, datagram: bytes, now: float, ttl_s: float) -> SessionKeys:
+        """Check message 2 against our message 1 and derive the session keys."""
+        if self._private is None:
+            raise HandshakeRejected("handshake-done")
+        sid = datagram[1 : 1 + wire.SESSION_ID_BYTES]
+        token = datagram[1 + wire.SESSION_ID_BYTES :]
+        plaintext = open_handshake(self._f_hs, token, now, ttl_s)
+        try:
+            response = wire.parse_response(plaintext)
+        except Malformed as exc:
+            raise HandshakeRejected("bad-handshake") from exc
+        if (
+            sid != self.session_id
+            or response.session_id != self.session_id
+            or response.epoch != self.epoch
+            or response.init_hash != hashlib.sha256(self.message).digest()
+        ):
+            raise HandshakeRejected("unbound-response")
+        shared = _exchange(self._private, response.ephemeral)
+        self._private = None  # used once, then forgotten
+        return wire.session_keys(self._psk32, shared, self.message, datagram)
+
+
+def parse_initiation(f_hs: Fernet, datagram: bytes, now: float, ttl_s: float) -> Init:
+    """Authenticate and parse a message 1 (the responder's first step)."""
+    plaintext = open_handshake(f_hs, datagram[1:], now, ttl_s)
+    try:
+        return wire.parse_init(plaintext)
+    except Malformed as exc:
+        raise HandshakeRejected("bad-handshake") from exc
+
+
+@dataclass(frozen=True)
+class Responded:
+    message: bytes  # message 2, to send back to the initiator's address
+    keys: SessionKeys
+
+
+def respond(psk32: bytes, f_hs: Fernet, datagram: bytes, init: Init, now: float) -> Responded:
+    """Answer an authenticated message 1 with a fresh ephemeral; derive the keys."""
+    private = X25519PrivateKey.generate()
+    shared = _exchange(private, init.ephemeral)
+    response = Response(
+        init.session_id, init.epoch, _public_bytes(private), hashlib.sha256(datagram).digest()
+    )
+    message = wire.build_response(f_hs, response, now)
+    return Responded(message, wire.session_keys(psk32, shared, datagram, message))
+
+
+def new_session_id() -> bytes:
+    return os.urandom(wire.SESSION_ID_BYTES)

@@ -1,0 +1,65 @@
+"""Every timer and limit of the udpchat wire protocol, in one place.
+
+docs/PROTOCOL.md quotes these values; tests shrink them through ProtocolConfig to
+exercise rekeys, expiry and give-up quickly on a fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: No datagram udpchat sends is larger than this (fits any path MTU >= 1280).
+MAX_DATAGRAM_BYTES = 1200
+#: Largest application message (one reliable message, one datagram, never split).
+MAX_PAYLOAD_BYTES = 1000
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Timers (seconds) and limits of one endpoint. Defaults are the protocol's."""
+
+    #: A handshake message 1 whose Fernet timestamp is older than this is dropped.
+    handshake_ttl_s: float = 30.0
+    #: First handshake retry; doubles per retry up to handshake_retry_max_s.
+    handshake_retry_s: float = 1.0
+    handshake_retry_max_s: float = 8.0
+    #: The initiator starts a new handshake when its keys are this old ...
+    rekey_after_s: float = 120.0
+    #: ... or after this many datagrams were sent or received under them.
+    rekey_after_datagrams: int = 1 << 16
+    #: Keys older than this are refused outright (a peer that never rekeys expires).
+    reject_after_s: float = 300.0
+    #: Replaced keys still decrypt stragglers for this long.
+    key_grace_s: float = 10.0
+    #: Send a keepalive when nothing was sent for this long (NAT-friendly: < 25 s).
+    keepalive_s: float = 10.0
+    #: A session with nothing authentic received for this long has ended.
+    session_expiry_s: float = 30.0
+    #: Acknowledge in-order data after at most this delay (out-of-order: at once).
+    ack_delay_s: float = 0.025
+    #: Retransmission timeout (RFC 6298 shape), clamped to [min, max].
+    initial_rto_s: float = 1.0
+    min_rto_s: float = 0.2
+    max_rto_s: float = 8.0
+    #: A message unacknowledged this long after its first transmission ends the
+    #: session: its stream can no longer stay in order. Longer than
+    #: session_expiry_s, so a silent peer ends the session first.
+    give_up_s: float = 60.0
+    #: Messages in flight, counted in sequence numbers from the oldest unacked one.
+    send_window: int = 64
+    #: Messages waiting behind the window; beyond it send() raises QueueFull.
+    send_queue_max: int = 1024
+    #: Out-of-order messages buffered ahead of the next expected one.
+    receive_window: int = 256
+    #: Selective-ack ranges carried in one ACK frame.
+    max_sack_ranges: int = 4
+    #: Handshake initiations accepted per source address (WireGuard's numbers).
+    handshake_rate_per_s: float = 20.0
+    handshake_burst: int = 5
+    #: New messages accepted per session; excess is not acknowledged (backpressure).
+    message_rate_per_s: float = 100.0
+    message_burst: int = 200
+    #: Recently seen initiator ephemerals remembered to drop replayed message 1s.
+    handshake_cache_max: int = 4096
+    #: Source addresses whose handshake rate is tracked.
+    rate_limiter_max_addresses: int = 4096

@@ -1,0 +1,231 @@
+"""Reliable, ordered, exactly-once delivery of messages over lossy datagrams.
+
+SendQueue numbers messages, keeps them until acknowledged and retransmits them on an
+RFC 6298 timer; ReceiveBuffer puts arriving messages back in order, drops duplicates
+and produces cumulative + selective acknowledgements. Both are independent of keys,
+so a rekey never loses or repeats a message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .limits import ProtocolConfig
+from .wire import Ack
+
+
+class QueueFull(Exception):
+    """send() was called with send_window + send_queue_max messages already pending."""
+
+
+class MessageTooLarge(ValueError):
+    """The payload does not fit one datagram (see MAX_PAYLOAD_BYTES)."""
+
+
+class RttEstimator:
+    """Smoothed RTT and retransmission timeout as in RFC 6298, clamped to the config."""
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self._config = config
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = config.initial_rto_s
+
+    def sample(self, rtt: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        rto = self.srtt + max(0.01, 4 * self.rttvar)
+        self.rto = min(max(rto, self._config.min_rto_s), self._config.max_rto_s)
+
+
+@dataclass
+class Outgoing:
+    """One message in the send queue."""
+
+    seq: int
+    message_id: int
+    payload: bytes
+    first_sent: float | None = None
+    last_sent: float = 0.0
+    transmissions: int = 0
+    lost: bool = True  # due for (re)transmission
+
+
+class SendQueue:
+    """Messages waiting for their first transmission or for an acknowledgement.
+
+    Loss is detected two ways, as in TCP with SACK and QUIC: a message sent before
+    one that was acknowledged, and older than 9/8 of the smoothed RTT, is lost; and
+    when the single retransmission timer (RTO) fires, everything in flight is. Each
+    RTO doubles the next one (exponential backoff) until an acknowledgement of new
+    data shows the path works again.
+    """
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self._config = config
+        self.rtt = RttEstimator(config)
+        self._next_seq = 0
+        self._waiting: deque[Outgoing] = deque()
+        self._in_flight: dict[int, Outgoing] = {}  # seq -> message, in seq order
+        self._backoff = 0
+        self.rto_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._waiting) + len(self._in_flight)
+
+    def push(self, payload: bytes, message_id: int) -> None:
+        if len(self) >= self._config.send_window + self._config.send_queue_max:
+            raise QueueFull("send queue is full")
+        self._waiting.append(Outgoing(self._next_seq, message_id, payload))
+        self._next_seq += 1
+
+    def _window_end(self) -> int:
+        """Sequence numbers below this may be in flight (window counted from the oldest)."""
+        oldest = next(iter(self._in_flight), None)
+        if oldest is None:
+            oldest = self._waiting[0].seq if self._waiting else self._next_seq
+        return oldest + self._config.send_window
+
+    def due(self, now: float) -> Iterator[Outgoing]:
+        """Messages to transmit now: retransmissions first, then new ones in the window."""
+        for message in self._in_flight.values():
+            if message.lost:
+                yield message
+        end = self._window_end()
+        while self._waiting and self._waiting[0].seq < end:
+            message = self._waiting.popleft()
+            self._in_flight[message.seq] = message
+            yield message
+
+    def has_due(self, now: float) -> bool:
+        if self._waiting and self._waiting[0].seq < self._window_end():
+            return True
+        return any(m.lost for m in self._in_flight.values())
+
+    def _rto(self) -> float:
+        return min(self.rtt.rto * 2**self._backoff, self._config.max_rto_s)
+
+    def sent(self, message: Outgoing, now: float) -> None:
+        """Record a transmission; arm the retransmission timer if it is not running."""
+        if message.first_sent is None:
+            message.first_sent = now
+        message.last_sent = now
+        message.transmissions += 1
+        message.lost = False
+        if self.rto_at is None:
+            self.rto_at = now + self._rto()
+
+    def unsend(self, message: Outgoing) -> None:
+        """A message taken from due() did not fit the datagram: it stays due."""
+        message.lost = True
+
+    def on_timer(self, now: float) -> None:
+        """The RTO fired: everything in flight is lost; back off."""
+        if self.rto_at is None or self.rto_at > now:
+            return
+        for message in self._in_flight.values():
+            message.lost = True
+        if self._rto() < self._config.max_rto_s:
+            self._backoff += 1
+        self.rto_at = None  # re-armed by the retransmissions
+
+    def on_ack(self, ack: Ack, now: float) -> list[Outgoing]:
+        """Remove acknowledged messages; take an RTT sample (Karn: first sends only)."""
+        acked = [m for seq, m in self._in_flight.items() if _covered(seq, ack)]
+        if not acked:
+            return acked
+        newest_clean: Outgoing | None = None
+        newest_sent = 0.0
+        for message in acked:
+            del self._in_flight[message.seq]
+            newest_sent = max(newest_sent, message.last_sent)
+            if message.transmissions == 1:
+                newest_clean = message
+        if newest_clean is not None:
+            self.rtt.sample(now - newest_clean.last_sent)
+        self._backoff = 0
+        threshold = 1.125 * (self.rtt.srtt or self.rtt.rto)
+        for message in self._in_flight.values():
+            if message.last_sent < newest_sent and message.last_sent + threshold <= now:
+                message.lost = True
+        self.rto_at = now + self._rto() if self._in_flight else None
+        return acked
+
+    def given_up(self, now: float) -> bool:
+        give_up = self._config.give_up_s
+        return any(
+            m.first_sent is not None and m.first_sent + give_up <= now
+            for m in self._in_flight.values()
+        )
+
+    def drain(self) -> list[Outgoing]:
+        """Everything still unacknowledged, in order; the queue is empty afterwards."""
+        rest = list(self._in_flight.values()) + list(self._waiting)
+        self._in_flight.clear()
+        self._waiting.clear()
+        self.rto_at = None
+        return rest
+
+    def next_deadline(self) -> float | None:
+        """When on_timer or given_up need a look (lost messages are flushed at once)."""
+        deadlines = [self.rto_at] if self.rto_at is not None else []
+        first = next(iter(self._in_flight.values()), None)
+        if first is not None and first.first_sent is not None:
+            # The oldest in flight was sent first (sequence order), so it gives up first.
+            deadlines.append(first.first_sent + self._config.give_up_s)
+        return min(deadlines) if deadlines else None
+
+    @property
+    def idle(self) -> bool:
+        return not self._in_flight and not self._waiting
+
+
+def _covered(seq: int, ack: Ack) -> bool:
+    if seq < ack.cumulative:
+        return True
+    return any(start <= seq < end for start, end in ack.ranges)
+
+
+class ReceiveBuffer:
+    """Reorders arriving messages and remembers what to acknowledge."""
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self._window = config.receive_window
+        self._max_ranges = config.max_sack_ranges
+        self.next_expected = 0
+        self._buffered: dict[int, bytes] = {}
+
+    def is_new(self, seq: int) -> bool:
+        """True for a message not seen before and inside the receive window."""
+        return (
+            self.next_expected <= seq < self.next_expected + self._window
+            and seq not in self._buffered
+        )
+
+    def is_duplicate(self, seq: int) -> bool:
+        return seq < self.next_expected or seq in self._buffered
+
+    def add(self, seq: int, payload: bytes) -> list[bytes]:
+        """Store a new message (see is_new); return those now deliverable in order."""
+        self._buffered[seq] = payload
+        ready = []
+        while self.next_expected in self._buffered:
+            ready.append(self._buffered.pop(self.next_expected))
+            self.next_expected += 1
+        return ready
+
+    def ack(self) -> Ack:
+        ranges: list[tuple[int, int]] = []
+        for seq in sorted(self._buffered):
+            if ranges and ranges[-1][1] == seq:
+                ranges[-1] = (ranges[-1][0], seq + 1)
+            elif len(ranges) < self._max_ranges:
+                ranges.append((seq, seq + 1))
+            else:
+                break
+        return Ack(self.next_expected, tuple(ranges))

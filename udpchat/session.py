@@ -1,0 +1,378 @@
+"""One udpchat session: its key epochs, its reliable message stream and its timers.
+
+The same class serves both sides. The initiator (client) drives handshakes and
+rekeys; the responder (server) answers them through its ServerEndpoint and only
+starts sending under a new key once the initiator has used it (key confirmation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from . import events, wire
+from .handshake import HandshakeRejected, Initiator
+from .limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
+from .ratelimit import TokenBucket
+from .reliability import MessageTooLarge, ReceiveBuffer, SendQueue
+from .replay import ReplayWindow
+from .stats import DropStats
+from .wire import Malformed, SessionKeys
+
+#: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
+#: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
+MAX_PLAINTEXT_BYTES = (
+    MAX_DATAGRAM_BYTES - wire.DATA_HEADER_BYTES - wire.FERNET_OVERHEAD_BYTES
+) // 16 * 16 - 1
+FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
+
+
+@dataclass
+class KeySet:
+    """The keys of one epoch, with the state that is tied to them."""
+
+    epoch: int
+    send: Fernet
+    receive: Fernet
+    resume: bytes
+    created: float
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
+    next_packet: int = 0
+    highest_received: int = -1
+    datagrams: int = 0  # sent + received, for rekey_after_datagrams
+    retire_at: float | None = None
+
+
+def _keyset(keys: SessionKeys, epoch: int, initiator: bool, now: float) -> KeySet:
+    mine, theirs = keys.initiator_to_responder, keys.responder_to_initiator
+    if not initiator:
+        mine, theirs = theirs, mine
+    return KeySet(epoch, wire.fernet_key(mine), wire.fernet_key(theirs), keys.resume, now)
+
+
+Emit = Callable[[events.Event], None]
+
+
+class Session:
+    """Keys, reliability and timers of one session (see module docstring)."""
+
+    def __init__(
+        self,
+        session_id: bytes,
+        *,
+        initiator: bool,
+        config: ProtocolConfig,
+        stats: DropStats,
+        emit: Emit,
+        now: float,
+        addr: events.Address = None,
+    ) -> None:
+        self.session_id = session_id
+        self.initiator = initiator
+        self.addr = addr
+        self._config = config
+        self._stats = stats
+        self._emit = emit
+        self._keys: dict[int, KeySet] = {}
+        self._send_epoch: int | None = None
+        self.pending_epoch: int | None = None  # responder: answered, not yet confirmed
+        self._sendq = SendQueue(config)
+        self._recvq = ReceiveBuffer(config)
+        self._message_bucket = TokenBucket(config.message_rate_per_s, config.message_burst, now)
+        self.last_received = now
+        self.last_sent = now
+        self._ack_due: float | None = None
+        self._ping_needed = False
+        self._close_pending = False
+        self.ended = False
+        self.handshakes: list[tuple[bytes, events.Address]] = []  # to send, with address
+        # initiator only
+        self._initiator: Initiator | None = None
+        self._handshake_retry_at: float | None = None
+        self._handshake_attempts = 0
+        self.scheduled: float | None = None  # the endpoint's timer bookkeeping
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        return self._send_epoch is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or unacknowledged."""
+        return self._sendq.idle
+
+    def keysets(self) -> list[KeySet]:
+        return list(self._keys.values())
+
+    # -- handshakes ------------------------------------------------------------
+
+    def start_handshake(self, psk32: bytes, f_hs: Fernet, now: float) -> None:
+        """Initiator: send a message 1 for the next epoch (or the first one)."""
+        current = self._keys.get(self._send_epoch) if self._send_epoch is not None else None
+        epoch = 0 if current is None else (current.epoch + 1) % 256
+        resume = None if current is None else current.resume
+        self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, now, resume)
+        self.handshakes.append((self._initiator.message, self.addr))
+        delay = self._config.handshake_retry_s * 2**self._handshake_attempts
+        self._handshake_retry_at = now + min(delay, self._config.handshake_retry_max_s)
+        self._handshake_attempts += 1
+        self._psk32, self._f_hs = psk32, f_hs
+
+    def receive_response(self, datagram: bytes, now: float) -> None:
+        """Initiator: message 2 arrived; on success switch sending to the new keys."""
+        if self._initiator is None:
+            self._stats.drop("unexpected-response")
+            return
+        try:
+            keys = self._initiator.receive_response(datagram, now, self._config.handshake_ttl_s)
+        except HandshakeRejected as rejected:
+            self._stats.drop(rejected.reason)
+            return
+        epoch = self._initiator.epoch
+        self._initiator = None
+        self._handshake_retry_at = None
+        self._handshake_attempts = 0
+        first = self._send_epoch is None
+        self.install(keys, epoch, now, confirmed=True)
+        self.last_received = now
+        # Confirm the keys to the responder at once, even with nothing to say.
+        self._ping_needed = True
+        if first:
+            self._emit(events.SessionStarted(self.session_id, self.addr))
+        else:
+            self._emit(events.SessionRekeyed(self.session_id, epoch))
+
+    def install(self, keys: SessionKeys, epoch: int, now: float, *, confirmed: bool) -> None:
+        """Add the keys of a new epoch; confirmed ones are used for sending at once."""
+        self._keys[epoch] = _keyset(keys, epoch, self.initiator, now)
+        if confirmed:
+            self._promote(epoch, now)
+        else:
+            stale = self.pending_epoch
+            if stale is not None and stale != epoch:
+                self._keys.pop(stale, None)
+            self.pending_epoch = epoch
+
+    def _promote(self, epoch: int, now: float) -> None:
+        old = self._send_epoch
+        if old is not None and old != epoch:
+            self._keys[old].retire_at = now + self._config.key_grace_s
+        self._send_epoch = epoch
+        if self.pending_epoch == epoch:
+            self.pending_epoch = None
+
+    def resume_keysets(self) -> list[KeySet]:
+        """Keysets whose resume key may authenticate the next rekey (newest first)."""
+        return sorted(self._keys.values(), key=lambda k: k.created, reverse=True)
+
+    # -- sending -----------------------------------------------------------------
+
+    def queue(self, payload: bytes, message_id: int) -> None:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise MessageTooLarge(f"{len(payload)} bytes; at most {MAX_PAYLOAD_BYTES} fit")
+        self._sendq.push(payload, message_id)
+
+    def close(self, now: float) -> None:
+        """End the session now, telling the peer (once, best effort)."""
+        if self.ended:
+            return
+        self._close_pending = self.established
+        self._end("local-close")
+
+    def flush(self, now: float) -> list[bytes]:
+        """Data datagrams to send now (acks, messages, keepalive, close).
+
+        Handshake messages wait in `handshakes` with their addresses; the endpoint
+        sends those itself.
+        """
+        out: list[bytes] = []
+        if self._send_epoch is None:
+            return out
+        keyset = self._keys[self._send_epoch]
+        while True:
+            frames: list[bytes] = []
+            size = 0
+            if self._ack_due is not None and (
+                self._ack_due <= now or self._close_pending or self._sendq.has_due(now)
+            ):
+                frame = wire.encode_ack_frame(self._recvq.ack())
+                frames.append(frame)
+                size += len(frame)
+                self._ack_due = None
+            if not self.ended:
+                for message in self._sendq.due(now):
+                    frame = wire.encode_message_frame(message.seq, message.payload)
+                    if size + len(frame) > FRAMES_BUDGET_BYTES:
+                        self._sendq.unsend(message)
+                        break
+                    frames.append(frame)
+                    size += len(frame)
+                    self._sendq.sent(message, now)
+            if self._close_pending:
+                frames.append(wire.CLOSE_FRAME)
+                self._close_pending = False
+            if not frames and self._ping_needed:
+                frames.append(wire.PING_FRAME)
+            if not frames:
+                break
+            self._ping_needed = False
+            out.append(self._seal(keyset, b"".join(frames), now))
+        return out
+
+    def _seal(self, keyset: KeySet, frames: bytes, now: float) -> bytes:
+        header = wire.DATA_HEADER.pack(wire.DATA, self.session_id, keyset.epoch)
+        plaintext = header + wire.PACKET_NUMBER.pack(keyset.next_packet) + frames
+        keyset.next_packet += 1
+        keyset.datagrams += 1
+        self.last_sent = now
+        return header + wire.seal(keyset.send, plaintext, now)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def receive_data(self, datagram: bytes, addr: events.Address, now: float) -> None:
+        """Authenticate, de-duplicate and process one DATA datagram."""
+        keyset = self._keys.get(datagram[1 + wire.SESSION_ID_BYTES])
+        if keyset is None:
+            self._stats.drop("unknown-epoch")
+            return
+        if keyset.retire_at is not None and keyset.retire_at <= now:
+            self._stats.drop("retired-key")
+            return
+        if keyset.created + self._config.reject_after_s <= now:
+            self._stats.drop("key-expired")
+            return
+        try:
+            plaintext, _ = wire.open_token(keyset.receive, datagram[wire.DATA_HEADER_BYTES :])
+        except InvalidToken:
+            self._stats.drop("bad-token")
+            return
+        # Fernet has no associated data: the clear header must be repeated inside.
+        if plaintext[: wire.DATA_HEADER_BYTES] != datagram[: wire.DATA_HEADER_BYTES]:
+            self._stats.drop("header-mismatch")
+            return
+        try:
+            (packet,) = wire.PACKET_NUMBER.unpack_from(plaintext, wire.DATA_HEADER_BYTES)
+            body = plaintext[wire.DATA_HEADER_BYTES + wire.PACKET_NUMBER.size :]
+            frames = wire.decode_frames(body, self._config.max_sack_ranges)
+        except (Malformed, ValueError):
+            self._stats.drop("bad-frame")
+            return
+        if not keyset.replay.accept(packet):
+            self._stats.drop("replay")
+            return
+        # Authentic and fresh: only now may it change any state.
+        self.last_received = now
+        keyset.datagrams += 1
+        newest = packet > keyset.highest_received
+        keyset.highest_received = max(keyset.highest_received, packet)
+        if keyset.epoch == self.pending_epoch:
+            first = self._send_epoch is None
+            self._promote(keyset.epoch, now)
+            if first:
+                self._emit(events.SessionStarted(self.session_id, addr))
+            else:
+                self._emit(events.SessionRekeyed(self.session_id, keyset.epoch))
+        if newest and keyset.epoch == self._send_epoch and addr != self.addr:
+            old, self.addr = self.addr, addr
+            if not self.initiator and old is not None:
+                self._emit(events.SessionRoamed(self.session_id, old, addr))
+        self._process(frames, now)
+
+    def _process(self, frames: wire.Frames, now: float) -> None:
+        if frames.ack is not None:
+            for message in self._sendq.on_ack(frames.ack, now):
+                self._emit(events.MessageDelivered(self.session_id, message.message_id))
+        for seq, payload in frames.messages:
+            if self._recvq.is_new(seq):
+                if not self._message_bucket.allow(now):
+                    # Not acknowledged: the sender retransmits later (backpressure).
+                    self._stats.drop("message-rate")
+                    continue
+                in_order = seq == self._recvq.next_expected
+                for ready in self._recvq.add(seq, payload):
+                    self._emit(events.MessageReceived(self.session_id, ready))
+                due = now + self._config.ack_delay_s if in_order else now
+            elif self._recvq.is_duplicate(seq):
+                due = now  # our ack was probably lost: repeat it at once
+            else:
+                self._stats.drop("beyond-window")
+                continue
+            self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
+        if frames.close and not self.ended:
+            self._end("closed")
+
+    # -- timers ------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.ended:
+            return None
+        config = self._config
+        deadlines = [self.last_received + config.session_expiry_s]
+        if self._ack_due is not None:
+            deadlines.append(self._ack_due)
+        if self._handshake_retry_at is not None:
+            deadlines.append(self._handshake_retry_at)
+        if self.established:
+            deadlines.append(self.last_sent + config.keepalive_s)
+            retransmit = self._sendq.next_deadline()
+            if retransmit is not None:
+                deadlines.append(retransmit)
+            if self.initiator and self._initiator is None:
+                current = self._keys[self._send_epoch]
+                if current.datagrams >= config.rekey_after_datagrams:
+                    deadlines.append(current.created)  # due now
+                else:
+                    deadlines.append(current.created + config.rekey_after_s)
+        deadlines.extend(k.retire_at for k in self._keys.values() if k.retire_at is not None)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        if self.ended:
+            return
+        config = self._config
+        if self.last_received + config.session_expiry_s <= now:
+            self._end("timeout")
+            return
+        for keyset in [k for k in self._keys.values() if k.retire_at is not None]:
+            if keyset.retire_at is not None and keyset.retire_at <= now:
+                del self._keys[keyset.epoch]
+        self._sendq.on_timer(now)
+        if self._sendq.given_up(now):
+            self._close_pending = True
+            self._end("stalled", undelivered_reason="give-up")
+            return
+        if self.initiator:
+            if self._handshake_retry_at is not None and self._handshake_retry_at <= now:
+                self.handshakes.clear()
+                self.start_handshake(self._psk32, self._f_hs, now)
+            elif self._initiator is None and self.established and self._rekey_due(now):
+                self.start_handshake(self._psk32, self._f_hs, now)
+        if self.established and self.last_sent + config.keepalive_s <= now:
+            self._ping_needed = True
+            self._emit(events.KeepaliveSent(self.session_id))
+
+    def _rekey_due(self, now: float) -> bool:
+        assert self._send_epoch is not None
+        current = self._keys[self._send_epoch]
+        return (
+            current.created + self._config.rekey_after_s <= now
+            or current.datagrams >= self._config.rekey_after_datagrams
+        )
+
+    def _end(self, reason: str, undelivered_reason: str = "session-ended") -> None:
+        self.ended = True
+        self._initiator = None
+        self._handshake_retry_at = None
+        for message in self._sendq.drain():
+            self._emit(
+                events.MessageNotDelivered(
+                    self.session_id, message.message_id, message.payload, undelivered_reason
+                )
+            )
+        # A responder session nobody ever confirmed was never announced either.
+        if self.initiator or self.established:
+            self._emit(events.SessionEnded(self.session_id, reason))

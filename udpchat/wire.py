@@ -1,0 +1,265 @@
+"""Byte layouts of udpchat datagrams and frames, and the key derivations.
+
+Everything here is a pure function of its arguments; docs/PROTOCOL.md is the
+normative description of the same layouts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PROTOCOL_VERSION = 1
+
+# Datagram types: the first byte of every datagram, in the clear.
+HANDSHAKE_INIT = 0x01
+HANDSHAKE_RESPONSE = 0x02
+DATA = 0x03
+
+# Frame types inside a DATA datagram's plaintext.
+FRAME_MESSAGE = 0x01
+FRAME_ACK = 0x02
+FRAME_PING = 0x03
+FRAME_CLOSE = 0x04
+
+SESSION_ID_BYTES = 8
+PUBLIC_KEY_BYTES = 32
+RESUME_TAG_BYTES = 16
+#: Message 1 plaintext is zero-padded to this size so that message 1 on the wire is
+#: never shorter than message 2 (anti-amplification).
+INIT_PLAINTEXT_BYTES = 96
+#: version(1) + timestamp(8) + IV(16) + HMAC(32); the ciphertext adds 1..16 bytes.
+FERNET_OVERHEAD_BYTES = 57
+MIN_FERNET_BYTES = FERNET_OVERHEAD_BYTES + 16
+
+DATA_HEADER = struct.Struct("!B8sB")  # type, session id, key epoch
+DATA_HEADER_BYTES = DATA_HEADER.size  # 10
+PACKET_NUMBER = struct.Struct("!Q")
+MESSAGE_FRAME = struct.Struct("!BQH")  # type, sequence, payload length
+ACK_FRAME = struct.Struct("!BQB")  # type, cumulative (next expected), range count
+ACK_RANGE = struct.Struct("!QQ")  # [start, end)
+INIT_BODY = struct.Struct("!BB8sB32s16s")  # type, version, sid, epoch, e_i, resume tag
+RESPONSE_BODY = struct.Struct("!BB8sB32s32s")  # type, version, sid, epoch, e_r, H(msg1)
+
+LABEL_HANDSHAKE = b"udpchat v1 handshake key"
+LABEL_SESSION = b"udpchat v1 session keys"
+LABEL_RESUME = b"udpchat v1 resume"
+
+
+class Malformed(Exception):
+    """A datagram or frame does not parse; the caller drops it (never escapes the core)."""
+
+
+def fernet_key(raw32: bytes) -> Fernet:
+    """A Fernet instance from 32 raw key bytes (16 signing || 16 encryption)."""
+    return Fernet(base64.urlsafe_b64encode(raw32))
+
+
+def psk_raw(psk: bytes) -> bytes:
+    """The 32 raw bytes of a pre-shared key given as a Fernet key (urlsafe base64)."""
+    raw = base64.urlsafe_b64decode(psk)
+    if len(raw) != 32:
+        raise ValueError("a udpchat key is 32 bytes in urlsafe base64")
+    return raw
+
+
+def handshake_key(psk32: bytes) -> bytes:
+    """K_hs = HKDF-SHA256(ikm=PSK, salt=none, info=LABEL_HANDSHAKE), 32 bytes."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=LABEL_HANDSHAKE).derive(psk32)
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """Output of one handshake: a Fernet key per direction and the resume key."""
+
+    initiator_to_responder: bytes
+    responder_to_initiator: bytes
+    resume: bytes
+
+
+def session_keys(psk32: bytes, shared_secret: bytes, msg1: bytes, msg2: bytes) -> SessionKeys:
+    """HKDF-SHA256(ikm=DH, salt=PSK, info=LABEL_SESSION || SHA256(msg1 || msg2)), 96 bytes."""
+    transcript = hashlib.sha256(msg1 + msg2).digest()
+    okm = HKDF(hashes.SHA256(), 96, salt=psk32, info=LABEL_SESSION + transcript).derive(
+        shared_secret
+    )
+    return SessionKeys(okm[:32], okm[32:64], okm[64:])
+
+
+def resume_tag(resume_key: bytes, session_id: bytes, epoch: int, ephemeral: bytes) -> bytes:
+    """Proof, in a rekey message 1, that the initiator holds the session's keys."""
+    mac = hmac.new(resume_key, LABEL_RESUME + session_id + bytes([epoch]) + ephemeral, "sha256")
+    return mac.digest()[:RESUME_TAG_BYTES]
+
+
+def seal(f: Fernet, plaintext: bytes, now: float) -> bytes:
+    """A Fernet token in its binary form (urlsafe base64 decoded)."""
+    return base64.urlsafe_b64decode(f.encrypt_at_time(plaintext, int(now)))
+
+
+def open_token(f: Fernet, token: bytes) -> tuple[bytes, int]:
+    """Verify and decrypt a binary Fernet token; return (plaintext, timestamp).
+
+    Raises InvalidToken for anything that does not authenticate.
+    """
+    if len(token) < MIN_FERNET_BYTES or (len(token) - FERNET_OVERHEAD_BYTES) % 16:
+        raise InvalidToken
+    text = base64.urlsafe_b64encode(token)
+    plaintext = f.decrypt(text)
+    timestamp = int.from_bytes(token[1:9], "big")
+    return plaintext, timestamp
+
+
+# -- handshake messages -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Init:
+    session_id: bytes
+    epoch: int
+    ephemeral: bytes
+    resume_tag: bytes
+
+
+def build_init(f_hs: Fernet, init: Init, now: float) -> bytes:
+    body = INIT_BODY.pack(
+        HANDSHAKE_INIT,
+        PROTOCOL_VERSION,
+        init.session_id,
+        init.epoch,
+        init.ephemeral,
+        init.resume_tag,
+    )
+    body += bytes(INIT_PLAINTEXT_BYTES - len(body))
+    return bytes([HANDSHAKE_INIT]) + seal(f_hs, body, now)
+
+
+def parse_init(plaintext: bytes) -> Init:
+    if len(plaintext) != INIT_PLAINTEXT_BYTES:
+        raise Malformed("init size")
+    kind, version, sid, epoch, eph, tag = INIT_BODY.unpack_from(plaintext)
+    if kind != HANDSHAKE_INIT or version != PROTOCOL_VERSION:
+        raise Malformed("init type/version")
+    if any(plaintext[INIT_BODY.size :]):
+        raise Malformed("init padding")
+    return Init(sid, epoch, eph, tag)
+
+
+@dataclass(frozen=True)
+class Response:
+    session_id: bytes
+    epoch: int
+    ephemeral: bytes
+    init_hash: bytes
+
+
+def build_response(f_hs: Fernet, resp: Response, now: float) -> bytes:
+    body = RESPONSE_BODY.pack(
+        HANDSHAKE_RESPONSE,
+        PROTOCOL_VERSION,
+        resp.session_id,
+        resp.epoch,
+        resp.ephemeral,
+        resp.init_hash,
+    )
+    return bytes([HANDSHAKE_RESPONSE]) + resp.session_id + seal(f_hs, body, now)
+
+
+def parse_response(plaintext: bytes) -> Response:
+    if len(plaintext) != RESPONSE_BODY.size:
+        raise Malformed("response size")
+    kind, version, sid, epoch, eph, h1 = RESPONSE_BODY.unpack(plaintext)
+    if kind != HANDSHAKE_RESPONSE or version != PROTOCOL_VERSION:
+        raise Malformed("response type/version")
+    return Response(sid, epoch, eph, h1)
+
+
+# -- data datagrams and frames --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """All sequence numbers below `cumulative` were received, plus `ranges` [start, end)."""
+
+    cumulative: int
+    ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The decoded content of one DATA datagram."""
+
+    messages: tuple[tuple[int, bytes], ...] = ()
+    ack: Ack | None = None
+    ping: bool = False
+    close: bool = False
+
+
+def encode_message_frame(seq: int, payload: bytes) -> bytes:
+    return MESSAGE_FRAME.pack(FRAME_MESSAGE, seq, len(payload)) + payload
+
+
+def encode_ack_frame(ack: Ack) -> bytes:
+    out = [ACK_FRAME.pack(FRAME_ACK, ack.cumulative, len(ack.ranges))]
+    out.extend(ACK_RANGE.pack(start, end) for start, end in ack.ranges)
+    return b"".join(out)
+
+
+PING_FRAME = bytes([FRAME_PING])
+CLOSE_FRAME = bytes([FRAME_CLOSE, 0])
+
+
+def decode_frames(body: bytes, max_ranges: int) -> Frames:
+    """Parse the frames after the packet number; anything odd raises Malformed."""
+    messages: list[tuple[int, bytes]] = []
+    ack: Ack | None = None
+    ping = close = False
+    pos = 0
+    try:
+        while pos < len(body):
+            kind = body[pos]
+            if kind == FRAME_MESSAGE:
+                _, seq, length = MESSAGE_FRAME.unpack_from(body, pos)
+                pos += MESSAGE_FRAME.size
+                if pos + length > len(body):
+                    raise Malformed("message length")
+                messages.append((seq, body[pos : pos + length]))
+                pos += length
+            elif kind == FRAME_ACK and ack is None:
+                _, cumulative, count = ACK_FRAME.unpack_from(body, pos)
+                pos += ACK_FRAME.size
+                if count > max_ranges:
+                    raise Malformed("too many ack ranges")
+                ranges = []
+                for _ in range(count):
+                    start, end = ACK_RANGE.unpack_from(body, pos)
+                    pos += ACK_RANGE.size
+                    if not cumulative < start < end:
+                        raise Malformed("ack range")
+                    ranges.append((start, end))
+                ack = Ack(cumulative, tuple(ranges))
+            elif kind == FRAME_PING:
+                ping = True
+                pos += 1
+            elif kind == FRAME_CLOSE:
+                if pos + 2 > len(body):
+                    raise Malformed("close")
+                close = True
+                pos += 2
+            else:
+                raise Malformed("frame type")
+    except struct.error as exc:
+        raise Malformed("truncated frame") from exc
+    if not (messages or ack or ping or close):
+        raise Malformed("no frames")
+    return Frames(tuple(messages), ack, ping, close)
+
+
+__all__ = ["InvalidToken"]
