@@ -1,0 +1,445 @@
+"""Tests for udpchat.messages: the application message format, as a specification."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from udpchat import limits
+from udpchat.messages import (
+    APP_MAX_BYTES,
+    ERROR_CODES,
+    NICK_MAX_CHARS,
+    PART_REASONS,
+    ROOM_MAX_CHARS,
+    TEXT_MAX_BYTES,
+    Bye,
+    Error,
+    Hello,
+    Join,
+    JoinNotice,
+    Me,
+    MeOut,
+    Message,
+    MessageError,
+    Nick,
+    NickNotice,
+    Part,
+    PartNotice,
+    PrivateMsg,
+    PrivateMsgIn,
+    RoomCount,
+    RoomList,
+    Rooms,
+    Say,
+    SayOut,
+    Shutdown,
+    Welcome,
+    Who,
+    WhoList,
+    decode_client,
+    decode_server,
+    encode,
+    fold_nick,
+    normalize_room,
+    rooms_chunks,
+    text_error,
+    valid_nick,
+    valid_room,
+    who_chunks,
+)
+
+# --- strategies ----------------------------------------------------------------------
+
+NICK_RE = r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,23}"
+nicks = st.from_regex(NICK_RE, fullmatch=True)
+rooms = st.from_regex(r"[a-z0-9_-]{1,24}", fullmatch=True)
+client_ids = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)
+texts = st.text(
+    alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=100
+).filter(lambda t: len(t.encode()) <= TEXT_MAX_BYTES)
+# Text that JSON has to escape, to push encoded sizes towards their maximum.
+escaped_texts = st.text(alphabet='"\\', min_size=1, max_size=TEXT_MAX_BYTES)
+any_text = texts | escaped_texts
+timestamps = st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+
+client_messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(Hello, nicks, rooms, client_ids),
+    st.builds(Say, any_text),
+    st.builds(Me, any_text),
+    st.builds(PrivateMsg, nicks, any_text),
+    st.builds(Nick, nicks),
+    st.builds(Join, rooms),
+    st.just(Part()),
+    st.just(Who()),
+    st.just(Rooms()),
+    st.just(Bye()),
+)
+server_messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(Welcome, nicks, rooms),
+    st.builds(SayOut, rooms, nicks, any_text, timestamps),
+    st.builds(MeOut, rooms, nicks, any_text, timestamps),
+    st.builds(PrivateMsgIn, nicks, any_text),
+    st.builds(JoinNotice, rooms, nicks),
+    st.builds(PartNotice, rooms, nicks, st.sampled_from(sorted(PART_REASONS))),
+    st.builds(NickNotice, nicks, nicks),
+    st.builds(WhoList, rooms, st.lists(nicks, max_size=10).map(tuple), st.booleans()),
+    st.builds(
+        RoomList,
+        st.lists(st.builds(RoomCount, rooms, st.integers(0, 10**6)), max_size=10).map(tuple),
+        st.booleans(),
+    ),
+    st.builds(Error, st.sampled_from(sorted(ERROR_CODES)), any_text),
+    st.builds(Shutdown, any_text),
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+KNOWN_TYPES = [
+    "hello",
+    "say",
+    "me",
+    "msg",
+    "nick",
+    "join",
+    "part",
+    "who",
+    "rooms",
+    "bye",
+    "welcome",
+    "error",
+    "shutdown",
+]
+KNOWN_KEYS = [
+    "nick",
+    "room",
+    "client",
+    "text",
+    "to",
+    "from",
+    "old",
+    "new",
+    "reason",
+    "nicks",
+    "rooms",
+    "more",
+    "code",
+    "ts",
+    "history",
+]
+# Objects that look almost like messages: a known "t" and known keys, arbitrary values.
+message_like = st.builds(
+    lambda t, rest: {"t": t, **rest},
+    st.sampled_from(KNOWN_TYPES) | st.text(max_size=8),
+    st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=4), json_values, max_size=5),
+)
+
+
+def raw(obj: Any) -> bytes:
+    """Any JSON value, compactly encoded the way a (possibly hostile) peer could."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode_any(data: bytes) -> None:
+    """Both decoders, which must fail with MessageError only."""
+    for decode in (decode_client, decode_server):
+        try:
+            decode(data)
+        except MessageError as exc:
+            assert exc.code in ERROR_CODES
+            assert text_error(str(exc)) is None  # fit to send back as an error text
+
+
+# --- the wire form -------------------------------------------------------------------
+
+
+def test_app_max_bytes_equals_the_cores_max_payload() -> None:
+    """One application message must fit one payload of the protocol core."""
+    assert APP_MAX_BYTES == limits.MAX_PAYLOAD_BYTES
+
+
+def test_encode_is_compact_utf8_json_with_t_first() -> None:
+    """encode writes compact JSON, non-ASCII as UTF-8 (not \\u escapes), "t" first."""
+    assert encode(Say("héllo ☃")) == '{"t":"say","text":"héllo ☃"}'.encode()
+    assert encode(Hello("alice", "lobby", "0123456789abcdef")) == (
+        b'{"t":"hello","nick":"alice","room":"lobby","client":"0123456789abcdef"}'
+    )
+    assert encode(Part()) == b'{"t":"part"}'
+
+
+def test_private_message_in_uses_the_from_field() -> None:
+    """The server's "msg" names the sender in "from"; the client's names "to"."""
+    assert encode(PrivateMsgIn("bob", "hi")) == b'{"t":"msg","from":"bob","text":"hi"}'
+    assert decode_client(b'{"t":"msg","to":"bob","text":"hi"}') == PrivateMsg("bob", "hi")
+
+
+def test_history_lines_carry_ts_and_history_true() -> None:
+    """A replayed line has "ts" and "history": true; a live line has neither."""
+    live = b'{"t":"say","room":"lobby","nick":"al","text":"x"}'
+    assert encode(SayOut("lobby", "al", "x")) == live
+    line = SayOut("lobby", "al", "x", ts=1700000000.5)
+    assert line.history
+    assert json.loads(encode(line)) == {
+        "t": "say",
+        "room": "lobby",
+        "nick": "al",
+        "text": "x",
+        "ts": 1700000000.5,
+        "history": True,
+    }
+    assert decode_server(encode(line)) == line
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 1.0},  # no history
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "history": True},  # no ts
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 1.0, "history": False},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": -1.0, "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": "1", "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": True, "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 10**400, "history": True},
+    ],
+)
+def test_ts_and_history_are_both_there_or_both_absent(obj: dict[str, Any]) -> None:
+    """The "ts" field (a finite number >= 0) and "history": true come together or not at all."""
+    with pytest.raises(MessageError):
+        decode_server(raw(obj))
+
+
+def test_largest_server_message_fits_one_payload() -> None:
+    """The largest server->client message (a replayed line: 400 bytes of text that JSON
+    escapes to twice its size, nick and room at their maximum, the nick made of
+    escaped characters too, the longest float repr as ts) fits APP_MAX_BYTES."""
+    text = '"\\' * (TEXT_MAX_BYTES // 2)
+    assert len(text.encode()) == TEXT_MAX_BYTES
+    nick = "\\" * NICK_MAX_CHARS
+    room = "r" * ROOM_MAX_CHARS
+    ts = 2.2250738585072014e-308  # 23 characters, the longest repr of a float >= 0
+    assert len(repr(ts)) == 23
+    for msg in (SayOut(room, nick, text, ts), MeOut(room, nick, text, ts)):
+        data = encode(msg)
+        assert len(data) <= APP_MAX_BYTES
+        assert decode_server(data) == msg
+    assert len(encode(PrivateMsgIn(nick, text))) <= APP_MAX_BYTES
+    assert len(encode(PrivateMsg(nick, text))) <= APP_MAX_BYTES
+    assert len(encode(Error("already-there", text))) <= APP_MAX_BYTES
+
+
+@settings(max_examples=300)
+@given(client_messages)
+def test_client_messages_roundtrip(msg: Message) -> None:
+    """Every valid client message encodes within APP_MAX_BYTES and decodes to itself."""
+    data = encode(msg)
+    assert len(data) <= APP_MAX_BYTES
+    assert decode_client(data) == msg
+
+
+@settings(max_examples=300)
+@given(server_messages)
+def test_server_messages_roundtrip(msg: Message) -> None:
+    """Every valid server message encodes within APP_MAX_BYTES and decodes to itself."""
+    data = encode(msg)
+    assert len(data) <= APP_MAX_BYTES
+    assert decode_server(data) == msg
+
+
+# --- strict decoding -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\xff\xfe", "bad-message"),  # not UTF-8
+        ('{"t":"say","text":"\udcff"}'.encode("utf-8", "surrogatepass"), "bad-message"),
+        (b"", "bad-message"),
+        (b"not json", "bad-message"),
+        (b'["say"]', "bad-message"),  # not an object
+        (b'"say"', "bad-message"),
+        (b"{}", "bad-message"),  # no "t"
+        (b'{"t":5}', "bad-message"),
+        (b'{"t":"shout","text":"x"}', "bad-message"),  # unknown type
+        (b'{"t":"welcome","nick":"a","room":"b"}', "bad-message"),  # server type
+        (b'{"t":"say"}', "bad-message"),  # missing field
+        (b'{"t":"say","text":5}', "bad-message"),  # wrong type
+        (b'{"t":"say","text":"x","extra":1}', "bad-message"),  # extra field
+        (b'{"t":"part","room":"x"}', "bad-message"),
+        (b'{"t":"say","text":"a","text":"b"}', "bad-message"),  # duplicate field
+        (b'{"t":"say","text":""}', "bad-message"),  # empty text
+        (b'{"t":"say","text":"a\\nb"}', "bad-message"),  # C0 control
+        (b'{"t":"say","text":"\\u001b[31mred"}', "bad-message"),  # terminal escape
+        ('{"t":"say","text":"\u009b31m"}'.encode(), "bad-message"),  # C1 CSI
+        (b'{"t":"say","text":"\\u007f"}', "bad-message"),  # DEL
+        (b'{"t":"say","text":"\\ud800"}', "bad-message"),  # lone surrogate
+        (raw({"t": "say", "text": "x" * 401}), "too-long"),
+        (raw({"t": "say", "text": "é" * 201}), "too-long"),  # 402 bytes, 201 chars
+        (b'{"t":"say","text":"' + b"x" * 1000 + b'"}', "too-long"),  # > APP_MAX_BYTES
+        (b'{"t":"nick","nick":"9lives"}', "bad-nick"),
+        (b'{"t":"nick","nick":"-dash"}', "bad-nick"),
+        (b'{"t":"nick","nick":"a b"}', "bad-nick"),
+        (b'{"t":"nick","nick":"' + b"a" * 25 + b'"}', "bad-nick"),
+        (raw({"t": "nick", "nick": "caf\u00e9"}), "bad-nick"),
+        (b'{"t":"join","room":"Lobby"}', "bad-room"),  # the client lowercases
+        (b'{"t":"join","room":"#dev"}', "bad-room"),  # the client strips '#'
+        (b'{"t":"join","room":""}', "bad-room"),
+        (b'{"t":"hello","nick":"a","room":"lobby","client":"0123456789ABCDEF"}', "bad-message"),
+        (b'{"t":"hello","nick":"a","room":"lobby","client":"0123"}', "bad-message"),
+        (b'{"t":"say","text":NaN}', "bad-message"),
+        (b"[" * 400 + b"]" * 400, "bad-message"),
+    ],
+)
+def test_decode_client_rejects(data: bytes, code: str) -> None:
+    """Anything but exactly a listed client message raises MessageError with the code
+    the server answers with."""
+    with pytest.raises(MessageError) as info:
+        decode_client(data)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "part", "room": "a", "nick": "b", "reason": "kicked"},
+        {"t": "error", "code": "oops", "text": "x"},
+        {"t": "who", "room": "a", "nicks": "alice", "more": False},
+        {"t": "who", "room": "a", "nicks": ["9x"], "more": False},
+        {"t": "who", "room": "a", "nicks": [], "more": 0},
+        {"t": "rooms", "rooms": [["a"]], "more": False},
+        {"t": "rooms", "rooms": [["a", -1]], "more": False},
+        {"t": "rooms", "rooms": [["a", True]], "more": False},
+        {"t": "rooms", "rooms": [["a", 1.5]], "more": False},
+        {"t": "msg", "to": "bob", "text": "x"},  # the client's form, not the server's
+        {"t": "hello", "nick": "a", "room": "b", "client": "0123456789abcdef"},
+    ],
+)
+def test_decode_server_rejects(obj: dict[str, Any]) -> None:
+    """A client is as strict about what the server sends."""
+    with pytest.raises(MessageError):
+        decode_server(raw(obj))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=1200))
+@example(b"\xed\xa0\x80")  # UTF-8-encoded surrogate
+def test_arbitrary_bytes_raise_only_message_error(data: bytes) -> None:
+    """No byte string makes a decoder raise anything but MessageError."""
+    decode_any(data)
+
+
+@settings(max_examples=500)
+@given(json_values | message_like)
+def test_arbitrary_json_raises_only_message_error(obj: Any) -> None:
+    """No JSON value, even one shaped like a message, raises anything but MessageError."""
+    decode_any(raw(obj))
+
+
+def test_constructors_validate_so_invalid_messages_cannot_be_encoded() -> None:
+    """Building a message with an invalid field raises MessageError with its code."""
+    with pytest.raises(MessageError) as info:
+        Say("x" * 401)
+    assert info.value.code == "too-long"
+    with pytest.raises(MessageError) as info:
+        Nick("-x")
+    assert info.value.code == "bad-nick"
+    with pytest.raises(MessageError) as info:
+        JoinNotice("Bad Room", "al")
+    assert info.value.code == "bad-room"
+    with pytest.raises(MessageError):
+        Error("no-such-code", "x")
+
+
+# --- names and text ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nick", ["a", "Alice", "_x", "[bot]", "\\o", "a-1", "`^{}|", "a" * 24])
+def test_valid_nicks(nick: str) -> None:
+    """Nicks are 1..24 of letters, digits, _-[]\\^{}|` not starting with - or a digit."""
+    assert valid_nick(nick)
+
+
+@pytest.mark.parametrize("nick", ["", "1a", "-a", "a b", "a.b", "é", "a" * 25, "a\n"])
+def test_invalid_nicks(nick: str) -> None:
+    """Anything else is not a nick."""
+    assert not valid_nick(nick)
+
+
+def test_fold_nick_is_case_insensitive() -> None:
+    """Nicks differing only in case fold to the same key."""
+    assert fold_nick("Alice") == fold_nick("aLICE") == fold_nick("alice")
+    assert fold_nick("alice") != fold_nick("alice_")
+
+
+@pytest.mark.parametrize(
+    ("typed", "wire"), [("#Dev", "dev"), ("dev", "dev"), (" #Lobby ", "lobby"), ("##x", "#x")]
+)
+def test_normalize_room(typed: str, wire: str) -> None:
+    """A typed room name is trimmed, loses one leading '#', and is lowercased."""
+    assert normalize_room(typed) == wire
+
+
+def test_room_validity() -> None:
+    """Rooms on the wire are 1..24 of a-z, 0-9, '_' and '-'."""
+    assert valid_room("lobby") and valid_room("a-b_9") and valid_room("x" * 24)
+    assert not valid_room("") and not valid_room("Lobby") and not valid_room("#x")
+    assert not valid_room("x" * 25) and not valid_room("a b")
+
+
+def test_text_error_explains_what_is_wrong() -> None:
+    """text_error gives the client a message to show before sending anything."""
+    assert text_error("hello") is None
+    assert text_error("é" * 200) is None  # 400 bytes exactly
+    assert text_error("x" * 532) == "line too long: 532 bytes, the limit is 400"
+    assert text_error("é" * 201) == "line too long: 402 bytes, the limit is 400"
+    assert text_error("") == "empty line"
+    assert text_error("a\tb") == "line contains a control character (U+0009)"
+    assert text_error("\x1b[2J") == "line contains a control character (U+001B)"
+    assert text_error("\x85") == "line contains a control character (U+0085)"
+
+
+# --- chunked lists -------------------------------------------------------------------
+
+
+@settings(max_examples=100)
+@given(rooms, st.lists(nicks, max_size=300))
+def test_who_chunks_fit_and_keep_every_nick_in_order(room: str, names: list[str]) -> None:
+    """who_chunks splits any member list into messages that each fit APP_MAX_BYTES,
+    all flagged more=true but the last, together holding every nick in order."""
+    chunks = who_chunks(room, names)
+    assert chunks
+    assert [c.more for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert [n for c in chunks for n in c.nicks] == names
+    for chunk in chunks:
+        assert len(encode(chunk)) <= APP_MAX_BYTES
+        assert chunk.room == room
+
+
+def test_who_chunks_are_full_before_starting_a_new_one() -> None:
+    """A chunk ends only when the next nick would not fit: 256 nicks of 24 characters
+    that JSON escapes (50 bytes each with the comma) go 18 to a message, 15 messages."""
+    names = ["\\" * 23 + f"{i:x}" for i in range(16)] * 16
+    chunks = who_chunks("r" * 24, names)
+    assert [len(c.nicks) for c in chunks] == [18] * 14 + [4]
+    for chunk, following in zip(chunks, chunks[1:], strict=False):
+        grown = WhoList(chunk.room, (*chunk.nicks, following.nicks[0]), more=False)
+        with pytest.raises(MessageError):  # too long to encode
+            encode(grown)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(rooms, st.integers(1, 10**6)), max_size=300))
+def test_rooms_chunks_fit_and_keep_every_room(counts: list[tuple[str, int]]) -> None:
+    """rooms_chunks splits the room list the same way."""
+    chunks = rooms_chunks(counts)
+    assert [c.more for c in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert [tuple(r) for c in chunks for r in c.rooms] == counts
+    for chunk in chunks:
+        assert len(encode(chunk)) <= APP_MAX_BYTES
+        assert decode_server(encode(chunk)) == chunk

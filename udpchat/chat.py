@@ -1,0 +1,404 @@
+"""ChatServer: the chat rules (nicks, rooms, history) as a sans-IO state machine.
+
+The daemon feeds it what the protocol core reports and drains what to do; it never
+touches a socket, a reactor or a clock (``now`` is passed in)::
+
+    chat = ChatServer(history_lines=50, max_members=256, default_room="lobby")
+    chat.session_started(session_id, addr, now)        # SessionStarted
+    chat.session_roamed(session_id, new_addr)          # SessionRoamed (for the logs)
+    chat.message_received(session_id, payload, now)    # MessageReceived
+    chat.session_ended(session_id, reason, now)        # SessionEnded
+    chat.shutdown(text, now)                           # the daemon is stopping
+    chat.drain() -> list[Outgoing]        # (session_id, payload): endpoint.send(...)
+    chat.drain_closures() -> list[bytes]  # sessions to endpoint.close_session(...)
+    chat.drain_log() -> list[LogEvent]    # for twisted.logger; never any message text
+
+Rules, in short (docs/CONTRACTS.md has the message format):
+
+- A session is a member once a valid hello is accepted. Until then every message but
+  hello gets error "not-joined" (bye just closes it); a refused hello (nick-taken,
+  bad-nick, bad-room, server-full) leaves it unnamed and it may retry.
+- Nicks are unique case-insensitively. A hello whose client id matches a current
+  member's is a reconnect: the stale member is replaced and its session handed back
+  by ``drain_closures``. If the nick and room are unchanged this is silent (the room
+  sees nothing); otherwise the stale member parts with reason "quit" and the new one
+  joins as usual.
+- Hello: welcome, then the room's history (say/me with ts and history: true), then a
+  join notice to the whole room, the newcomer included. Join and part (back to the
+  default room): a part notice (reason "part") to the old room, a join notice to the
+  whole new room, then its history to the mover.
+- say/me go, in order, to every other member of the sender's room, never echoed, and
+  into the room's history (bounded to ``history_lines``).
+- Memory is bounded: members by ``max_members``, occupied rooms by the members, and
+  empty rooms, kept only for their history, by ``idle_rooms_kept`` (oldest forgotten
+  first); who/rooms answers are chunked to fit one message each.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+from .messages import (
+    DEFAULT_ROOM,
+    Bye,
+    Error,
+    Hello,
+    Join,
+    JoinNotice,
+    Me,
+    MeOut,
+    MessageError,
+    Nick,
+    NickNotice,
+    Part,
+    PartNotice,
+    PrivateMsg,
+    PrivateMsgIn,
+    Rooms,
+    Say,
+    SayOut,
+    ServerMessage,
+    Shutdown,
+    Welcome,
+    Who,
+    decode_client,
+    encode,
+    fold_nick,
+    rooms_chunks,
+    text_error,
+    valid_room,
+    who_chunks,
+)
+
+Address: TypeAlias = tuple[Any, ...]
+LogKind: TypeAlias = Literal["join", "leave", "timeout", "rename", "move", "takeover", "refused"]
+
+
+class Outgoing(NamedTuple):
+    """One encoded message for the daemon to send on one session."""
+
+    session_id: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """Something worth a log line. Carries names, rooms and addresses, never text.
+
+    kind: "join" (a hello was accepted), "leave" (bye or session closed; detail is
+    "quit" or the core's reason), "timeout", "rename" (detail: the old nick), "move"
+    (room change; detail: the old room), "takeover" (a reconnect replaced a stale
+    session), "refused" (a hello was refused; detail: the error code).
+    """
+
+    kind: LogKind
+    nick: str | None
+    addr: Address | None
+    room: str | None = None
+    detail: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class _Member:
+    session_id: bytes
+    nick: str
+    client: str
+    room: str
+    addr: Address | None
+
+
+@dataclass(eq=False, slots=True)
+class _Room:
+    name: str
+    history: deque[SayOut | MeOut]
+    # In join order, which is the order notices are fanned out in.
+    members: dict[bytes, _Member] = field(default_factory=dict)
+
+
+class ChatServer:
+    """The chat rules for every session of one daemon. See the module docstring."""
+
+    def __init__(
+        self,
+        history_lines: int = 50,
+        max_members: int = 256,
+        default_room: str = DEFAULT_ROOM,
+        idle_rooms_kept: int = 256,
+    ) -> None:
+        if history_lines < 0 or max_members < 1 or idle_rooms_kept < 0:
+            raise ValueError("history_lines, idle_rooms_kept >= 0 and max_members >= 1")
+        if not valid_room(default_room):
+            raise ValueError(f"default_room {default_room!r} is not a valid room name")
+        self._history_lines = history_lines
+        self._max_members = max_members
+        self._default_room = default_room
+        self._idle_rooms_kept = idle_rooms_kept
+        self._sessions: dict[bytes, Address | None] = {}  # every live session
+        self._members: dict[bytes, _Member] = {}  # sessions that said hello
+        self._by_nick: dict[str, _Member] = {}  # fold_nick(nick) -> member
+        self._by_client: dict[str, _Member] = {}  # client id -> member
+        self._rooms: dict[str, _Room] = {}
+        self._idle_rooms: OrderedDict[str, None] = OrderedDict()  # empty, kept for history
+        self._outgoing: list[Outgoing] = []
+        self._closures: list[bytes] = []
+        self._log: list[LogEvent] = []
+        self._shut_down = False
+
+    # --- what the daemon reads -------------------------------------------------------
+
+    def drain(self) -> list[Outgoing]:
+        """Messages to send, in order; the list is emptied."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def drain_closures(self) -> list[bytes]:
+        """Sessions the daemon must close (bye, replaced by a reconnect, shutdown)."""
+        out, self._closures = self._closures, []
+        return out
+
+    def drain_log(self) -> list[LogEvent]:
+        """Events to log, in order; the list is emptied."""
+        out, self._log = self._log, []
+        return out
+
+    @property
+    def member_count(self) -> int:
+        """How many sessions are members (said a valid hello)."""
+        return len(self._members)
+
+    def nick_of(self, session_id: bytes) -> str | None:
+        """The nick of a member session, or None if it has none."""
+        member = self._members.get(session_id)
+        return member.nick if member else None
+
+    # --- what the daemon feeds in ----------------------------------------------------
+
+    def session_started(self, session_id: bytes, addr: Address, now: float) -> None:
+        """A handshake completed; the session is not a member until its hello."""
+        if not self._shut_down:
+            self._sessions[session_id] = addr
+
+    def session_roamed(self, session_id: bytes, addr: Address) -> None:
+        """The peer's address changed (only the logs care)."""
+        if session_id in self._sessions:
+            self._sessions[session_id] = addr
+            if member := self._members.get(session_id):
+                member.addr = addr
+
+    def session_ended(self, session_id: bytes, reason: str, now: float) -> None:
+        """The session is gone ("timeout", "closed", "local-close"): a member parts
+        with reason "timeout" or "quit". Unknown or already removed sessions: no-op."""
+        self._sessions.pop(session_id, None)
+        member = self._members.get(session_id)
+        if member is None:
+            return
+        if reason == "timeout":
+            self._remove(member, "timeout")
+            self._log_member("timeout", member)
+        else:
+            self._remove(member, "quit")
+            self._log_member("leave", member, detail=reason)
+
+    def shutdown(self, text: str, now: float) -> None:
+        """Tell every session {"t":"shutdown"} and hand them all to ``drain_closures``;
+        afterwards everything fed in is ignored."""
+        if self._shut_down:
+            return
+        payload = encode(Shutdown(text))
+        for session_id in self._sessions:
+            self._outgoing.append(Outgoing(session_id, payload))
+            self._closures.append(session_id)
+        self._shut_down = True
+        self._sessions.clear()
+
+    def message_received(self, session_id: bytes, payload: bytes, now: float) -> None:
+        """One application message from a session. Never raises on bad input: a
+        malformed message is answered with an error to its sender. Messages from a
+        session that was not started, or already removed, are ignored."""
+        if self._shut_down or session_id not in self._sessions:
+            return
+        try:
+            msg = decode_client(payload)
+        except MessageError as exc:
+            self._error(session_id, exc.code, str(exc))
+            return
+        member = self._members.get(session_id)
+        if isinstance(msg, Hello):
+            self._hello(session_id, msg)
+        elif member is None:
+            if isinstance(msg, Bye):
+                self._close(session_id)
+            else:
+                self._error(session_id, "not-joined", "say hello first")
+        elif isinstance(msg, (Say, Me)):
+            self._line(member, msg, now)
+        elif isinstance(msg, PrivateMsg):
+            self._private(member, msg)
+        elif isinstance(msg, Nick):
+            self._rename(member, msg.nick)
+        elif isinstance(msg, Join):
+            self._join(member, msg.room)
+        elif isinstance(msg, Part):
+            self._join(member, self._default_room)
+        elif isinstance(msg, Who):
+            room = self._rooms[member.room]
+            nicks = sorted((m.nick for m in room.members.values()), key=fold_nick)
+            for chunk in who_chunks(room.name, nicks):
+                self._send(session_id, chunk)
+        elif isinstance(msg, Rooms):
+            counts = sorted((r.name, len(r.members)) for r in self._rooms.values() if r.members)
+            for listing in rooms_chunks(counts):
+                self._send(session_id, listing)
+        else:  # Bye
+            self._remove(member, "quit")
+            self._log_member("leave", member, detail="quit")
+            self._close(session_id)
+
+    # --- the rules -------------------------------------------------------------------
+
+    def _hello(self, session_id: bytes, msg: Hello) -> None:
+        addr = self._sessions[session_id]
+        if session_id in self._members:
+            self._error(session_id, "bad-message", "hello was already accepted")
+            return
+        stale = self._by_client.get(msg.client)
+        holder = self._by_nick.get(fold_nick(msg.nick))
+        if holder is not None and holder is not stale:
+            self._refuse(session_id, msg.nick, "nick-taken", f"{holder.nick} is taken")
+            return
+        if stale is None and len(self._members) >= self._max_members:
+            self._refuse(session_id, msg.nick, "server-full", "the server is full")
+            return
+        if stale is not None:
+            self._log.append(LogEvent("takeover", stale.nick, addr, stale.room))
+            self._close(stale.session_id)
+            if stale.nick == msg.nick and stale.room == msg.room:
+                self._hand_over(stale, session_id, addr)
+                self._send(session_id, Welcome(stale.nick, stale.room))
+                self._send_history(stale)
+                return
+            self._remove(stale, "quit")
+        member = _Member(session_id, msg.nick, msg.client, msg.room, addr)
+        self._members[session_id] = member
+        self._by_nick[fold_nick(member.nick)] = member
+        self._by_client[member.client] = member
+        room = self._enter(member, msg.room)
+        self._send(session_id, Welcome(member.nick, room.name))
+        self._send_history(member)
+        self._broadcast(room, JoinNotice(room.name, member.nick))
+        self._log_member("join", member)
+
+    def _hand_over(self, member: _Member, session_id: bytes, addr: Address | None) -> None:
+        """Move a member to a new session, keeping its place in its room."""
+        old = member.session_id
+        self._sessions.pop(old, None)
+        del self._members[old]
+        member.session_id, member.addr = session_id, addr
+        self._members[session_id] = member
+        room = self._rooms[member.room]
+        room.members = {(session_id if k == old else k): m for k, m in room.members.items()}
+
+    def _line(self, member: _Member, msg: Say | Me, now: float) -> None:
+        room = self._rooms[member.room]
+        kind = SayOut if isinstance(msg, Say) else MeOut
+        self._broadcast(room, kind(room.name, member.nick, msg.text), skip=member.session_id)
+        if self._history_lines:
+            room.history.append(kind(room.name, member.nick, msg.text, ts=now))
+
+    def _private(self, member: _Member, msg: PrivateMsg) -> None:
+        target = self._by_nick.get(fold_nick(msg.to))
+        if target is None:
+            self._error(member.session_id, "no-such-nick", f"no such nick: {msg.to}")
+        else:
+            self._send(target.session_id, PrivateMsgIn(member.nick, msg.text))
+
+    def _rename(self, member: _Member, nick: str) -> None:
+        if nick == member.nick:
+            self._error(member.session_id, "already-there", f"you are already {nick}")
+            return
+        holder = self._by_nick.get(fold_nick(nick))
+        if holder is not None and holder is not member:
+            self._error(member.session_id, "nick-taken", f"{holder.nick} is taken")
+            return
+        old = member.nick
+        del self._by_nick[fold_nick(old)]
+        member.nick = nick
+        self._by_nick[fold_nick(nick)] = member
+        self._broadcast(self._rooms[member.room], NickNotice(old, nick))
+        self._log_member("rename", member, detail=old)
+
+    def _join(self, member: _Member, name: str) -> None:
+        if name == member.room:
+            self._error(member.session_id, "already-there", f"you are already in {name}")
+            return
+        old = member.room
+        self._leave_room(member, "part")
+        room = self._enter(member, name)
+        self._broadcast(room, JoinNotice(room.name, member.nick))
+        self._send_history(member)
+        self._log_member("move", member, detail=old)
+
+    # --- rooms and members -----------------------------------------------------------
+
+    def _enter(self, member: _Member, name: str) -> _Room:
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = _Room(name, deque(maxlen=self._history_lines))
+        self._idle_rooms.pop(name, None)
+        room.members[member.session_id] = member
+        member.room = name
+        return room
+
+    def _leave_room(self, member: _Member, reason: str) -> None:
+        room = self._rooms[member.room]
+        del room.members[member.session_id]
+        self._broadcast(room, PartNotice(room.name, member.nick, reason))
+        if room.members:
+            return
+        if not room.history:
+            del self._rooms[room.name]
+            return
+        self._idle_rooms[room.name] = None
+        while len(self._idle_rooms) > self._idle_rooms_kept:
+            forgotten, _ = self._idle_rooms.popitem(last=False)
+            del self._rooms[forgotten]
+
+    def _remove(self, member: _Member, reason: str) -> None:
+        """Take a member out of its room (part notice) and out of every index."""
+        self._leave_room(member, reason)
+        del self._members[member.session_id]
+        del self._by_nick[fold_nick(member.nick)]
+        del self._by_client[member.client]
+
+    # --- output ----------------------------------------------------------------------
+
+    def _send(self, session_id: bytes, msg: ServerMessage) -> None:
+        self._outgoing.append(Outgoing(session_id, encode(msg)))
+
+    def _broadcast(self, room: _Room, msg: ServerMessage, skip: bytes | None = None) -> None:
+        payload = encode(msg)
+        for session_id in room.members:
+            if session_id != skip:
+                self._outgoing.append(Outgoing(session_id, payload))
+
+    def _send_history(self, member: _Member) -> None:
+        for line in self._rooms[member.room].history:
+            self._send(member.session_id, line)
+
+    def _error(self, session_id: bytes, code: str, text: str) -> None:
+        if text_error(text) is not None:  # never let a bad reason break the answer
+            text = "malformed message"
+        self._send(session_id, Error(code, text))
+
+    def _refuse(self, session_id: bytes, nick: str, code: str, text: str) -> None:
+        self._error(session_id, code, text)
+        self._log.append(LogEvent("refused", nick, self._sessions[session_id], detail=code))
+
+    def _close(self, session_id: bytes) -> None:
+        self._sessions.pop(session_id, None)
+        self._closures.append(session_id)
+
+    def _log_member(self, kind: LogKind, member: _Member, detail: str = "") -> None:
+        self._log.append(LogEvent(kind, member.nick, member.addr, member.room, detail))

@@ -1,0 +1,691 @@
+"""Application messages of udpchat: one compact UTF-8 JSON object per reliable message.
+
+Every message type is a frozen dataclass that validates itself when built, so an
+invalid message can be neither encoded nor decoded. ``decode_client`` (what a server
+reads) and ``decode_server`` (what a client reads) are strict: anything that is not
+exactly one of the messages in docs/CONTRACTS.md raises :class:`MessageError` and
+nothing else. Sans-IO: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias, TypeVar
+
+# Equals the protocol core's MAX_PAYLOAD_BYTES: one message is one datagram payload,
+# never split, so every encoded message must fit in it.
+APP_MAX_BYTES: Final = 1000
+TEXT_MAX_BYTES: Final = 400
+NICK_MAX_CHARS: Final = 24
+ROOM_MAX_CHARS: Final = 24
+DEFAULT_ROOM: Final = "lobby"
+
+ERROR_CODES: Final = frozenset(
+    {
+        "nick-taken",
+        "bad-nick",
+        "no-such-nick",
+        "bad-room",
+        "too-long",
+        "bad-message",
+        "not-joined",
+        "already-there",
+        "server-full",
+    }
+)
+PART_REASONS: Final = frozenset({"part", "quit", "timeout", "shutdown"})
+
+_NICK_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_[]\\^{}|`")
+_NICK_CHARS = _NICK_FIRST | frozenset("0123456789-")
+_ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
+_CLIENT_ID_RE = re.compile(r"[0-9a-f]{16}")
+
+
+class MessageError(ValueError):
+    """A message that is not valid; ``code`` is the error code to answer it with."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+# --- names and text ------------------------------------------------------------------
+
+
+def nick_error(nick: str) -> str | None:
+    """Why ``nick`` is not a valid nick, in words for the user, or None if it is."""
+    if not isinstance(nick, str) or not nick:
+        return "a nick must not be empty"
+    if len(nick) > NICK_MAX_CHARS:
+        return f"nick too long: {len(nick)} characters, the limit is {NICK_MAX_CHARS}"
+    if not set(nick) <= _NICK_CHARS:
+        return "a nick may contain only letters, digits and _ - [ ] \\ ^ { } | `"
+    if nick[0] not in _NICK_FIRST:
+        return "a nick must not start with a digit or '-'"
+    return None
+
+
+def valid_nick(nick: str) -> bool:
+    """True if ``nick`` is a valid nick (1..24 chars, see CONTRACTS.md)."""
+    return nick_error(nick) is None
+
+
+def fold_nick(nick: str) -> str:
+    """The case-insensitive key of a nick: two nicks with the same key are the same."""
+    return nick.casefold()
+
+
+def normalize_room(room: str) -> str:
+    """What a user typed as a room name, as sent on the wire: trimmed, one leading '#'
+    removed, lowercased. The result still has to pass ``room_error``."""
+    room = room.strip()
+    if room.startswith("#"):
+        room = room[1:]
+    return room.lower()
+
+
+def room_error(room: str) -> str | None:
+    """Why ``room`` is not a valid (normalized) room name, or None if it is."""
+    if isinstance(room, str) and _ROOM_RE.fullmatch(room):
+        return None
+    return f"a room name is 1..{ROOM_MAX_CHARS} characters of a-z, 0-9, '_' and '-'"
+
+
+def valid_room(room: str) -> bool:
+    """True if ``room`` is a valid room name as sent on the wire (already normalized)."""
+    return room_error(room) is None
+
+
+def text_error(text: str) -> str | None:
+    """Why ``text`` cannot be sent as a line, in words for the user, or None if it can."""
+    if not isinstance(text, str):
+        return "text must be a string"
+    if not text:
+        return "empty line"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > TEXT_MAX_BYTES:
+        return f"line too long: {size} bytes, the limit is {TEXT_MAX_BYTES}"
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cc":  # C0, DEL and C1: newlines, terminal escapes, ...
+            return f"line contains a control character (U+{ord(char):04X})"
+        if category == "Cs":  # only reachable through a JSON "\ud800" escape
+            return f"line contains an unpaired surrogate (U+{ord(char):04X})"
+    return None
+
+
+def _check_nick(nick: object) -> None:
+    reason = nick_error(nick)  # type: ignore[arg-type]
+    if reason is not None:
+        raise MessageError("bad-nick", reason)
+
+
+def _check_room(room: object) -> None:
+    reason = room_error(room)  # type: ignore[arg-type]
+    if reason is not None:
+        raise MessageError("bad-room", reason)
+
+
+def _check_text(text: object) -> None:
+    reason = text_error(text)  # type: ignore[arg-type]
+    if reason is not None:
+        code = "too-long" if reason.startswith("line too long") else "bad-message"
+        raise MessageError(code, reason)
+
+
+def _check_ts(ts: object) -> None:
+    if ts is None:
+        return
+    try:  # float() of an int beyond float range raises OverflowError
+        ok = not isinstance(ts, bool) and isinstance(ts, (int, float)) and float(ts) >= 0
+    except OverflowError:
+        ok = False
+    if not ok or not math.isfinite(ts):  # type: ignore[arg-type]
+        raise MessageError("bad-message", '"ts" must be a finite number >= 0')
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise MessageError("bad-message", f'"{name}" must be true or false')
+
+
+# --- client -> server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message of every session: my nick, the room I start in, my client id."""
+
+    TYPE: ClassVar[str] = "hello"
+    nick: str
+    room: str
+    client: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+        _check_room(self.room)
+        if not isinstance(self.client, str) or not _CLIENT_ID_RE.fullmatch(self.client):
+            raise MessageError("bad-message", '"client" must be 16 lowercase hex digits')
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """A line for the sender's room."""
+
+    TYPE: ClassVar[str] = "say"
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    """An action line (``/me waves``) for the sender's room."""
+
+    TYPE: ClassVar[str] = "me"
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMsg:
+    """A private line to one nick."""
+
+    TYPE: ClassVar[str] = "msg"
+    to: str
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.to)
+        _check_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    """Change my nick."""
+
+    TYPE: ClassVar[str] = "nick"
+    nick: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Move to a room (created if it does not exist)."""
+
+    TYPE: ClassVar[str] = "join"
+    room: str
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Leave my room, back to the default room."""
+
+    TYPE: ClassVar[str] = "part"
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who is in my room?"""
+
+    TYPE: ClassVar[str] = "who"
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """Which rooms have members, and how many?"""
+
+    TYPE: ClassVar[str] = "rooms"
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """I am leaving; the server removes me and closes the session."""
+
+    TYPE: ClassVar[str] = "bye"
+
+
+# --- server -> client ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Answer to a hello: the nick and room the session now has."""
+
+    TYPE: ClassVar[str] = "welcome"
+    nick: str
+    room: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.nick)
+        _check_room(self.room)
+
+
+@dataclass(frozen=True, slots=True)
+class SayOut:
+    """A line said in a room; ``ts`` is set (and "history": true sent) when replayed."""
+
+    TYPE: ClassVar[str] = "say"
+    room: str
+    nick: str
+    text: str
+    ts: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        _check_nick(self.nick)
+        _check_text(self.text)
+        _check_ts(self.ts)
+
+    @property
+    def history(self) -> bool:
+        """True for a line replayed from the room's history."""
+        return self.ts is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MeOut:
+    """An action line in a room; ``ts`` is set (and "history": true sent) when replayed."""
+
+    TYPE: ClassVar[str] = "me"
+    room: str
+    nick: str
+    text: str
+    ts: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        _check_nick(self.nick)
+        _check_text(self.text)
+        _check_ts(self.ts)
+
+    @property
+    def history(self) -> bool:
+        """True for a line replayed from the room's history."""
+        return self.ts is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMsgIn:
+    """A private line from ``sender`` (the JSON field is "from")."""
+
+    TYPE: ClassVar[str] = "msg"
+    sender: str = field(metadata={"json": "from"})
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.sender)
+        _check_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinNotice:
+    """``nick`` has joined ``room``."""
+
+    TYPE: ClassVar[str] = "join"
+    room: str
+    nick: str
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        _check_nick(self.nick)
+
+
+@dataclass(frozen=True, slots=True)
+class PartNotice:
+    """``nick`` has left ``room``; reason is one of PART_REASONS."""
+
+    TYPE: ClassVar[str] = "part"
+    room: str
+    nick: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        _check_nick(self.nick)
+        if self.reason not in PART_REASONS:
+            raise MessageError("bad-message", '"reason" is not a known part reason')
+
+
+@dataclass(frozen=True, slots=True)
+class NickNotice:
+    """``old`` is now known as ``new``."""
+
+    TYPE: ClassVar[str] = "nick"
+    old: str
+    new: str
+
+    def __post_init__(self) -> None:
+        _check_nick(self.old)
+        _check_nick(self.new)
+
+
+@dataclass(frozen=True, slots=True)
+class WhoList:
+    """One chunk of the members of ``room``; ``more`` is true if chunks follow."""
+
+    TYPE: ClassVar[str] = "who"
+    room: str
+    nicks: tuple[str, ...]
+    more: bool
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        if not isinstance(self.nicks, tuple):
+            raise MessageError("bad-message", '"nicks" must be a list')
+        for nick in self.nicks:
+            _check_nick(nick)
+        _check_bool("more", self.more)
+
+
+class RoomCount(NamedTuple):
+    """A room and its number of members, as listed by "rooms"."""
+
+    room: str
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """One chunk of the rooms that have members; ``more`` is true if chunks follow."""
+
+    TYPE: ClassVar[str] = "rooms"
+    rooms: tuple[RoomCount, ...]
+    more: bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rooms, tuple):
+            raise MessageError("bad-message", '"rooms" must be a list')
+        for entry in self.rooms:
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise MessageError("bad-message", '"rooms" entries are [room, count]')
+            _check_room(entry[0])
+            count = entry[1]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise MessageError("bad-message", "a room's count must be an integer >= 0")
+        _check_bool("more", self.more)
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A request failed: ``code`` is one of ERROR_CODES, ``text`` is for humans."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.code not in ERROR_CODES:
+            raise MessageError("bad-message", '"code" is not a known error code')
+        _check_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The server is going away; the session will be closed."""
+
+    TYPE: ClassVar[str] = "shutdown"
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.text)
+
+
+ClientMessage: TypeAlias = Hello | Say | Me | PrivateMsg | Nick | Join | Part | Who | Rooms | Bye
+ServerMessage: TypeAlias = (
+    Welcome
+    | SayOut
+    | MeOut
+    | PrivateMsgIn
+    | JoinNotice
+    | PartNotice
+    | NickNotice
+    | WhoList
+    | RoomList
+    | Error
+    | Shutdown
+)
+Message: TypeAlias = ClientMessage | ServerMessage
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def encode(msg: Message) -> bytes:
+    """The wire form of ``msg``; MessageError("too-long") if it exceeds APP_MAX_BYTES."""
+    obj: dict[str, object] = {"t": msg.TYPE}
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        if f.name == "ts":
+            if value is not None:
+                obj["ts"] = float(value)
+                obj["history"] = True
+        else:
+            obj[f.metadata.get("json", f.name)] = _plain(value)
+    data = _dumps(obj)
+    if len(data) > APP_MAX_BYTES:
+        raise MessageError("too-long", f"message too long: {len(data)} bytes")
+    return data
+
+
+# --- decoding ------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise MessageError("bad-message", "duplicate field in message")
+    return obj
+
+
+def _no_constants(name: str) -> None:
+    raise MessageError("bad-message", "NaN and Infinity are not JSON")
+
+
+def _str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise MessageError("bad-message", f'"{key}" must be a string')
+    return value
+
+
+def _bool(obj: Mapping[str, Any], key: str) -> bool:
+    value = obj[key]
+    _check_bool(key, value)
+    return bool(value)
+
+
+def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
+    value = obj[key]
+    if not isinstance(value, list):
+        raise MessageError("bad-message", f'"{key}" must be a list')
+    return value
+
+
+def _ts(obj: Mapping[str, Any]) -> float | None:
+    if "ts" not in obj and "history" not in obj:
+        return None
+    if "ts" not in obj or obj.get("history") is not True:
+        raise MessageError("bad-message", '"ts" and "history": true go together')
+    value = obj["ts"]
+    _check_ts(value)
+    return float(value)
+
+
+def _room_count(entry: object) -> RoomCount:
+    if not isinstance(entry, list) or len(entry) != 2:
+        raise MessageError("bad-message", '"rooms" entries are [room, count]')
+    return RoomCount(entry[0], entry[1])
+
+
+class _Schema(NamedTuple):
+    keys: frozenset[str]
+    optional: frozenset[str]
+    build: Callable[[Mapping[str, Any]], Message]
+
+
+def _schema(
+    build: Callable[[Mapping[str, Any]], Message], *keys: str, optional: Sequence[str] = ()
+) -> _Schema:
+    return _Schema(frozenset(keys), frozenset(optional), build)
+
+
+_CLIENT_SCHEMAS: Final[dict[str, _Schema]] = {
+    "hello": _schema(
+        lambda o: Hello(_str(o, "nick"), _str(o, "room"), _str(o, "client")),
+        "nick",
+        "room",
+        "client",
+    ),
+    "say": _schema(lambda o: Say(_str(o, "text")), "text"),
+    "me": _schema(lambda o: Me(_str(o, "text")), "text"),
+    "msg": _schema(lambda o: PrivateMsg(_str(o, "to"), _str(o, "text")), "to", "text"),
+    "nick": _schema(lambda o: Nick(_str(o, "nick")), "nick"),
+    "join": _schema(lambda o: Join(_str(o, "room")), "room"),
+    "part": _schema(lambda o: Part()),
+    "who": _schema(lambda o: Who()),
+    "rooms": _schema(lambda o: Rooms()),
+    "bye": _schema(lambda o: Bye()),
+}
+
+_SERVER_SCHEMAS: Final[dict[str, _Schema]] = {
+    "welcome": _schema(lambda o: Welcome(_str(o, "nick"), _str(o, "room")), "nick", "room"),
+    "say": _schema(
+        lambda o: SayOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _ts(o)),
+        "room",
+        "nick",
+        "text",
+        optional=("ts", "history"),
+    ),
+    "me": _schema(
+        lambda o: MeOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _ts(o)),
+        "room",
+        "nick",
+        "text",
+        optional=("ts", "history"),
+    ),
+    "msg": _schema(lambda o: PrivateMsgIn(_str(o, "from"), _str(o, "text")), "from", "text"),
+    "join": _schema(lambda o: JoinNotice(_str(o, "room"), _str(o, "nick")), "room", "nick"),
+    "part": _schema(
+        lambda o: PartNotice(_str(o, "room"), _str(o, "nick"), _str(o, "reason")),
+        "room",
+        "nick",
+        "reason",
+    ),
+    "nick": _schema(lambda o: NickNotice(_str(o, "old"), _str(o, "new")), "old", "new"),
+    "who": _schema(
+        lambda o: WhoList(_str(o, "room"), tuple(_list(o, "nicks")), _bool(o, "more")),
+        "room",
+        "nicks",
+        "more",
+    ),
+    "rooms": _schema(
+        lambda o: RoomList(
+            tuple(_room_count(entry) for entry in _list(o, "rooms")), _bool(o, "more")
+        ),
+        "rooms",
+        "more",
+    ),
+    "error": _schema(lambda o: Error(_str(o, "code"), _str(o, "text")), "code", "text"),
+    "shutdown": _schema(lambda o: Shutdown(_str(o, "text")), "text"),
+}
+
+
+def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MessageError("bad-message", "a message is bytes")
+    if len(data) > APP_MAX_BYTES:
+        raise MessageError("too-long", f"message longer than {APP_MAX_BYTES} bytes")
+    try:
+        source = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageError("bad-message", "message is not valid UTF-8") from None
+    try:
+        obj = json.loads(source, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, MessageError):
+            raise
+        raise MessageError("bad-message", "message is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise MessageError("bad-message", "message is not a JSON object")
+    kind = obj.get("t")
+    if not isinstance(kind, str) or kind not in schemas:
+        raise MessageError("bad-message", "unknown message type")
+    schema = schemas[kind]
+    keys = obj.keys() - {"t"}
+    missing = schema.keys - keys
+    if missing:
+        raise MessageError("bad-message", f'"{kind}" lacks field "{min(missing)}"')
+    if keys - schema.keys - schema.optional:
+        raise MessageError("bad-message", f'"{kind}" has an unexpected field')
+    return schema.build(obj)
+
+
+def decode_client(data: bytes) -> ClientMessage:
+    """A client -> server message from its wire form, or MessageError."""
+    return _decode(data, _CLIENT_SCHEMAS)  # type: ignore[return-value]
+
+
+def decode_server(data: bytes) -> ServerMessage:
+    """A server -> client message from its wire form, or MessageError."""
+    return _decode(data, _SERVER_SCHEMAS)  # type: ignore[return-value]
+
+
+# --- chunked lists -------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], overhead: int, size: Callable[[_T], int]) -> list[list[_T]]:
+    """Split ``items`` greedily so that overhead + items + commas <= APP_MAX_BYTES."""
+    chunks: list[list[_T]] = [[]]
+    used = overhead
+    for item in items:
+        cost = size(item) + (1 if chunks[-1] else 0)
+        if chunks[-1] and used + cost > APP_MAX_BYTES:
+            chunks.append([])
+            used = overhead
+            cost = size(item)
+        chunks[-1].append(item)
+        used += cost
+    return chunks
+
+
+def who_chunks(room: str, nicks: Sequence[str]) -> list[WhoList]:
+    """The "who" answer for ``room``: as many messages as needed, each encoding to at
+    most APP_MAX_BYTES, all but the last with more=True. Never empty."""
+    overhead = len(encode(WhoList(room, (), more=False)))  # "false" outweighs "true"
+    parts = _chunks(nicks, overhead, lambda nick: len(_dumps(nick)))
+    return [WhoList(room, tuple(part), more=i < len(parts) - 1) for i, part in enumerate(parts)]
+
+
+def rooms_chunks(rooms: Sequence[tuple[str, int]]) -> list[RoomList]:
+    """The "rooms" answer, chunked like ``who_chunks``. Never empty."""
+    overhead = len(encode(RoomList((), more=False)))
+    parts = _chunks(rooms, overhead, lambda entry: len(_dumps(list(entry))))
+    return [
+        RoomList(tuple(RoomCount(*entry) for entry in part), more=i < len(parts) - 1)
+        for i, part in enumerate(parts)
+    ]
