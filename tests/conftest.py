@@ -1,0 +1,54 @@
+"""Shared pytest fixtures: the repo root, how to run twistd in a subprocess, a PSK file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# `python -m twisted` is the newer `twist` runner (no -n, no --pidfile); this runs the
+# real twistd with the interpreter running the tests.
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The checkout's top folder (holds udpchat/, twisted/plugins/, etc/)."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def twistd_argv() -> list[str]:
+    """Command prefix for twistd; append e.g. ["-n", "--pidfile=", "udpchat", ...]."""
+    return list(TWISTD)
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: this checkout first on sys.path (so its
+    udpchat package and twisted/plugins are found from any cwd), no systemd socket."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def psk_file(tmp_path: Path) -> Path:
+    """A valid pre-shared key file (mode 0600) at tmp_path/chat.key."""
+    path = tmp_path / "chat.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(Fernet.generate_key() + b"\n")
+    os.chmod(path, 0o600)
+    return path

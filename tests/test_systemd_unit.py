@@ -1,0 +1,91 @@
+"""Specification of etc/udpchat.service: valid for systemd and hardened for a UDP daemon."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Key -> values of a unit file (comments dropped; repeated keys accumulate)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+@pytest.fixture
+def unit(repo_root: Path) -> Path:
+    return repo_root / "etc" / "udpchat.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_reports_nothing_but_the_uninstalled_binary(unit: Path) -> None:
+    """`systemd-analyze verify` accepts the unit; the only thing it may report here is
+    that the ExecStart binary (installed by the deployment) does not exist."""
+    exec_start = unit_settings(unit)["ExecStart"][0].split()[0]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and exec_start not in line
+    ]
+    assert problems == []
+    if result.returncode != 0:
+        assert not Path(exec_start).exists()
+
+
+def test_unit_runs_twistd_in_the_foreground_with_the_system_config(unit: Path) -> None:
+    """systemd supervises twistd directly (no daemonizing, no pidfile), Type=notify."""
+    settings = unit_settings(unit)
+    assert settings["Type"] == ["notify"]
+    command = settings["ExecStart"][0].split()
+    assert command[0].endswith("/twistd")
+    assert command[1:] == [
+        "--nodaemon",
+        "--pidfile=",
+        "udpchat",
+        "--config",
+        "/etc/udpchat/chat.ini",
+    ]
+    assert settings["ConfigurationDirectory"] == ["udpchat"]
+    assert settings["StateDirectory"] == ["udpchat"]
+    # A config/key mistake exits 78 (udpchat.tap.EXIT_CONFIG): restarting cannot help.
+    assert settings["RestartPreventExitStatus"] == ["78"]
+
+
+def test_unit_is_sandboxed(unit: Path) -> None:
+    """The unit uses the sandboxing options that do not get in a UDP daemon's way."""
+    settings = unit_settings(unit)
+    expected = {
+        "DynamicUser": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet": "",
+    }
+    for key, value in expected.items():
+        assert settings.get(key) == [value], key
+    assert "@system-service" in settings["SystemCallFilter"]

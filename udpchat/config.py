@@ -1,0 +1,271 @@
+"""INI configuration of the udpchat daemon: parse, validate, and explain every mistake.
+
+`load_config(path)` returns a frozen ServerConfig or raises ConfigError whose message is
+one line naming the file, the section/key and the fix. etc/chat.ini documents each key.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import errno
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SECTION = "server"
+# Keys of [server] and their defaults, as they would be written in the file.
+DEFAULTS: dict[str, str] = {
+    "interface": "",
+    "port": "12345",
+    "key_file": "chat.key",
+    "history_lines": "50",
+    "idle_timeout": "30",
+    "max_members": "256",
+    "allow": "",
+    "deny": "",
+    "log_rejects_interval": "60",
+    "handshake_rate": "20",
+    "handshake_burst": "5",
+}
+MAX_HISTORY_LINES = 10_000
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message is one line with the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Validated daemon settings; field names are the [server] keys of the INI file."""
+
+    path: Path  # the config file this came from (absolute)
+    interface: str = ""  # "" = all IPv4 addresses; "::" = all IPv4 and IPv6
+    port: int = 12345
+    key_file: Path = Path("chat.key")  # absolute once loaded from a file
+    history_lines: int = 50  # chat lines replayed to someone joining a room
+    idle_timeout: float = 30.0  # seconds of silence before a session expires
+    max_members: int = 256  # concurrent sessions
+    allow: tuple[IPNetwork, ...] = ()  # empty = every source address is allowed
+    deny: tuple[IPNetwork, ...] = ()  # checked after allow; deny wins
+    log_rejects_interval: float = 60.0  # seconds between summaries of rejected datagrams
+    handshake_rate: float = 20.0  # handshakes per second per source address (refill)
+    handshake_burst: int = 5  # handshakes a source address may send at once
+
+    def address_allowed(self, host: str) -> bool:
+        """True if datagrams from IP `host` may be answered (allow/deny lists).
+
+        An IPv4 client seen through a dual-stack "::" socket arrives as ::ffff:a.b.c.d;
+        it is matched as the IPv4 address so that IPv4 CIDRs keep working.
+        """
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if self.allow and not any(addr in net for net in self.allow):
+            return False
+        return not any(addr in net for net in self.deny)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one section's raw values and turns a bad one into a one-line ConfigError."""
+
+    def __init__(self, name: str, values: dict[str, str]) -> None:
+        self.name = name
+        self.values = values
+
+    def fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(
+            f"{self.name}: [{SECTION}] {key} = {self.values[key]!r} {problem}; {fix}"
+        )
+
+    def get(self, key: str, parse: Callable[[str], T], problem: str, fix: str) -> T:
+        try:
+            return parse(self.values[key])
+        except ValueError:
+            raise self.fail(key, problem, fix) from None
+
+    def integer(self, key: str, low: int, high: int | None = None) -> int:
+        def parse(text: str) -> int:
+            value = int(text)
+            if value < low or (high is not None and value > high):
+                raise ValueError(text)
+            return value
+
+        span = f"{low}-{high}" if high is not None else f"{low} or more"
+        return self.get(key, parse, "is not a valid whole number", f"use an integer {span}")
+
+    def number(self, key: str, unit: str) -> float:
+        def parse(text: str) -> float:
+            value = float(text)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(text)
+            return value
+
+        return self.get(key, parse, "is not a positive number", f"use a number of {unit} > 0")
+
+
+def _parse_port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _unquote(text: str) -> str:
+    """Accept `""`/`''` for an empty value: people copy the documented default literally."""
+    return "" if text in ('""', "''") else text
+
+
+def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
+    text = _unquote(reader.values[key])
+    networks = []
+    # Commas are documented; whitespace/newlines also split so multi-line values work.
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise reader.fail(
+                    key,
+                    f"has {item!r}, which is not an IP network",
+                    "use comma-separated CIDRs like 10.0.0.0/8, 2001:db8::/32 or single addresses",
+                ) from None
+            raise reader.fail(
+                key, f"has {item!r}, which has host bits set", f"did you mean {loose}?"
+            ) from None
+    return tuple(networks)
+
+
+def _check_interface(reader: _Reader) -> str:
+    """Return the interface if it is "" or an IP address this machine can bind."""
+    key = "interface"
+    value = _unquote(reader.values[key].strip())
+    if not value:
+        return ""
+    wildcards = "'' for all IPv4 or '::' for IPv4 and IPv6"
+    fix = f"use an address of this machine, {wildcards}"
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise reader.fail(
+            key, "is not an IP address", f"use an IP literal such as 127.0.0.1 or ::1, {wildcards}"
+        ) from None
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    # Binding port 0 is the only portable "is this address mine?" test; the probe
+    # socket is closed at once, so it never holds the real port.
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((value, 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise reader.fail(key, "is not an address of this machine", fix) from None
+        raise reader.fail(key, f"cannot be used here ({exc.strerror})", fix) from None
+    return value
+
+
+def _read_ini(name: str) -> configparser.RawConfigParser:
+    # default_section is set to a name nobody writes, so a [DEFAULT] section is reported
+    # as unknown instead of silently leaking its keys into [server].
+    parser = configparser.RawConfigParser(
+        interpolation=None, default_section="\0no-defaults", strict=True
+    )
+    try:
+        with open(name, encoding="utf-8") as fh:
+            parser.read_file(fh, source=name)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{name}: config file not found; fix: pass --config PATH, or copy etc/chat.ini there"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory; fix: pass the path of an INI file") from None
+    except PermissionError:
+        raise ConfigError(
+            f"{name}: cannot read config file (permission denied); fix: chmod 644 {name}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(
+            f"{name}: line {exc.lineno}: a key before any section; fix: put [{SECTION}] first"
+        ) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(
+            f"{name}: line {exc.lineno}: section [{exc.section}] appears twice; fix: merge them"
+        ) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(
+            f"{name}: line {exc.lineno}: [{exc.section}] {exc.option} is set twice; fix: keep one"
+        ) from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0]
+        try:
+            # configparser stores repr(line) here (3.11); show the line as written.
+            line = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            pass
+        raise ConfigError(
+            f"{name}: line {lineno}: cannot parse {str(line).strip()!r}; fix: write 'key = value'"
+        ) from None
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{name}: {first}") from None
+    return parser
+
+
+def load_config(path: str | os.PathLike[str]) -> ServerConfig:
+    """Read and validate the daemon's INI file; raise ConfigError (one line) on mistakes."""
+    name = os.fspath(path)
+    parser = _read_ini(name)
+    for section in parser.sections():
+        if section != SECTION:
+            raise ConfigError(
+                f"{name}: unknown section [{section}]; fix: the only valid section is [{SECTION}]"
+            )
+    values = dict(DEFAULTS)
+    if parser.has_section(SECTION):
+        for key, value in parser.items(SECTION):
+            if key not in DEFAULTS:
+                raise ConfigError(
+                    f"{name}: [{SECTION}] unknown key {key!r}; "
+                    f"fix: use one of {', '.join(sorted(DEFAULTS))}"
+                )
+            values[key] = value.strip()
+    reader = _Reader(name, values)
+
+    config_path = Path(name).absolute()
+    key_text = _unquote(values["key_file"])
+    if not key_text:
+        raise reader.fail("key_file", "is empty", "name the PSK file, e.g. key_file = chat.key")
+    # Relative to the config file, not the cwd, so the daemon works from any directory.
+    key_file = config_path.parent / Path(key_text).expanduser()
+
+    port = reader.get("port", _parse_port, "is not a port number", "use an integer 1-65535")
+    return ServerConfig(
+        path=config_path,
+        interface=_check_interface(reader),
+        port=port,
+        key_file=key_file,
+        history_lines=reader.integer("history_lines", 0, MAX_HISTORY_LINES),
+        idle_timeout=reader.number("idle_timeout", "seconds"),
+        max_members=reader.integer("max_members", 1),
+        allow=_parse_networks(reader, "allow"),
+        deny=_parse_networks(reader, "deny"),
+        log_rejects_interval=reader.number("log_rejects_interval", "seconds"),
+        handshake_rate=reader.number("handshake_rate", "handshakes per second"),
+        handshake_burst=reader.integer("handshake_burst", 1),
+    )
