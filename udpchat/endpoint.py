@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import hmac
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 
 from . import events, wire
 from .handshake import (
@@ -90,6 +90,7 @@ class ServerEndpoint(_Endpoint):
         super().__init__(psk, config)
         self.max_sessions = max_sessions
         self._sessions: dict[bytes, Session] = {}
+        self._pending: OrderedDict[bytes, None] = OrderedDict()  # half-open, oldest first
         self._dirty: dict[bytes, None] = {}  # sessions with something to flush, in order
         self._timers: list[tuple[float, int, bytes]] = []
         self._timer_order = itertools.count()
@@ -105,6 +106,11 @@ class ServerEndpoint(_Endpoint):
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def is_idle(self, session_id: bytes) -> bool:
+        """True when nothing is queued or unacknowledged (or the session is gone)."""
+        session = self._sessions.get(session_id)
+        return session is None or session.ended or session.idle
 
     def session_address(self, session_id: bytes) -> events.Address:
         return self._sessions[session_id].addr
@@ -131,6 +137,8 @@ class ServerEndpoint(_Endpoint):
                 self.stats.drop("unknown-session")
                 return
             session.receive_data(data, addr, now)
+            if session.established:
+                self._pending.pop(session.session_id, None)
             self._touch(session)
         elif data[0] == wire.HANDSHAKE_INIT:
             if len(data) != INIT_BYTES:
@@ -145,41 +153,55 @@ class ServerEndpoint(_Endpoint):
 
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
         init = parse_initiation(self._f_hs, data, now, self._config.handshake_ttl_s)
-        if not self._seen_ephemerals.add(init.ephemeral, now):
-            full = not self._seen_ephemerals.contains(init.ephemeral, now)
-            raise HandshakeRejected("handshake-cache-full" if full else "replayed-handshake")
         host = addr[0] if isinstance(addr, tuple) else str(addr)
+        # After authentication, so outsiders cannot spend anyone's budget; before the
+        # replay cache, so one address cannot flood the cache faster than its budget.
         if not self._handshake_limiter.allow(host, now):
             raise HandshakeRejected("rate-limited")
+        if not self._seen_ephemerals.add_evicting(init.ephemeral, now):
+            raise HandshakeRejected("replayed-handshake")
         session = self._sessions.get(init.session_id)
         if session is None:
             if init.resume_tag != ZERO_TAG or init.epoch != 0:
                 raise HandshakeRejected("unknown-session")
-            if len(self._sessions) >= self.max_sessions:
+            if len(self._sessions) - len(self._pending) >= self.max_sessions:
                 raise HandshakeRejected("server-full")
         elif init.resume_tag == ZERO_TAG:
             # Only a retry of a first handshake that never completed may reuse an id.
             if session.established or init.epoch != 0:
                 raise HandshakeRejected("session-exists")
-        elif not self._resumes(session, init):
-            raise HandshakeRejected("bad-resume")
+        else:
+            self._check_resume(session, init, now)
         responded = respond(self._psk32, self._f_hs, data, init, now)
         if session is None:
             session = self._new_session(init.session_id, initiator=False, now=now, addr=addr)
             self._sessions[init.session_id] = session
-        session.install(responded.keys, init.epoch, now, confirmed=False)
+            self._add_pending(session)
+        if not session.offer(responded.keys, init.epoch, now):
+            raise HandshakeRejected("stale-rekey")
+        if not session.established:
+            session.last_received = now  # a retry keeps the half-open session alive
         session.handshakes.append((responded.message, addr))
         self._touch(session)
 
-    @staticmethod
-    def _resumes(session: Session, init: wire.Init) -> bool:
-        for keyset in session.resume_keysets():
+    def _check_resume(self, session: Session, init: wire.Init, now: float) -> None:
+        """A rekey must prove, with the resume tag, that it comes from the session's
+        own initiator; a tag that fits a candidate also confirms that candidate."""
+        for keyset in session.resumable(init.epoch):
             expected = wire.resume_tag(keyset.resume, init.session_id, init.epoch, init.ephemeral)
-            if init.epoch == (keyset.epoch + 1) % 256 and hmac.compare_digest(
-                expected, init.resume_tag
-            ):
-                return True
-        return False
+            if hmac.compare_digest(expected, init.resume_tag):
+                if keyset.epoch == session.pending_epoch:
+                    session.confirm(keyset, now)
+                    self._pending.pop(session.session_id, None)
+                return
+        raise HandshakeRejected("bad-resume")
+
+    def _add_pending(self, session: Session) -> None:
+        self._pending[session.session_id] = None
+        while len(self._pending) > self._config.max_pending_sessions:
+            oldest, _ = self._pending.popitem(last=False)
+            self._sessions.pop(oldest, None)
+            self.stats.drop("pending-evicted")
 
     # -- output ------------------------------------------------------------------
 
@@ -213,6 +235,7 @@ class ServerEndpoint(_Endpoint):
             out.extend((d, session.addr) for d in session.flush(now))
             if session.ended:
                 del self._sessions[session_id]
+                self._pending.pop(session_id, None)
             else:
                 self._schedule(session)
         return out

@@ -51,7 +51,7 @@ def open_handshake(f_hs: Fernet, token: bytes, now: float, ttl_s: float) -> byte
         plaintext, timestamp = wire.open_token(f_hs, token)
     except InvalidToken as exc:
         raise HandshakeRejected("bad-token") from exc
-    if timestamp + ttl_s < now:
+    if timestamp + ttl_s <= now:
         raise HandshakeRejected("stale-handshake")
     if timestamp > now + FERNET_MAX_CLOCK_SKEW_S:
         raise HandshakeRejected("future-handshake")
@@ -78,7 +78,7 @@ class Initiator:
         self._f_hs = f_hs
         self.session_id = session_id
         self.epoch = epoch
-        self._private: X25519PrivateKey | None = X25519PrivateKey.generate()
+        self._private = X25519PrivateKey.generate()
         ephemeral = _public_bytes(self._private)
         tag = ZERO_TAG
         if resume_key is not None:
@@ -87,8 +87,6 @@ class Initiator:
 
     def receive_response(self, datagram: bytes, now: float, ttl_s: float) -> SessionKeys:
         """Check message 2 against our message 1 and derive the session keys."""
-        if self._private is None:
-            raise HandshakeRejected("handshake-done")
         sid = datagram[1 : 1 + wire.SESSION_ID_BYTES]
         token = datagram[1 + wire.SESSION_ID_BYTES :]
         plaintext = open_handshake(self._f_hs, token, now, ttl_s)
@@ -104,7 +102,6 @@ class Initiator:
         ):
             raise HandshakeRejected("unbound-response")
         shared = _exchange(self._private, response.ephemeral)
-        self._private = None  # used once, then forgotten
         return wire.session_keys(self._psk32, shared, self.message, datagram)
 
 

@@ -35,6 +35,8 @@ class ProtocolConfig:
     keepalive_s: float = 10.0
     #: A session with nothing authentic received for this long has ended.
     session_expiry_s: float = 30.0
+    #: A responder session whose initiator never used its keys is forgotten after this.
+    pending_session_s: float = 10.0
     #: Acknowledge in-order data after at most this delay (out-of-order: at once).
     ack_delay_s: float = 0.025
     #: Retransmission timeout (RFC 6298 shape), clamped to [min, max].
@@ -59,7 +61,11 @@ class ProtocolConfig:
     #: New messages accepted per session; excess is not acknowledged (backpressure).
     message_rate_per_s: float = 100.0
     message_burst: int = 200
-    #: Recently seen initiator ephemerals remembered to drop replayed message 1s.
+    #: Recently seen initiator ephemerals remembered to drop replayed message 1s
+    #: (when full, the oldest is forgotten: a replay that slips through only makes a
+    #: half-open session nobody can use).
     handshake_cache_max: int = 4096
+    #: Half-open responder sessions at once; when full, the oldest is dropped.
+    max_pending_sessions: int = 1024
     #: Source addresses whose handshake rate is tracked.
     rate_limiter_max_addresses: int = 4096

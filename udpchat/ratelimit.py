@@ -169,6 +169,7 @@ class BoundedExpiringSet:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._expiry: OrderedDict[Hashable, float] = OrderedDict()
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -184,6 +185,24 @@ class BoundedExpiringSet:
             del self._expiry[key]
         if len(self._expiry) >= self.max_entries:
             return False
+        self._expiry[key] = now + self.ttl_s
+        return True
+
+    def add_evicting(self, key: Hashable, now: float) -> bool:
+        """Like :meth:`add`, but when full forget the oldest key instead of refusing.
+
+        For a cache whose misses are harmless enough (a replayed handshake that slips
+        through creates only a half-open session its sender cannot use), staying open
+        to new keys beats letting one busy key holder lock everyone out.
+        """
+        self._prune(now)
+        expiry = self._expiry.get(key)
+        if expiry is not None and expiry > now:
+            return False
+        self._expiry.pop(key, None)
+        while len(self._expiry) >= self.max_entries:
+            self._expiry.popitem(last=False)
+            self.evictions += 1
         self._expiry[key] = now + self.ttl_s
         return True
 

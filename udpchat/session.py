@@ -7,6 +7,7 @@ starts sending under a new key once the initiator has used it (key confirmation)
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ from .wire import Malformed, SessionKeys
 MAX_PLAINTEXT_BYTES = (
     MAX_DATAGRAM_BYTES - wire.DATA_HEADER_BYTES - wire.FERNET_OVERHEAD_BYTES
 ) // 16 * 16 - 1
+DATA_TIMESTAMP = 0
+#: Answers to retries of one handshake kept until the initiator uses one of them.
+MAX_CANDIDATES = 4
 FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
 
 
@@ -43,6 +47,15 @@ class KeySet:
     highest_received: int = -1
     datagrams: int = 0  # sent + received, for rekey_after_datagrams
     retire_at: float | None = None
+
+
+def _open_with_any(keysets: list[KeySet], token: bytes) -> tuple[KeySet, bytes] | None:
+    for keyset in keysets:
+        try:
+            return keyset, wire.open_token(keyset.receive, token)[0]
+        except InvalidToken:
+            continue
+    return None
 
 
 def _keyset(keys: SessionKeys, epoch: int, initiator: bool, now: float) -> KeySet:
@@ -78,6 +91,7 @@ class Session:
         self._keys: dict[int, KeySet] = {}
         self._send_epoch: int | None = None
         self.pending_epoch: int | None = None  # responder: answered, not yet confirmed
+        self._candidates: list[KeySet] = []  # responder: keys offered for pending_epoch
         self._sendq = SendQueue(config)
         self._recvq = ReceiveBuffer(config)
         self._message_bucket = TokenBucket(config.message_rate_per_s, config.message_burst, now)
@@ -137,7 +151,7 @@ class Session:
         self._handshake_retry_at = None
         self._handshake_attempts = 0
         first = self._send_epoch is None
-        self.install(keys, epoch, now, confirmed=True)
+        self.install(keys, epoch, now)
         self.last_received = now
         # Confirm the keys to the responder at once, even with nothing to say.
         self._ping_needed = True
@@ -146,16 +160,27 @@ class Session:
         else:
             self._emit(events.SessionRekeyed(self.session_id, epoch))
 
-    def install(self, keys: SessionKeys, epoch: int, now: float, *, confirmed: bool) -> None:
-        """Add the keys of a new epoch; confirmed ones are used for sending at once."""
+    def install(self, keys: SessionKeys, epoch: int, now: float) -> None:
+        """Initiator: the keys of a completed handshake, used for sending at once."""
         self._keys[epoch] = _keyset(keys, epoch, self.initiator, now)
-        if confirmed:
-            self._promote(epoch, now)
-        else:
-            stale = self.pending_epoch
-            if stale is not None and stale != epoch:
-                self._keys.pop(stale, None)
+        self._promote(epoch, now)
+
+    def offer(self, keys: SessionKeys, epoch: int, now: float) -> bool:
+        """Responder: keys answered for `epoch`, used once the initiator uses them.
+
+        Retries of one handshake (each with a fresh ephemeral) can cross in the
+        network, so the responder cannot know which answer the initiator accepted:
+        it keeps the last few candidates and promotes whichever authenticates data.
+        A confirmed epoch is never replaced. Returns False if the offer is refused.
+        """
+        if epoch in self._keys:
+            return False
+        if self.pending_epoch != epoch:
+            self._candidates = []
             self.pending_epoch = epoch
+        self._candidates.append(_keyset(keys, epoch, self.initiator, now))
+        del self._candidates[:-MAX_CANDIDATES]
+        return True
 
     def _promote(self, epoch: int, now: float) -> None:
         old = self._send_epoch
@@ -164,10 +189,31 @@ class Session:
         self._send_epoch = epoch
         if self.pending_epoch == epoch:
             self.pending_epoch = None
+            self._candidates = []
 
-    def resume_keysets(self) -> list[KeySet]:
-        """Keysets whose resume key may authenticate the next rekey (newest first)."""
-        return sorted(self._keys.values(), key=lambda k: k.created, reverse=True)
+    def resumable(self, epoch: int) -> list[KeySet]:
+        """Keysets whose resume key may authenticate a rekey to `epoch`.
+
+        Only the current sending keys, or a candidate for the pending epoch (whose
+        resume tag then also proves the initiator accepted that candidate), can lead
+        to the next epoch; retired keys never can.
+        """
+        found = []
+        if self._send_epoch is not None and (self._send_epoch + 1) % 256 == epoch:
+            found.append(self._keys[self._send_epoch])
+        if self.pending_epoch is not None and (self.pending_epoch + 1) % 256 == epoch:
+            found.extend(self._candidates)
+        return found
+
+    def confirm(self, keyset: KeySet, now: float) -> None:
+        """A candidate proved to be the initiator's choice: make it the current keys."""
+        self._keys[keyset.epoch] = keyset
+        first = self._send_epoch is None
+        self._promote(keyset.epoch, now)
+        if first:
+            self._emit(events.SessionStarted(self.session_id, self.addr))
+        else:
+            self._emit(events.SessionRekeyed(self.session_id, keyset.epoch))
 
     # -- sending -----------------------------------------------------------------
 
@@ -229,27 +275,34 @@ class Session:
         keyset.next_packet += 1
         keyset.datagrams += 1
         self.last_sent = now
-        return header + wire.seal(keyset.send, plaintext, now)
+        # Data tokens carry timestamp 0: nothing checks it, and a real one would show
+        # every observer the sender's clock (Fernet leaves the timestamp in clear).
+        return header + wire.seal(keyset.send, plaintext, DATA_TIMESTAMP)
 
     # -- receiving ---------------------------------------------------------------
 
     def receive_data(self, datagram: bytes, addr: events.Address, now: float) -> None:
         """Authenticate, de-duplicate and process one DATA datagram."""
-        keyset = self._keys.get(datagram[1 + wire.SESSION_ID_BYTES])
-        if keyset is None:
+        epoch = datagram[1 + wire.SESSION_ID_BYTES]
+        keyset = self._keys.get(epoch)
+        if keyset is not None:
+            candidates = [keyset]
+        elif epoch == self.pending_epoch:
+            candidates = self._candidates
+        else:
             self._stats.drop("unknown-epoch")
             return
-        if keyset.retire_at is not None and keyset.retire_at <= now:
+        if keyset is not None and keyset.retire_at is not None and keyset.retire_at <= now:
             self._stats.drop("retired-key")
             return
-        if keyset.created + self._config.reject_after_s <= now:
+        if keyset is not None and keyset.created + self._config.reject_after_s <= now:
             self._stats.drop("key-expired")
             return
-        try:
-            plaintext, _ = wire.open_token(keyset.receive, datagram[wire.DATA_HEADER_BYTES :])
-        except InvalidToken:
+        opened = _open_with_any(candidates, datagram[wire.DATA_HEADER_BYTES :])
+        if opened is None:
             self._stats.drop("bad-token")
             return
+        keyset, plaintext = opened
         # Fernet has no associated data: the clear header must be repeated inside.
         if plaintext[: wire.DATA_HEADER_BYTES] != datagram[: wire.DATA_HEADER_BYTES]:
             self._stats.drop("header-mismatch")
@@ -258,7 +311,7 @@ class Session:
             (packet,) = wire.PACKET_NUMBER.unpack_from(plaintext, wire.DATA_HEADER_BYTES)
             body = plaintext[wire.DATA_HEADER_BYTES + wire.PACKET_NUMBER.size :]
             frames = wire.decode_frames(body, self._config.max_sack_ranges)
-        except (Malformed, ValueError):
+        except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
         if not keyset.replay.accept(packet):
@@ -270,12 +323,7 @@ class Session:
         newest = packet > keyset.highest_received
         keyset.highest_received = max(keyset.highest_received, packet)
         if keyset.epoch == self.pending_epoch:
-            first = self._send_epoch is None
-            self._promote(keyset.epoch, now)
-            if first:
-                self._emit(events.SessionStarted(self.session_id, addr))
-            else:
-                self._emit(events.SessionRekeyed(self.session_id, keyset.epoch))
+            self.confirm(keyset, now)
         if newest and keyset.epoch == self._send_epoch and addr != self.addr:
             old, self.addr = self.addr, addr
             if not self.initiator and old is not None:
@@ -311,7 +359,7 @@ class Session:
         if self.ended:
             return None
         config = self._config
-        deadlines = [self.last_received + config.session_expiry_s]
+        deadlines = [self.last_received + self._expiry_s()]
         if self._ack_due is not None:
             deadlines.append(self._ack_due)
         if self._handshake_retry_at is not None:
@@ -334,7 +382,7 @@ class Session:
         if self.ended:
             return
         config = self._config
-        if self.last_received + config.session_expiry_s <= now:
+        if self.last_received + self._expiry_s() <= now:
             self._end("timeout")
             return
         for keyset in [k for k in self._keys.values() if k.retire_at is not None]:
@@ -354,6 +402,11 @@ class Session:
         if self.established and self.last_sent + config.keepalive_s <= now:
             self._ping_needed = True
             self._emit(events.KeepaliveSent(self.session_id))
+
+    def _expiry_s(self) -> float:
+        if self.initiator or self.established:
+            return self._config.session_expiry_s
+        return self._config.pending_session_s  # half-open: answered, never confirmed
 
     def _rekey_due(self, now: float) -> bool:
         assert self._send_epoch is not None

@@ -16,6 +16,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .limits import MAX_PAYLOAD_BYTES
+
 PROTOCOL_VERSION = 1
 
 # Datagram types: the first byte of every datagram, in the clear.
@@ -228,7 +230,7 @@ def decode_frames(body: bytes, max_ranges: int) -> Frames:
             if kind == FRAME_MESSAGE:
                 _, seq, length = MESSAGE_FRAME.unpack_from(body, pos)
                 pos += MESSAGE_FRAME.size
-                if pos + length > len(body):
+                if length > MAX_PAYLOAD_BYTES or pos + length > len(body):
                     raise Malformed("message length")
                 messages.append((seq, body[pos : pos + length]))
                 pos += length
@@ -238,12 +240,14 @@ def decode_frames(body: bytes, max_ranges: int) -> Frames:
                 if count > max_ranges:
                     raise Malformed("too many ack ranges")
                 ranges = []
+                floor = cumulative  # ranges ascend, apart, above the cumulative ack
                 for _ in range(count):
                     start, end = ACK_RANGE.unpack_from(body, pos)
                     pos += ACK_RANGE.size
-                    if not cumulative < start < end:
+                    if not floor < start < end:
                         raise Malformed("ack range")
                     ranges.append((start, end))
+                    floor = end
                 ack = Ack(cumulative, tuple(ranges))
             elif kind == FRAME_PING:
                 ping = True
