@@ -94,14 +94,14 @@ def test_all_keys_are_parsed(tmp_path: Path) -> None:
         write_ini(
             tmp_path,
             "[server]\n"
-            "interface = 127.0.0.1\nport = 4000\nhistory_lines = 0\nidle_timeout = 2.5\n"
+            "interface = 127.0.0.1\nport = 4000\nhistory_lines = 0\nidle_timeout = 25\n"
             "max_members = 3\nallow = 10.0.0.0/8, 192.168.1.7,2001:db8::/32\n"
             "deny = 10.9.0.0/16\nlog_rejects_interval = 5\nhandshake_rate = 0.5\n"
             "handshake_burst = 1\n",
         )
     )
     assert (config.interface, config.port, config.history_lines) == ("127.0.0.1", 4000, 0)
-    assert (config.idle_timeout, config.max_members) == (2.5, 3)
+    assert (config.idle_timeout, config.max_members) == (25.0, 3)
     assert config.allow == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("192.168.1.7/32"),
@@ -231,8 +231,9 @@ def test_interface_that_is_a_hostname_asks_for_an_ip_literal(tmp_path: Path) -> 
         ("history_lines", "many", "use an integer 0-10000"),
         ("max_members", "0", "use an integer 1 or more"),
         ("handshake_burst", "1.5", "use an integer 1 or more"),
-        ("idle_timeout", "0", "use a number of seconds > 0"),
-        ("idle_timeout", "nan", "use a number of seconds > 0"),
+        ("idle_timeout", "0", "use a number of seconds from 15 to 3600"),
+        ("idle_timeout", "nan", "use a number of seconds from 15 to 3600"),
+        ("idle_timeout", "5", "use a number of seconds from 15 to 3600"),
         ("log_rejects_interval", "soon", "use a number of seconds > 0"),
         ("handshake_rate", "-3", "use a number of handshakes per second > 0"),
         ("key_file", "", "name the PSK file"),

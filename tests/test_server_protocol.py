@@ -150,11 +150,11 @@ def test_private_message_to_an_absent_nick_is_an_error_to_the_sender() -> None:
 def test_a_silent_member_times_out_and_the_room_is_told(logged: list[str]) -> None:
     """A member that falls silent is dropped after idle_timeout; the others see a
     part notice with reason timeout and the log says who and from where."""
-    world = World(idle_timeout=5.0)
+    world = World(idle_timeout=15.0)
     world.join("alice", 1001)
     bob = world.join("bob", 1002)
     alice = ("127.0.0.1", 1001)
-    world.advance(8.0, silent=(alice,))
+    world.advance(20.0, silent=(alice,))
     assert {"t": "part", "room": "lobby", "nick": "alice", "reason": "timeout"} in world.inbox[bob]
     assert any("alice timed out at 127.0.0.1:1001" in line for line in logged)
 
@@ -197,8 +197,9 @@ def test_shutdown_tells_every_member_and_closes_their_sessions() -> None:
     world = World()
     alice = world.join("alice", 1001)
     bob = world.join("bob", 1002)
-    world.server.shutdown()
-    world.settle()
+    done = world.server.shutdown()
+    world.advance(0.2, step=0.01)  # members acknowledge the notice; sessions close
+    assert done.called
     for addr in (alice, bob):
         assert world.inbox[addr][-1]["t"] == "shutdown"
         ended = [e for e in world.client_events[addr] if isinstance(e, events.SessionEnded)]

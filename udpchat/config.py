@@ -107,13 +107,17 @@ class _Reader:
         span = f"{low}-{high}" if high is not None else f"{low} or more"
         return self.get(key, parse, "is not a valid whole number", f"use an integer {span}")
 
-    def number(self, key: str, unit: str) -> float:
+    def number(self, key: str, unit: str, low: float = 0.0, high: float = math.inf) -> float:
         def parse(text: str) -> float:
             value = float(text)
-            if not math.isfinite(value) or value <= 0:
+            if not math.isfinite(value) or value <= 0 or not low <= value <= high:
                 raise ValueError(text)
             return value
 
+        if low > 0:
+            return self.get(
+                key, parse, "is out of range", f"use a number of {unit} from {low:g} to {high:g}"
+            )
         return self.get(key, parse, "is not a positive number", f"use a number of {unit} > 0")
 
 
@@ -261,7 +265,8 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         port=port,
         key_file=key_file,
         history_lines=reader.integer("history_lines", 0, MAX_HISTORY_LINES),
-        idle_timeout=reader.number("idle_timeout", "seconds"),
+        # Clients send a keepalive every 10 s: below 15 s idle members would expire.
+        idle_timeout=reader.number("idle_timeout", "seconds", 15, 3600),
         max_members=reader.integer("max_members", 1),
         allow=_parse_networks(reader, "allow"),
         deny=_parse_networks(reader, "deny"),

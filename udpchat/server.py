@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import error
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
@@ -33,6 +34,8 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 REFUSAL_LOG_MAX_ADDRESSES = 1024
 
 SHUTDOWN_TEXT = "the server is shutting down"
+#: On shutdown, wait at most this long for members to acknowledge the notice.
+SHUTDOWN_LINGER_S = 1.0
 
 log = Logger(namespace="udpchat")
 
@@ -41,6 +44,8 @@ def protocol_config(config: ServerConfig) -> ProtocolConfig:
     """The core's timers and limits, with the operator's settings applied."""
     return ProtocolConfig(
         session_expiry_s=config.idle_timeout,
+        # A silent peer must end its session before any message gives up on it.
+        give_up_s=max(60.0, 2 * config.idle_timeout),
         handshake_rate_per_s=config.handshake_rate,
         handshake_burst=config.handshake_burst,
     )
@@ -60,6 +65,7 @@ class ChatProtocol(DatagramProtocol):
         self._refusal_logged: OrderedDict[str, float] = OrderedDict()
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
+        self._held: list[bytes] | None = None  # while shutting down: sessions to close last
 
     # -- input ---------------------------------------------------------------------
 
@@ -95,6 +101,9 @@ class ChatProtocol(DatagramProtocol):
                 self._send(outgoing.session_id, outgoing.payload, now)
             self._flush(now)  # before closing, so a last reply still goes out
             closures = self.chat.drain_closures()
+            if self._held is not None:  # shutting down: close once the notice is acked
+                self._held.extend(closures)
+                closures = []
             for session_id in closures:
                 try:
                     self.endpoint.close_session(session_id, now)
@@ -191,14 +200,35 @@ class ChatProtocol(DatagramProtocol):
                 reasons=reasons,
             )
 
-    def shutdown(self) -> None:
-        """Tell every member the server is going away (best effort), then close."""
+    def shutdown(self) -> Deferred[None]:
+        """Tell every member the server is going away, wait (briefly) for them to
+        acknowledge it, then close every session. Fires when done."""
         now = self._clock.seconds()
+        self._held = []
         self.chat.shutdown(SHUTDOWN_TEXT, now)
         self._pump(now)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        done: Deferred[None] = Deferred()
+        deadline = now + SHUTDOWN_LINGER_S
+
+        def close_when_acknowledged() -> None:
+            now = self._clock.seconds()
+            held = self._held or []
+            if now < deadline and not all(self.endpoint.is_idle(s) for s in held):
+                self._clock.callLater(0.02, close_when_acknowledged)
+                return
+            for session_id in held:
+                try:
+                    self.endpoint.close_session(session_id, now)
+                except UnknownSession:
+                    pass
+            self._flush(now)
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            done.callback(None)
+
+        close_when_acknowledged()
+        return done
 
 
 def _format_addr(addr: Any) -> str:
@@ -270,11 +300,13 @@ class ChatService(Service):
         if self._summary.running:
             self._summary.stop()
         self.protocol.log_rejections()
-        self.protocol.shutdown()
-        if self._port is not None:
+        done = self.protocol.shutdown()
+
+        def stop_listening(_: object) -> object:
             port, self._port = self._port, None
-            return port.stopListening()  # type: ignore[no-any-return]
-        return None
+            return None if port is None else port.stopListening()
+
+        return done.addCallback(stop_listening)
 
 
 def make_chat_service(config: ServerConfig, psk: bytes) -> ChatService:
