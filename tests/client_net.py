@@ -1,0 +1,143 @@
+"""An in-memory udpchat network for client tests: the real protocol core and the real
+chat rules (ServerEndpoint + ChatServer) wired to ChatClients, with a fake clock,
+optional loss, outages and server crashes. No sockets, no sleeping."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from cryptography.fernet import Fernet
+
+from udpchat import events
+from udpchat.chat import ChatServer
+from udpchat.client.display import PLAIN, format_item
+from udpchat.client.session import ChatClient
+from udpchat.endpoint import ClientEndpoint, ServerEndpoint, UnknownSession
+from udpchat.limits import ProtocolConfig
+
+#: Short timers so that expiry and reconnects take simulated seconds, not minutes.
+FAST = ProtocolConfig(keepalive_s=1.0, session_expiry_s=4.0, give_up_s=8.0)
+START = 1_700_000_000.0
+
+
+@dataclass
+class Peer:
+    chat: ChatClient
+    addr: tuple[str, int]
+    lines: list[str] = field(default_factory=list)  # everything shown, plain style
+    cut: bool = False  # True: this peer's link is down (both ways)
+
+    def collect(self, now: float) -> None:
+        for item in self.chat.take_output():
+            text = format_item(item, PLAIN, now=now)
+            if text is not None:
+                self.lines.append(text)
+
+
+class Net:
+    """Clients and one server moving datagrams by hand (see module docstring)."""
+
+    def __init__(
+        self,
+        config: ProtocolConfig = FAST,
+        loss: float = 0.0,
+        seed: int = 1,
+        server_config: ProtocolConfig | None = None,
+    ) -> None:
+        self.psk = Fernet.generate_key()
+        self.config = config
+        self.server_config = server_config or config
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.now = START
+        self.up = True  # False: every datagram is lost, both ways
+        self.peers: list[Peer] = []
+        self.server_seen: list[bytes] = []  # payloads the chat server received
+        self.start_server()
+
+    def start_server(self, history_lines: int = 50) -> None:
+        """A fresh server process: every session and member forgotten (a crash)."""
+        self.server = ServerEndpoint(self.psk, self.server_config)
+        self.chat_server = ChatServer(history_lines=history_lines)
+
+    def client(self, nick: str, room: str = "lobby", start: bool = True, **kw: object) -> Peer:
+        n = len(self.peers) + 1
+        chat = ChatClient(
+            ClientEndpoint(self.psk, self.config),
+            nick,
+            room,
+            rng=random.Random(n),
+            **kw,  # type: ignore[arg-type]
+        )
+        peer = Peer(chat, (f"10.0.0.{n}", 40000 + n))
+        self.peers.append(peer)
+        if start:
+            chat.start(self.now)
+        return peer
+
+    def _delivered(self, peer: Peer) -> bool:
+        return self.up and not peer.cut and self.rng.random() >= self.loss
+
+    def step(self) -> None:
+        now = self.now
+        for peer in self.peers:
+            for data in peer.chat.datagrams_to_send(now):
+                if self._delivered(peer):
+                    self.server.receive_datagram(data, peer.addr, now)
+        for _ in range(3):  # the server answers what it was told
+            self._server_pump(now)
+        by_addr = {peer.addr: peer for peer in self.peers}
+        for data, addr in self.server.datagrams_to_send(now):
+            if addr in by_addr and self._delivered(by_addr[addr]):
+                by_addr[addr].chat.receive_datagram(data, now)
+        for peer in self.peers:
+            peer.collect(now)
+
+    def _server_pump(self, now: float) -> None:
+        server, chat = self.server, self.chat_server
+        while (event := server.next_event()) is not None:
+            if isinstance(event, events.SessionStarted):
+                chat.session_started(event.session_id, event.addr, now)
+            elif isinstance(event, events.MessageReceived):
+                self.server_seen.append(event.payload)
+                chat.message_received(event.session_id, event.payload, now)
+            elif isinstance(event, events.SessionEnded):
+                chat.session_ended(event.session_id, event.reason, now)
+        for outgoing in chat.drain():
+            try:
+                server.send(outgoing.session_id, outgoing.payload, now)
+            except UnknownSession:
+                pass
+        for session_id in chat.drain_closures():
+            try:
+                server.close_session(session_id, now)
+            except UnknownSession:
+                pass
+        chat.drain_log()
+
+    def run(self, seconds: float, dt: float = 0.02) -> None:
+        """Advance the clock by ``seconds``, firing timers and moving datagrams."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + dt)
+            for peer in self.peers:
+                deadline = peer.chat.get_timer()
+                if deadline is not None and deadline <= self.now:
+                    peer.chat.handle_timer(self.now)
+            deadline = self.server.get_timer()
+            if deadline is not None and deadline <= self.now:
+                self.server.handle_timer(self.now)
+            self.step()
+
+    def run_until(self, condition: object, timeout: float = 30.0, dt: float = 0.02) -> None:
+        end = self.now + timeout
+        while not condition():  # type: ignore[operator]
+            if self.now >= end:
+                raise AssertionError(f"condition not met in {timeout} simulated seconds")
+            self.run(dt, dt)
+
+    def submit(self, peer: Peer, *lines: str) -> None:
+        for line in lines:
+            peer.chat.submit(line, self.now)
+        self.step()

@@ -1,0 +1,243 @@
+"""udpchat-client's command line: setup errors are one line and exit status 2; the
+key file is found where --help says; pipe mode works against the real daemon."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Daemon
+
+from udpchat.client.cli import default_key_path, nick_from_login
+
+CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
+
+
+def run_client(
+    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        CLIENT + args,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def assert_setup_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit status 2, nothing on stdout, exactly one line on stderr, no traceback."""
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("udpchat-client: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture
+def env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """No key in the default places: HOME and XDG_CONFIG_HOME point into tmp_path."""
+    subprocess_env.pop("UDPCHAT_KEY_FILE", None)
+    subprocess_env["HOME"] = str(tmp_path / "home")
+    subprocess_env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return subprocess_env
+
+
+def test_unknown_host(env: dict[str, str], psk_file: Path) -> None:
+    result = run_client(["no-such-host.invalid", "--key", str(psk_file)], env)
+    assert_setup_error(result, "cannot resolve host 'no-such-host.invalid'")
+
+
+def test_missing_key_file(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.key"
+    result = run_client(["127.0.0.1", "--key", str(missing)], env)
+    assert_setup_error(result, str(missing), "does not exist")
+
+
+def test_missing_default_key_names_the_path_and_the_options(env: dict[str, str]) -> None:
+    result = run_client(["127.0.0.1"], env)
+    expected = Path(env["XDG_CONFIG_HOME"]) / "udpchat" / "chat.key"
+    assert_setup_error(result, str(expected), "--key", "UDPCHAT_KEY_FILE")
+
+
+def test_group_readable_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    psk_file.chmod(0o640)
+    result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
+    assert_setup_error(result, str(psk_file), "chmod 600")
+
+
+def test_other_readable_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    psk_file.chmod(0o604)
+    result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
+    assert_setup_error(result, "refusing")
+
+
+def test_corrupt_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    psk_file.write_text("this is not a key\n")
+    result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
+    assert_setup_error(result, str(psk_file), "corrupt")
+    assert "this is not a key" not in result.stderr  # key material never echoed
+
+
+def test_key_from_environment_variable(env: dict[str, str], tmp_path: Path) -> None:
+    env["UDPCHAT_KEY_FILE"] = str(tmp_path / "from-env.key")
+    result = run_client(["127.0.0.1"], env)
+    assert_setup_error(result, "from-env.key")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--nick", "9lives"], "bad --nick"),
+        (["--nick", ""], "bad --nick"),
+        (["--room", "no spaces"], "bad --room"),
+    ],
+)
+def test_bad_nick_or_room(
+    env: dict[str, str], psk_file: Path, args: list[str], needle: str
+) -> None:
+    result = run_client(["127.0.0.1", "--key", str(psk_file), *args], env)
+    assert_setup_error(result, needle)
+
+
+def test_bad_port_is_a_usage_error(env: dict[str, str], psk_file: Path) -> None:
+    result = run_client(["127.0.0.1", "--port", "70000"], env)
+    assert result.returncode == 2
+    assert "port must be 1..65535" in result.stderr
+
+
+def test_help_documents_key_lookup_and_pipe_mode(env: dict[str, str]) -> None:
+    result = run_client(["--help"], env)
+    assert result.returncode == 0
+    for needle in ("--key PATH", "UDPCHAT_KEY_FILE", "XDG_CONFIG_HOME", "~/.config", "--port"):
+        assert needle in result.stdout
+    assert "Your own lines are not printed" in result.stdout
+
+
+def test_default_key_path() -> None:
+    assert default_key_path({"UDPCHAT_KEY_FILE": "/k"}) == Path("/k")
+    assert default_key_path({"XDG_CONFIG_HOME": "/x"}) == Path("/x/udpchat/chat.key")
+    home = Path(os.path.expanduser("~"))
+    assert default_key_path({}) == home / ".config" / "udpchat" / "chat.key"
+    assert default_key_path({"UDPCHAT_KEY_FILE": ""}) == home / ".config/udpchat/chat.key"
+
+
+@pytest.mark.parametrize(
+    ("login", "nick"),
+    [
+        ("alice", "alice"),
+        ("john.doe", "john_doe"),
+        ("1234", "_1234"),
+        ("-x", "_-x"),
+        ("ünïcode", "_n_code"),
+        ("a" * 40, "a" * 24),
+        ("", "user"),
+    ],
+)
+def test_nick_from_login(login: str, nick: str) -> None:
+    assert nick_from_login(login) == nick
+
+
+# --- pipe mode against the real daemon ---------------------------------------------------
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
+    folder = tmp_path / "server"
+    folder.mkdir()
+    d = Daemon(folder, subprocess_env)
+    yield d.start()
+    d.kill()
+
+
+class LineReader:
+    """Collects a subprocess's stdout lines in a thread (select() and buffered text
+    files do not mix)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                self.lines.put(line.rstrip("\n"))
+            self.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_for(self, needle: str, timeout: float = 20) -> list[str]:
+        """Lines up to and including the first one containing ``needle``."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"{needle!r} not seen; got {seen}")
+            seen.append(line)
+            if needle in line:
+                return seen
+
+
+def test_pipe_mode_end_to_end(daemon: Daemon, env: dict[str, str]) -> None:
+    """A script's lines reach another client in order, as "<nick> text"; the script
+    does not see its own lines, waits for delivery at EOF and exits 0."""
+    key = str(daemon.key_file)
+    port = str(daemon.port)
+    bob = subprocess.Popen(
+        [*CLIENT, "127.0.0.1", "--port", port, "--key", key, "--nick", "bob"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        bob_out = LineReader(bob)
+        bob_out.wait_for("-!- bob has joined lobby")
+        lines = [f"line {i} ünïcode" for i in range(50)]
+        script = "\n".join([*lines, "/me waves", "/msg bob psst", "/who"]) + "\n"
+        alice = run_client(
+            ["localhost", "--port", port, "--key", key, "--nick", "alice"], env, stdin=script
+        )
+        assert alice.returncode == 0, alice.stderr
+        assert alice.stderr == ""
+        assert "-!- Users in lobby: alice bob" in alice.stdout
+        assert "<alice>" not in alice.stdout  # own lines are not printed in pipe mode
+        seen = bob_out.wait_for("-!- alice has left lobby (quit)")
+        said = [line for line in seen if line.startswith("<alice>")]
+        assert said == [f"<alice> {text}" for text in lines]
+        assert "* alice waves" in seen and "*alice* psst" in seen
+        assert bob.stdin is not None
+        bob.stdin.close()  # EOF: bob says bye and exits 0
+        assert bob.wait(20) == 0
+    finally:
+        if bob.poll() is None:
+            bob.kill()
+            bob.wait()
+
+
+def test_pipe_mode_exit_status_1_when_a_line_is_refused(
+    daemon: Daemon, env: dict[str, str]
+) -> None:
+    result = run_client(
+        ["127.0.0.1", "--port", str(daemon.port), "--key", str(daemon.key_file)],
+        env,
+        stdin="fine\n/nosuchcommand\n",
+    )
+    assert result.returncode == 1
+    assert "!!! unknown command /nosuchcommand" in result.stdout

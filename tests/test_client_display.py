@@ -1,0 +1,183 @@
+"""How the client shows things, and that nothing from the network reaches the terminal
+unsanitized."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from udpchat import messages
+from udpchat.client.display import (
+    PLAIN,
+    TERMINAL,
+    Info,
+    Notice,
+    OwnLine,
+    Problem,
+    Style,
+    clean,
+    format_item,
+    nick_colour,
+)
+
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Timestamps are local time: pin the zone so the expected strings are stable."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def plain(item: object) -> str | None:
+    return format_item(item, PLAIN, now=NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("item", "line"),
+    [
+        (messages.SayOut("lobby", "alice", "hello"), "<alice> hello"),
+        (messages.MeOut("lobby", "alice", "waves"), "* alice waves"),
+        (messages.PrivateMsgIn("bob", "psst"), "*bob* psst"),
+        (OwnLine("alice", "hi"), "<alice> hi"),
+        (OwnLine("alice", "waves", action=True), "* alice waves"),
+        (OwnLine("alice", "psst", to="bob"), "-> *bob* psst"),
+        (messages.JoinNotice("lobby", "bob"), "-!- bob has joined lobby"),
+        (messages.PartNotice("lobby", "bob", "timeout"), "-!- bob has left lobby (timeout)"),
+        (messages.PartNotice("dev", "bob", "part"), "-!- bob has left dev (part)"),
+        (messages.PartNotice("dev", "bob", "quit"), "-!- bob has left dev (quit)"),
+        (messages.PartNotice("dev", "bob", "shutdown"), "-!- bob has left dev (shutdown)"),
+        (messages.NickNotice("alice", "al"), "-!- alice is now known as al"),
+        (messages.WhoList("lobby", ("alice", "bob"), False), "-!- Users in lobby: alice bob"),
+        (
+            messages.RoomList(
+                (messages.RoomCount("dev", 1), messages.RoomCount("lobby", 3)), False
+            ),
+            "-!- Rooms: dev (1), lobby (3)",
+        ),
+        (messages.RoomList((), False), "-!- Rooms: none"),
+        (
+            messages.Error("nick-taken", 'nick "bob" is already taken'),
+            '!!! nick "bob" is already taken',
+        ),
+        (messages.Welcome("alice", "lobby"), "-!- you are alice in lobby"),
+        (messages.Shutdown("maintenance"), "-!- server is shutting down: maintenance"),
+        (
+            Notice("connection to server lost; reconnecting"),
+            "-!- connection to server lost; reconnecting",
+        ),
+        (Problem("not delivered: hi"), "!!! not delivered: hi"),
+        (Info("  /who  list"), "  /who  list"),
+    ],
+)
+def test_plain_formats(item: object, line: str) -> None:
+    """The contract's formats, exactly (scripts parse them)."""
+    assert plain(item) == line
+
+
+def test_history_lines_carry_their_time() -> None:
+    """Lines replayed from history are marked with their timestamp, also in plain style,
+    and with the date when they are not from today."""
+    today = messages.SayOut("lobby", "alice", "old news", ts=NOW - 3600)
+    assert plain(today) == "[21:13] <alice> old news"
+    older = messages.MeOut("lobby", "alice", "waved", ts=NOW - 2 * 86400)
+    assert plain(older) == "[2023-11-12 22:13] * alice waved"
+
+
+def test_terminal_style_has_timestamps_and_colours() -> None:
+    line = format_item(messages.SayOut("lobby", "alice", "hi"), TERMINAL, now=NOW)
+    assert line is not None
+    assert "22:13" in line
+    assert f"\x1b[{nick_colour('alice')}malice\x1b[0m" in line
+    assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "22:13 <alice> hi"
+
+
+def test_timestamps_without_colour() -> None:
+    """NO_COLOR: timestamps but not a single escape sequence."""
+    line = format_item(messages.SayOut("lobby", "alice", "hi"), Style(timestamps=True), now=NOW)
+    assert line == "22:13 <alice> hi"
+
+
+def test_nick_colour_is_stable_and_case_insensitive() -> None:
+    assert nick_colour("Alice") == nick_colour("alice") == nick_colour("ALICE")
+    colours = {nick_colour(f"user{i}") for i in range(100)}
+    assert len(colours) > 5  # spread over the palette
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "\x1b]0;pwned\x07",  # set window title
+        "\x1b[2J\x1b[H",  # clear screen
+        "\x9b31m",  # 8-bit CSI
+        "line\nfake line",
+        "back\rover",
+        "\u202eevil",  # right-to-left override
+        "\u2028sep",
+        "\ud800",  # unpaired surrogate
+        "\x00\x7f",
+    ],
+)
+def test_clean_removes_everything_a_terminal_could_interpret(evil: str) -> None:
+    cleaned = clean(evil)
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2028\u2029\ud800-\udfff]", cleaned)
+    cleaned.encode("utf-8")  # no surrogates left
+
+
+def test_hostile_server_cannot_inject_escapes() -> None:
+    """Messages built without validation (a fake server holding the key could send
+    anything the decoder lets through, or the client could have a bug) are still shown
+    without a single control character, in plain and in terminal style."""
+    evil = "\x1b[2J\x1b]0;x\x07\u202e\n"
+    items = [
+        object.__new__(messages.SayOut),
+        object.__new__(messages.PrivateMsgIn),
+        object.__new__(messages.PartNotice),
+        object.__new__(messages.WhoList),
+        object.__new__(messages.Error),
+    ]
+    for field in ("room", "nick", "text", "reason"):
+        for item in (items[0], items[2]):
+            if hasattr(type(item), field):
+                object.__setattr__(item, field, evil)
+    object.__setattr__(items[0], "ts", None)
+    object.__setattr__(items[1], "sender", evil)
+    object.__setattr__(items[1], "text", evil)
+    object.__setattr__(items[3], "room", evil)
+    object.__setattr__(items[3], "nicks", (evil, evil))
+    object.__setattr__(items[3], "more", False)
+    object.__setattr__(items[4], "code", "bad-message")
+    object.__setattr__(items[4], "text", evil)
+    for item in items:
+        for style in (PLAIN, TERMINAL):
+            line = format_item(item, style, now=NOW)  # type: ignore[arg-type]
+            assert line is not None
+            without_our_sgr = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            assert not re.search("[\x00-\x1f\x7f-\x9f\u202e]", without_our_sgr), line
+            assert "\ufffd" in line
+
+
+@given(st.text(), st.text(), st.text())
+def test_no_control_character_survives_formatting(nick: str, room: str, text: str) -> None:
+    """Property: whatever the strings, plain output has no control characters at all."""
+    for cls in (messages.SayOut, messages.MeOut):
+        item = object.__new__(cls)
+        for name, value in (("room", room), ("nick", nick), ("text", text), ("ts", None)):
+            object.__setattr__(item, name, value)
+        line = format_item(item, PLAIN, now=NOW)
+        assert line is not None
+        assert not re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", line)

@@ -1,0 +1,182 @@
+"""ChatLink, the client's Twisted glue: datagrams to and from the server address only,
+one timer, the next server address when a handshake goes unanswered; and the pipe
+front end's input handling. A fake reactor (task.Clock + fake UDP ports), no sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from client_net import FAST, Net
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from udpchat.client.pipe import PipeFrontEnd
+from udpchat.client.protocol import ChatLink, same_address
+from udpchat.client.session import ChatClient, State
+from udpchat.endpoint import ClientEndpoint
+
+
+class FakePort:
+    def __init__(self, proto: Any, interface: str) -> None:
+        self.proto, self.interface = proto, interface
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.listening = True
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakePort] = []
+
+    def listenUDP(self, port: int, proto: Any, interface: str = "") -> FakePort:
+        fake = FakePort(proto, interface)
+        self.ports.append(fake)
+        return fake
+
+
+class Front:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.done = False
+
+    def update(self, items: list[Any]) -> None:
+        self.items.extend(items)
+
+    def chat_done(self) -> None:
+        self.done = True
+
+
+V4 = (socket.AF_INET, ("192.0.2.1", 12345))
+V6 = (socket.AF_INET6, ("2001:db8::1", 12345))
+
+
+def make_link(servers: list[Any], fallback: float | None = None) -> tuple[ChatLink, FakeReactor]:
+    reactor = FakeReactor()
+    reactor.advance(1_700_000_000)
+    net = Net()
+    chat = ChatClient(ClientEndpoint(net.psk, FAST), "alice", fallback_after_s=fallback)
+    link = ChatLink(chat, servers, reactor, Front())
+    link.start()
+    return link, reactor
+
+
+def test_handshake_goes_to_the_server_on_a_socket_of_its_family() -> None:
+    link, reactor = make_link([V6])
+    assert [port.interface for port in reactor.ports] == ["::"]
+    assert reactor.ports[0].written and all(a == V6[1] for _, a in reactor.ports[0].written)
+
+
+def test_datagrams_from_other_addresses_never_reach_the_core() -> None:
+    link, reactor = make_link([V4])
+    link.datagram_received(b"\x02junk", ("192.0.2.66", 12345))
+    link.datagram_received(b"\x02junk", ("192.0.2.1", 9999))
+    assert link.chat.endpoint.stats.total() == 0
+    link.datagram_received(b"\x02junk", ("192.0.2.1", 12345))
+    assert link.chat.endpoint.stats.total() == 1  # from the server: the core judges it
+
+
+def test_exactly_one_timer_is_scheduled() -> None:
+    link, reactor = make_link([V4])
+    for _ in range(50):
+        reactor.advance(0.7)
+        assert len(reactor.getDelayedCalls()) == 1
+
+
+def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
+    link, reactor = make_link([V6, V4], fallback=3.0)
+    v6_port, v4_port = reactor.ports
+    assert v6_port.written and not v4_port.written
+    reactor.advance(3.1)
+    assert v4_port.written and all(a == V4[1] for _, a in v4_port.written)
+    assert link.chat.state is State.CONNECTING
+    reactor.advance(3.1)
+    assert len(v6_port.written) > 1  # and round again
+
+
+def test_same_address_accepts_equivalent_ipv6_spellings() -> None:
+    assert same_address(("2001:db8::1", 1), ("2001:DB8:0::1", 1))
+    assert not same_address(("2001:db8::1", 1), ("2001:db8::1", 2))
+    assert not same_address(("192.0.2.1", 1), ("192.0.2.2", 1))
+
+
+def test_stopping_closes_the_sockets_and_the_timer() -> None:
+    link, reactor = make_link([V4])
+    link.quit()  # not connected: ends at once
+    assert link.front.done  # type: ignore[union-attr]
+    assert not reactor.ports[0].listening
+    assert reactor.getDelayedCalls() == []
+
+
+# --- the pipe front end ----------------------------------------------------------------
+
+
+class RecordingLink:
+    """Stands in for ChatLink: records submitted lines; the chat always has room."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.finished = False
+        self.rejected: list[str] = []
+        link = self
+
+        class Chat:
+            done = False
+
+            def room_for_input(self) -> bool:
+                return True
+
+            def reject_input(self, text: str) -> None:
+                link.rejected.append(text)
+
+        self.chat = Chat()
+
+    def submit(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def pipe() -> tuple[PipeFrontEnd, RecordingLink, StringTransport]:
+    exits: list[bool] = []
+    front = PipeFrontEnd(lambda: exits.append(True), lambda: 0.0)
+    transport = StringTransport()
+    front.makeConnection(transport)
+    link = RecordingLink()
+    front.attach(link)  # type: ignore[arg-type]
+    return front, link, transport
+
+
+def test_pipe_splits_lines_across_reads_and_strips_crlf() -> None:
+    front, link, _ = pipe()
+    front.dataReceived(b"one\r\ntw")
+    front.dataReceived(b"o\nthree")
+    assert link.lines == ["one", "two"]
+    front.readConnectionLost()
+    assert link.lines == ["one", "two", "three"]  # the last line needs no newline
+    assert link.finished
+
+
+def test_pipe_reports_bad_utf8_and_huge_lines_and_goes_on() -> None:
+    front, link, _ = pipe()
+    front.dataReceived(b"ok\n\xff\xfe\n" + b"x" * 20000 + b"\nafter\n")
+    assert link.lines == ["ok", "after"]
+    assert link.rejected == [
+        "input line 2 is not UTF-8; skipped",
+        "input line 3 is far too long; skipped",
+    ]
+
+
+def test_pipe_prints_events_as_plain_lines() -> None:
+    from udpchat import messages
+
+    front, _, transport = pipe()
+    front.update([messages.SayOut("lobby", "bob", "hi"), messages.JoinNotice("lobby", "eve")])
+    assert transport.value() == b"<bob> hi\n-!- eve has joined lobby\n"

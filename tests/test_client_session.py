@@ -1,0 +1,266 @@
+"""ChatClient (the client's chat logic) against the real core and chat rules, in
+memory: hello/welcome, own lines, nick retry, reconnect with re-sending, history
+de-duplication, pipe-mode draining and its exit status."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from client_net import FAST, Net
+
+from udpchat.client import session as client_session
+from udpchat.client.outbox import OUTBOX_MAX_LINES
+from udpchat.client.session import State
+from udpchat.limits import ProtocolConfig
+
+
+def said(net: Net) -> list[str]:
+    """The chat lines the server received, in order ("say" text only)."""
+    out = []
+    for payload in net.server_seen:
+        msg = json.loads(payload)
+        if msg["t"] == "say":
+            out.append(msg["text"])
+    return out
+
+
+def test_hello_welcome_and_chat() -> None:
+    """Both clients are welcomed; a line shows as "<alice> hi" for bob and, locally,
+    for alice herself (the server never echoes it)."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.state is State.READY and bob.chat.state is State.READY)
+    net.submit(alice, "hi", "/me waves")
+    net.run(1)
+    assert "<alice> hi" in bob.lines and "* alice waves" in bob.lines
+    assert alice.lines[-2:] == ["<alice> hi", "* alice waves"]
+    assert "-!- you are alice in lobby" in alice.lines
+    assert alice.chat.unsent == 0
+
+
+def test_lines_typed_before_welcome_are_sent_after_it_in_order() -> None:
+    net = Net()
+    bob = net.client("bob")
+    net.run_until(lambda: bob.chat.connected)
+    alice = net.client("alice", start=False)
+    for i in range(5):
+        alice.chat.submit(f"early {i}", net.now)
+    alice.chat.start(net.now)
+    net.run(2)
+    assert [line for line in bob.lines if line.startswith("<alice>")] == [
+        f"<alice> early {i}" for i in range(5)
+    ]
+
+
+def test_taken_nick_is_retried_with_underscore() -> None:
+    net = Net()
+    net.client("bob")
+    net.run(1)
+    other = net.client("Bob")
+    net.run_until(lambda: other.chat.connected)
+    assert other.chat.nick == "Bob_"
+    assert "!!! bob is taken" in other.lines
+    assert "-!- trying nick Bob_" in other.lines
+
+
+def test_nick_and_room_follow_the_server() -> None:
+    """The prompt's nick/room change only when the server confirms them."""
+    net = Net()
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.connected)
+    net.submit(alice, "/nick al", "/join #Dev")
+    net.run(1)
+    assert (alice.chat.nick, alice.chat.room) == ("al", "dev")
+    assert "-!- alice is now known as al" in alice.lines
+    assert "-!- al has joined dev" in alice.lines
+
+
+def test_local_errors_send_nothing() -> None:
+    net = Net()
+    alice = net.client("alice", pipe=True)
+    net.run_until(lambda: alice.chat.connected)
+    sent = len(net.server_seen)
+    net.submit(alice, "/bogus", "x" * 401, "/nick 1bad")
+    net.run(1)
+    assert len(net.server_seen) == sent
+    assert alice.lines[-3].startswith("!!! unknown command /bogus")
+    assert alice.lines[-2] == "!!! line too long: 401 bytes, the limit is 400"
+    assert alice.chat.failures == 3
+
+
+def test_reconnect_after_outage_resends_what_was_not_acknowledged() -> None:
+    """Lines typed during an outage (or sent and never acknowledged) reach the room
+    exactly once, in order, after the client noticed and reconnected."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(alice, "before")
+    net.run(1)
+    net.up = False
+    net.submit(alice, "during 1", "during 2")
+    net.run(FAST.session_expiry_s + 1)
+    assert "-!- connection to server lost; reconnecting" in alice.lines
+    assert alice.chat.unsent == 2
+    net.up = True
+    net.submit(alice, "after")
+    net.run_until(lambda: alice.chat.connected and alice.chat.unsent == 0, timeout=60)
+    net.run(1)
+    assert said(net) == ["before", "during 1", "during 2", "after"]
+    assert "-!- reconnected" in alice.lines
+    assert alice.chat.state is State.READY
+
+
+def test_server_crash_and_restart() -> None:
+    """A restarted server knows no session: the client times out, reconnects, says
+    hello again (same nick, same room) and delivers what was typed meanwhile."""
+    net = Net()
+    alice = net.client("alice", room="dev")
+    net.run_until(lambda: alice.chat.connected)
+    client_id = alice.chat.client_id
+    net.start_server()
+    net.submit(alice, "anyone?")
+    net.run_until(lambda: alice.chat.connected and alice.chat.unsent == 0, timeout=60)
+    hellos = [json.loads(p) for p in net.server_seen if json.loads(p)["t"] == "hello"]
+    assert [h["client"] for h in hellos] == [client_id, client_id]
+    assert hellos[-1]["room"] == "dev" and hellos[-1]["nick"] == "alice"
+    assert said(net)[-1] == "anyone?"
+
+
+def test_history_replayed_after_reconnect_is_not_shown_twice() -> None:
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(bob, "one", "two")
+    net.submit(alice, "mine")
+    net.run(1)
+    # Alice alone loses her connection; bob keeps talking.
+    alice.cut = True
+    net.run(FAST.session_expiry_s + 1)
+    net.submit(bob, "while away")
+    alice.cut = False
+    net.run_until(lambda: alice.chat.connected, timeout=60)
+    net.run(1)
+    assert alice.lines.count("<bob> one") == 1
+    assert alice.lines.count("<alice> mine") == 1
+    replayed = [line for line in alice.lines if line.endswith("<bob> while away")]
+    assert len(replayed) == 1 and replayed[0].startswith("[")  # marked as history
+
+
+def test_pipe_finish_waits_for_delivery_then_says_bye() -> None:
+    net = Net(loss=0.3)
+    alice, bob = net.client("alice", pipe=True), net.client("bob")
+    net.run_until(lambda: bob.chat.connected)
+    net.submit(alice, *[f"line {i}" for i in range(30)])
+    alice.chat.finish(net.now)
+    net.run_until(lambda: alice.chat.done, timeout=60)
+    assert alice.chat.exit_code == 0
+    assert said(net) == [f"line {i}" for i in range(30)]
+    assert not any(line.startswith("<alice>") for line in alice.lines)  # pipe: not echoed
+    net.run_until(lambda: "-!- alice has left lobby (quit)" in bob.lines, timeout=30)
+    got = [line for line in bob.lines if line.startswith("<alice>")]
+    assert got == [f"<alice> line {i}" for i in range(30)]
+
+
+def test_pipe_finish_reports_undelivered_lines_and_fails() -> None:
+    net = Net()
+    alice = net.client("alice", pipe=True)
+    net.up = False
+    net.submit(alice, "lost 1", "lost 2")
+    alice.chat.finish(net.now)
+    net.run_until(lambda: alice.chat.done, timeout=client_session.DRAIN_IDLE_TIMEOUT_S + 5)
+    assert alice.chat.exit_code == 1
+    assert alice.lines[-2:] == ["!!! not delivered: lost 1", "!!! not delivered: lost 2"]
+
+
+def test_pipe_with_nothing_to_send_ends_at_once() -> None:
+    net = Net()
+    alice = net.client("alice", pipe=True)
+    alice.chat.finish(net.now)
+    assert alice.chat.done and alice.chat.exit_code == 0
+
+
+def test_outbox_is_bounded_while_offline() -> None:
+    net = Net()
+    alice = net.client("alice")
+    net.up = False
+    for i in range(OUTBOX_MAX_LINES):
+        alice.chat.submit(f"l{i}", net.now)
+    alice.chat.submit("one too many", net.now)
+    net.step()
+    assert alice.lines[-1].startswith("!!! not sent, 1000 lines already wait")
+    assert alice.chat.unsent == OUTBOX_MAX_LINES
+    assert not alice.chat.room_for_input()
+
+
+def test_quit_sends_bye_and_ends() -> None:
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(alice, "last words", "/quit")
+    net.run_until(lambda: alice.chat.done)
+    net.run(1)
+    assert bob.lines[-2:] == ["<alice> last words", "-!- alice has left lobby (quit)"]
+
+
+def test_quit_while_offline_reports_unsent_lines() -> None:
+    net = Net()
+    alice = net.client("alice")
+    net.up = False
+    net.submit(alice, "pending", "/quit")
+    assert alice.chat.done
+    assert alice.lines[-1] == "!!! not sent: pending"
+
+
+def test_who_chunks_are_shown_as_one_line() -> None:
+    net = Net()
+    nicks = [f"user_with_a_long_nick{i:03d}" for i in range(60)]
+    peers = [net.client(n) for n in nicks]
+    net.run_until(lambda: all(p.chat.connected for p in peers), timeout=60)
+    net.submit(peers[0], "/who")
+    net.run(2)
+    who = [line for line in peers[0].lines if line.startswith("-!- Users in lobby:")]
+    assert len(who) == 1
+    assert who[0].split(": ", 1)[1].split() == sorted(nicks, key=str.casefold)
+
+
+def test_malformed_server_messages_are_reported_once() -> None:
+    net = Net()
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.connected)
+    for session_id in list(net.server._sessions):  # noqa: SLF001 - a hostile server
+        for _ in range(3):
+            net.server.send(session_id, b'{"t":"say","nick":"x\\u001b[2J"}', net.now)
+    net.run(1)
+    assert alice.lines.count("!!! ignored a malformed message from the server") == 1
+
+
+def test_undelivered_for_other_reasons_is_reported() -> None:
+    """A server that accepts no more messages (rate limit) makes the core give up:
+    the lines are reported as not delivered instead of being re-sent forever."""
+    config = ProtocolConfig(keepalive_s=0.5, session_expiry_s=3.0, give_up_s=5.0)
+    net = Net(
+        config=config, server_config=replace(config, message_rate_per_s=1e-6, message_burst=1)
+    )
+    alice = net.client("alice", pipe=True)
+    net.run_until(lambda: alice.chat.connected)  # hello was the one message allowed
+    net.submit(alice, "stuck")
+    net.run(config.give_up_s + 2)
+    assert "!!! not delivered: stuck" in alice.lines
+    assert alice.chat.failures == 1
+    assert "stuck" not in said(net)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.2])
+def test_lossy_network_keeps_order_and_exactly_once(loss: float) -> None:
+    net = Net(loss=loss, seed=7)
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected, timeout=60)
+    lines = [f"n{i}" for i in range(100)]
+    net.submit(alice, *lines)
+    net.run_until(lambda: alice.chat.unsent == 0, timeout=120)
+    net.run(2)
+    assert [line for line in bob.lines if line.startswith("<alice>")] == [
+        f"<alice> {text}" for text in lines
+    ]

@@ -1,0 +1,301 @@
+"""``udpchat-client``: the command line entry point (argument parsing, key lookup,
+name resolution, and the choice between terminal and pipe mode)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+from udpchat import messages
+from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
+
+PROG = "udpchat-client"
+DEFAULT_PORT = 12345
+#: Exit status for a usage or setup problem (bad arguments, key, unknown host).
+EXIT_SETUP = 2
+#: Exit status when the run was interrupted or lines were not delivered.
+EXIT_FAILED = 1
+#: With several addresses for the server, a handshake unanswered this long moves on
+#: to the next one (e.g. "localhost" = ::1 and 127.0.0.1, server on IPv4 only).
+ADDRESS_FALLBACK_S = 3.0
+#: On SIGINT/SIGTERM, how long the front end may take to write its last lines.
+SHUTDOWN_FLUSH_S = 1.0
+
+DESCRIPTION = """\
+Encrypted group chat over UDP: connect to the udpchat server on HOST.
+
+Terminal mode (stdin and stdout are a terminal): a line editor with history; type
+/help for the commands. /quit, Ctrl-D or Ctrl-C leaves.
+
+Pipe mode (otherwise), for scripts: every input line is sent in order (commands work
+too, '//text' sends '/text'), and every event is printed as one plain line, such as
+"<alice> hello", "* alice waves", "*bob* hi", "-!- bob has joined lobby" or
+"!!! error". Your own lines are not printed. At end of input the client waits until
+the server acknowledged every line, says bye and exits."""
+
+EPILOG = """\
+key file (the group's pre-shared key, mode 0600), first found of:
+  --key PATH, $UDPCHAT_KEY_FILE, $XDG_CONFIG_HOME/udpchat/chat.key
+  (XDG_CONFIG_HOME defaults to ~/.config)
+
+exit status:
+  0  done (pipe mode: every line was delivered)
+  1  pipe mode: a line was refused or not delivered; or interrupted
+  2  bad arguments, unusable key file, unknown host"""
+
+
+def fail(text: str) -> NoReturn:
+    """One line on stderr, exit status 2: setup problems are not worth a traceback."""
+    print(f"{PROG}: {text}", file=sys.stderr)
+    raise SystemExit(EXIT_SETUP)
+
+
+def default_key_path(env: Mapping[str, str]) -> Path:
+    """Where the key is when --key is not given (see EPILOG)."""
+    if env.get("UDPCHAT_KEY_FILE"):
+        return Path(env["UDPCHAT_KEY_FILE"])
+    config = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "udpchat" / "chat.key"
+
+
+def nick_from_login(login: str) -> str:
+    """A valid nick made from a login name: other characters become '_'."""
+    nick = "".join(c if messages.valid_nick("a" + c) else "_" for c in login)
+    if nick and not messages.valid_nick(nick[0]):
+        nick = "_" + nick  # no leading digit or '-'
+    nick = nick[: messages.NICK_MAX_CHARS]
+    return nick if messages.valid_nick(nick) else "user"
+
+
+def default_nick() -> str:
+    try:
+        return nick_from_login(getpass.getuser())
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "user"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, not {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("host", metavar="HOST", help="server name or IPv4/IPv6 address")
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"server UDP port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
+    parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
+    parser.add_argument(
+        "--room", metavar="ROOM", default=messages.DEFAULT_ROOM, help="room to start in"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console script entry point."""
+    args = build_parser().parse_args(argv)
+    nick = args.nick if args.nick is not None else default_nick()
+    if reason := messages.nick_error(nick):
+        fail(f"bad --nick {nick!r}: {reason}")
+    room = messages.normalize_room(args.room)
+    if reason := messages.room_error(room):
+        fail(f"bad --room {args.room!r}: {reason}")
+    if not args.host.strip():
+        fail("HOST must not be empty")
+    key_path = args.key if args.key is not None else default_key_path(os.environ)
+    try:
+        psk = load_key(key_path)
+    except KeyFileNotFound as exc:
+        hint = "" if args.key else " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
+        fail(f"{exc}{hint}")
+    except KeyFileError as exc:
+        fail(str(exc))
+    sys.exit(run(args.host, args.port, psk, nick, room))
+
+
+def run(host: str, port: int, psk: bytes, nick: str, room: str) -> int:
+    """Resolve, connect and chat until done; return the exit status."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    with ExitStack() as cleanup:
+        runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive)
+        reactor.callWhenRunning(runner.start)
+        reactor.run()
+    # The terminal is restored here (ExitStack); only now may errors be printed.
+    for line in runner.errors:
+        print(line, file=sys.stderr)
+    return runner.exit_code
+
+
+def describe_resolve_error(host: str, exc: BaseException) -> str:
+    """One line for a failed lookup of ``host``."""
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return f"cannot resolve host {host!r}: {exc.strerror}"
+    return f"cannot resolve host {host!r}: {exc}"
+
+
+class Runner:
+    """What happens inside the reactor: resolve HOST, start the front end, stop.
+
+    Errors end up in ``errors`` (printed once the terminal is restored) and the exit
+    status in ``exit_code``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        cleanup: ExitStack,
+        host: str,
+        port: int,
+        psk: bytes,
+        nick: str,
+        room: str,
+        interactive: bool,
+    ) -> None:
+        self.reactor = reactor
+        self.cleanup = cleanup
+        self.host, self.port, self.psk = host, port, psk
+        self.nick, self.room = nick, room
+        self.interactive = interactive
+        self.exit_code = 0
+        self.errors: list[str] = []
+        self.chat: Any = None
+        self.link: Any = None
+        self._exited: Any = None  # Deferred: the front end is gone (during shutdown)
+
+    def start(self) -> None:
+        from udpchat.client.protocol import resolve
+
+        self._start_logging()
+        d = resolve(self.host, self.port)
+        d.addCallbacks(self._resolved, self._resolve_failed)
+        d.addErrback(self._crashed)
+
+    def _start_logging(self) -> None:
+        """Twisted buffers log events until told where to put them: keep the errors
+        (a bug's traceback), drop the chatter."""
+        from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogBeginner
+
+        def observer(event: dict[str, Any]) -> None:
+            if event.get("log_level", LogLevel.info) >= LogLevel.error or event.get("isError"):
+                text = (formatEventAsClassicLogText(event) or "").rstrip("\n")
+                if self.interactive:
+                    self.errors.append(text)  # the screen is in raw mode: print later
+                else:
+                    print(text, file=sys.stderr, flush=True)
+
+        globalLogBeginner.beginLoggingTo([cast(Any, observer)], redirectStandardIO=False)
+
+    def _resolve_failed(self, failure: Any) -> None:
+        failure.trap(OSError)
+        self._setup_error(describe_resolve_error(self.host, failure.value))
+
+    def _setup_error(self, text: str) -> None:
+        self.errors.append(f"{PROG}: {text}")
+        self.exit_code = EXIT_SETUP
+        self._stop()
+
+    def _crashed(self, failure: Any) -> None:
+        self.errors.append(f"{PROG}: internal error: {failure.getTraceback()}")
+        self.exit_code = EXIT_FAILED
+        self._stop()
+
+    def _resolved(self, servers: list[tuple[int, tuple[str, int]]]) -> None:
+        from twisted.internet import error, stdio
+
+        from udpchat.client.display import TERMINAL, Style
+        from udpchat.client.pipe import PipeFrontEnd
+        from udpchat.client.protocol import ChatLink
+        from udpchat.client.session import ChatClient
+        from udpchat.endpoint import ClientEndpoint
+
+        if not servers:
+            self._setup_error(f"host {self.host!r} has no IPv4 or IPv6 address")
+            return
+        fallback = ADDRESS_FALLBACK_S if len(servers) > 1 else None
+        self.chat = ChatClient(
+            ClientEndpoint(self.psk),
+            self.nick,
+            self.room,
+            pipe=not self.interactive,
+            fallback_after_s=fallback,
+        )
+        front: Any
+        if self.interactive:
+            from udpchat.client import terminal
+
+            style = TERMINAL
+            if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+                style = Style(colour=False, timestamps=True)
+            self.cleanup.enter_context(terminal.raw_terminal(sys.stdin.fileno()))
+            proto = terminal.make_terminal_protocol(self._front_exited, self.reactor.seconds, style)
+            stdio.StandardIO(proto)
+            front = proto.terminalProtocol
+            self.cleanup.enter_context(terminal.follow_window_size(front, self.reactor))
+        else:
+            front = PipeFrontEnd(self._front_exited, self.reactor.seconds)
+            stdio.StandardIO(front)
+        self.link = ChatLink(self.chat, servers, self.reactor, front)
+        front.link = self.link
+        try:
+            self.link.start()
+        except error.CannotListenError as exc:
+            self._setup_error(f"cannot open a UDP socket: {exc.socketError}")
+            return
+        front.attach(self.link)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+
+    def _front_exited(self) -> None:
+        chat = self.chat
+        if chat is not None and self.exit_code == 0:
+            failed = chat.fatal or (chat.exit_code and not self.interactive)
+            self.exit_code = EXIT_FAILED if failed else 0
+        if self._exited is not None and not self._exited.called:
+            self._exited.callback(None)
+        self._stop()
+
+    def _shutting_down(self) -> Any:
+        """SIGINT/SIGTERM: tell the server we are gone and let the front end write its
+        last lines (a Deferred holds the shutdown until then, at most a second)."""
+        from twisted.internet.defer import Deferred
+
+        if self.chat is None or self.chat.done:
+            return None
+        self.exit_code = EXIT_FAILED
+        self._exited = Deferred()
+        self._exited.addTimeout(SHUTDOWN_FLUSH_S, self.reactor, onTimeoutCancel=lambda *_: None)
+        self.link.abort()
+        return self._exited
+
+    def _stop(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+if __name__ == "__main__":
+    main()

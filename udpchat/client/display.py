@@ -1,0 +1,181 @@
+"""How the client shows things: one line of text per server message or local event.
+
+Every string that came from the network goes through ``clean`` before it is shown, so
+whoever holds the group key (and can therefore impersonate the server) still cannot
+send terminal escape sequences, newlines or bidi overrides to a user's terminal.
+Plain style (pipes, scripts) has no colours and no timestamps on live lines; terminal
+style adds HH:MM timestamps and a stable colour per nick.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from udpchat import messages
+
+# C0, DEL and C1 controls (ESC, CSI, BEL, newlines ...), unpaired surrogates (cannot be
+# encoded), line/paragraph separators (some terminals break lines on them) and bidi
+# controls (they can make a line read as something else: "trojan source").
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+REPLACEMENT = "\ufffd"
+
+# Basic 16-colour SGR codes only, readable on dark and light backgrounds alike (no
+# black/white/grey), so every terminal shows them.
+NICK_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
+_RESET = "\x1b[0m"
+_BOLD = "1"
+_DIM = "2"
+_ERROR = "1;31"
+
+
+def clean(text: str) -> str:
+    """``text`` with every control/bidi/surrogate character replaced by U+FFFD."""
+    return _UNSAFE.sub(REPLACEMENT, text)
+
+
+def nick_colour(nick: str) -> int:
+    """The SGR colour of ``nick``: the same for every run and every client, and the
+    same for nicks that differ only in case (they are the same user)."""
+    key = messages.fold_nick(nick).encode("utf-8", "replace")
+    return NICK_COLOURS[zlib.crc32(key) % len(NICK_COLOURS)]
+
+
+# --- local things to show (the server's messages are udpchat.messages classes) -------
+
+
+@dataclass(frozen=True)
+class OwnLine:
+    """Something this user said: shown locally because the server never echoes it."""
+
+    nick: str
+    text: str
+    action: bool = False  # /me
+    to: str | None = None  # /msg NICK
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A status line from the client itself: shown as ``-!- text``."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something went wrong: shown as ``!!! text``."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Info:
+    """Help text and the like: shown as is."""
+
+    text: str
+
+
+Item = messages.ServerMessage | OwnLine | Notice | Problem | Info
+
+
+@dataclass(frozen=True)
+class Style:
+    """How to render: ``colour`` uses SGR codes, ``timestamps`` prefixes every line
+    with HH:MM (history lines always carry their time, also in plain style)."""
+
+    colour: bool = False
+    timestamps: bool = False
+
+
+PLAIN = Style()
+TERMINAL = Style(colour=True, timestamps=True)
+
+
+class _Painter:
+    """Applies a Style: colours only when asked, and always on cleaned text."""
+
+    def __init__(self, style: Style) -> None:
+        self.style = style
+
+    def sgr(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}{_RESET}" if self.style.colour and text else text
+
+    def nick(self, nick: str, bold: bool = False) -> str:
+        code = str(nick_colour(nick)) + (";1" if bold else "")
+        return self.sgr(clean(nick), code)
+
+
+def _clock(ts: float, now: float) -> str:
+    """HH:MM of ``ts`` in local time, with the date when it is not the day of ``now``."""
+    when, today = datetime.fromtimestamp(ts), datetime.fromtimestamp(now)
+    return when.strftime("%H:%M" if when.date() == today.date() else "%Y-%m-%d %H:%M")
+
+
+def format_item(item: Item, style: Style = PLAIN, *, now: float) -> str | None:
+    """One display line for ``item`` (None: nothing to show), rendered in ``style``.
+
+    ``now`` is the local time used for live timestamps and to decide whether a history
+    line needs its date. The result never contains a control character other than the
+    SGR sequences this function adds itself in colour style.
+    """
+    p = _Painter(style)
+    body = _body(item, p)
+    if body is None:
+        return None
+    ts = getattr(item, "ts", None)
+    if ts is not None:
+        # History replayed by the server: always marked with its own time, so a
+        # script reading "<nick> text" lines can tell old lines from live ones.
+        return f"{p.sgr('[' + _clock(ts, now) + ']', _DIM)} {body}"
+    if style.timestamps:
+        return f"{p.sgr(_clock(now, now), _DIM)} {body}"
+    return body
+
+
+def _notice(p: _Painter, text: str) -> str:
+    return f"{p.sgr('-!-', _DIM)} {text}"
+
+
+def _body(item: Item, p: _Painter) -> str | None:
+    """The line for ``item`` without timestamp; all network strings cleaned."""
+    if isinstance(item, messages.SayOut):
+        return f"<{p.nick(item.nick)}> {clean(item.text)}"
+    if isinstance(item, messages.MeOut):
+        return f"* {p.nick(item.nick)} {clean(item.text)}"
+    if isinstance(item, messages.PrivateMsgIn):
+        return f"*{p.nick(item.sender, bold=True)}* {clean(item.text)}"
+    if isinstance(item, OwnLine):
+        if item.to is not None:
+            return f"-> *{p.nick(item.to)}* {clean(item.text)}"
+        if item.action:
+            return f"* {p.nick(item.nick, bold=True)} {clean(item.text)}"
+        return f"<{p.nick(item.nick, bold=True)}> {clean(item.text)}"
+    if isinstance(item, messages.JoinNotice):
+        return _notice(p, f"{p.nick(item.nick)} has joined {clean(item.room)}")
+    if isinstance(item, messages.PartNotice):
+        return _notice(p, f"{p.nick(item.nick)} has left {clean(item.room)} ({clean(item.reason)})")
+    if isinstance(item, messages.NickNotice):
+        return _notice(p, f"{p.nick(item.old)} is now known as {p.nick(item.new)}")
+    if isinstance(item, messages.WhoList):
+        nicks = " ".join(p.nick(n) for n in item.nicks)
+        return _notice(p, f"Users in {clean(item.room)}: {nicks}".rstrip())
+    if isinstance(item, messages.RoomList):
+        rooms = ", ".join(f"{clean(r.room)} ({int(r.members)})" for r in item.rooms)
+        return _notice(p, f"Rooms: {rooms or 'none'}")
+    if isinstance(item, messages.Welcome):
+        return _notice(p, f"you are {p.nick(item.nick)} in {clean(item.room)}")
+    if isinstance(item, messages.Shutdown):
+        return _notice(p, f"server is shutting down: {clean(item.text)}")
+    if isinstance(item, messages.Error):
+        return f"{p.sgr('!!!', _ERROR)} {clean(item.text)}"
+    if isinstance(item, Notice):
+        return _notice(p, clean(item.text))
+    if isinstance(item, Problem):
+        return f"{p.sgr('!!!', _ERROR)} {clean(item.text)}"
+    if isinstance(item, Info):
+        return clean(item.text)
+    return None

@@ -1,0 +1,205 @@
+"""The Twisted glue of the client: UDP sockets, one timer, and a front end.
+
+ChatLink moves datagrams between the sockets and a ChatClient, asks it for its next
+deadline after every input and keeps exactly one reactor.callLater for it, and hands
+what the ChatClient wants shown to the front end (pipe or terminal). It has no chat
+logic of its own; that is all in udpchat.client.session.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from twisted.internet import error, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+
+from udpchat.client.display import Item
+from udpchat.client.session import ChatClient
+
+Address = tuple[str, int]
+
+
+class FrontEnd(Protocol):
+    """What ChatLink needs from a user interface."""
+
+    def update(self, items: list[Item]) -> None:
+        """Show ``items`` (may be empty: the chat state may still have changed)."""
+
+    def chat_done(self) -> None:
+        """The ChatClient is finished; the front end should exit."""
+
+
+def resolve(host: str, port: int) -> Deferred[list[tuple[int, Address]]]:
+    """Look ``host`` up (name or IPv4/IPv6 literal) in a thread, so the reactor never
+    blocks on DNS. Fires with [(family, (address, port)), ...] in the system's order of
+    preference, or fails with socket.gaierror."""
+
+    def lookup() -> list[tuple[int, Address]]:
+        found: list[tuple[int, Address]] = []
+        for family, _, _, _, sockaddr in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_DGRAM, socket.IPPROTO_UDP
+        ):
+            if family in (socket.AF_INET, socket.AF_INET6):
+                entry = (family, (str(sockaddr[0]), int(sockaddr[1])))
+                if entry not in found:
+                    found.append(entry)
+        return found
+
+    return threads.deferToThread(lookup)
+
+
+def same_address(a: tuple[object, ...], b: Address) -> bool:
+    """Whether datagram source ``a`` is server address ``b`` (IPv6 spelled either way)."""
+    if a[1] != b[1]:
+        return False
+    if a[0] == b[0]:
+        return True
+    try:
+        return ipaddress.ip_address(str(a[0])) == ipaddress.ip_address(b[0])
+    except ValueError:
+        return False
+
+
+class _Socket(DatagramProtocol):
+    """One UDP socket (one per address family) feeding its datagrams to the link."""
+
+    def __init__(self, link: ChatLink) -> None:
+        self.link = link
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[object, ...]) -> None:
+        self.link.datagram_received(datagram, addr)
+
+
+class ChatLink:
+    """Runs one ChatClient over UDP for one front end (see module docstring).
+
+    ``servers`` are the resolved addresses of the server, tried in turn while a
+    handshake is not answered (e.g. "localhost" as ::1, then 127.0.0.1).
+    """
+
+    def __init__(
+        self,
+        chat: ChatClient,
+        servers: Sequence[tuple[int, Address]],
+        reactor: Any,
+        front: FrontEnd | None = None,
+    ) -> None:
+        if not servers:
+            raise ValueError("no server address")
+        self.chat = chat
+        self.servers = list(servers)
+        self.reactor = reactor
+        self.front = front
+        self._ports: dict[int, Any] = {}  # family -> IListeningPort
+        self._server_index = 0
+        self._failed_seen = 0
+        self._timer: Any = None  # the one IDelayedCall
+        self._finished = False
+
+    @property
+    def server(self) -> tuple[int, Address]:
+        return self.servers[self._server_index]
+
+    def now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def start(self) -> None:
+        """Open the sockets (CannotListenError if none can be opened) and connect."""
+        problems: list[Exception] = []
+        for family in dict.fromkeys(f for f, _ in self.servers):
+            interface = "::" if family == socket.AF_INET6 else ""
+            try:
+                port = self.reactor.listenUDP(0, _Socket(self), interface=interface)
+            except error.CannotListenError as exc:
+                problems.append(exc)
+                continue
+            self._ports[family] = port
+        # An address family without a socket (IPv6 disabled, say) cannot be tried.
+        self.servers = [s for s in self.servers if s[0] in self._ports]
+        if not self.servers:
+            raise problems[0]
+        self.chat.start(self.now())
+        self.pump()
+
+    # --- inputs ------------------------------------------------------------------
+
+    def datagram_received(self, datagram: bytes, addr: tuple[object, ...]) -> None:
+        if not same_address(addr, self.server[1]):
+            return  # not from the server we talk to: never let it touch the session
+        self.chat.receive_datagram(datagram, self.now())
+        self.pump()
+
+    def submit(self, lines: Sequence[str]) -> None:
+        """Lines typed by the user, in order."""
+        now = self.now()
+        for line in lines:
+            self.chat.submit(line, now)
+        self.pump()
+
+    def quit(self) -> None:
+        self.chat.quit(self.now())
+        self.pump()
+
+    def finish(self) -> None:
+        self.chat.finish(self.now())
+        self.pump()
+
+    def abort(self) -> None:
+        """Interrupted: close the session now (the server is told) and stop."""
+        self.chat.abort(self.now())
+        self.pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.chat.handle_timer(self.now())
+        self.pump()
+
+    # --- outputs -----------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send what the ChatClient has to send, show its output, reschedule."""
+        if self._finished:
+            return
+        now = self.now()
+        if self.chat.failed_attempts != self._failed_seen:
+            # The handshake went unanswered: try the next address of the server.
+            self._server_index = (
+                self._server_index + self.chat.failed_attempts - self._failed_seen
+            ) % len(self.servers)
+            self._failed_seen = self.chat.failed_attempts
+        family, addr = self.server
+        for datagram in self.chat.datagrams_to_send(now):
+            try:
+                self._ports[family].write(datagram, addr)
+            except (OSError, error.MessageLengthError):
+                pass  # e.g. network unreachable: UDP may lose it, the core retransmits
+        if self.front is not None:
+            self.front.update(self.chat.take_output())
+        if self.chat.done:
+            self._stop()
+            if self.front is not None:
+                self.front.chat_done()
+            return
+        self._schedule(self.chat.get_timer(), now)
+
+    def _schedule(self, deadline: float | None, now: float) -> None:
+        if self._timer is not None and self._timer.active():
+            if deadline is not None and abs(self._timer.getTime() - deadline) < 1e-6:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if deadline is not None:
+            self._timer = self.reactor.callLater(max(0.0, deadline - now), self._on_timer)
+
+    def _stop(self) -> None:
+        self._finished = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for port in self._ports.values():
+            port.stopListening()
+        self._ports.clear()

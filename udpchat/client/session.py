@@ -1,0 +1,424 @@
+"""ChatClient: the client's chat logic on top of one ClientEndpoint, sans-IO.
+
+It says hello when a session starts, keeps what the user typed while offline, resends
+it after a reconnect, tracks which lines the server acknowledged and turns server
+messages into display items. Time is always an argument; the Twisted glue
+(udpchat.client.protocol) moves the datagrams and calls ``handle_timer``.
+
+Delivery: a line is sent on one session at a time. If that session ends before the
+server acknowledged the line, the line is sent again on the next session. The server
+only loses the acknowledgement without the line when it crashed right after fanning the
+line out, so a line can be shown twice only in that window (at-least-once); otherwise
+every line is delivered exactly once and in the order typed.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import secrets
+
+from udpchat import events, messages
+from udpchat.client import commands
+from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
+from udpchat.client.incoming import Incoming
+from udpchat.client.outbox import OUTBOX_MAX_LINES, Line, Outbox
+from udpchat.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
+
+#: Reconnect delays: first, doubled per failure up to the max, times a random 0.5..1
+#: so that clients of a restarted server do not all come back in the same instant.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
+#: After /quit, how long to wait for the server to acknowledge "bye".
+QUIT_TIMEOUT_S = 3.0
+#: At end of input (pipe mode), give up when nothing was acknowledged for this long.
+DRAIN_IDLE_TIMEOUT_S = 60.0
+#: A refused nick is retried with "_" appended this many times.
+NICK_RETRIES_MAX = 8
+
+
+class State(enum.Enum):
+    """Where the client is in its life."""
+
+    IDLE = "idle"  # start() not called yet
+    CONNECTING = "connecting"  # handshake in progress
+    JOINING = "joining"  # hello sent, waiting for welcome
+    READY = "ready"  # welcomed: lines flow
+    WAITING = "waiting"  # session lost, reconnect timer running
+    QUITTING = "quitting"  # bye queued, waiting for it to be acknowledged
+    DONE = "done"
+
+
+def _next_nick(nick: str, rng: random.Random) -> str:
+    """A variant of a refused nick: "alice" -> "alice_", long ones get digits."""
+    if len(nick) < messages.NICK_MAX_CHARS:
+        return nick + "_"
+    return nick[: messages.NICK_MAX_CHARS - 3] + f"{rng.randrange(1000):03d}"
+
+
+class ChatClient:
+    """The chat session as the user sees it (see module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: ClientEndpoint,
+        nick: str,
+        room: str = messages.DEFAULT_ROOM,
+        *,
+        client_id: str | None = None,
+        pipe: bool = False,
+        fallback_after_s: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.nick = nick
+        self.room = room
+        self.client_id = client_id or secrets.token_hex(8)
+        # Pipe mode: the user's own lines are not shown (a script knows what it wrote)
+        # and /quit means "end of input": deliver everything first, like EOF.
+        self.pipe = pipe
+        # With several server addresses, a handshake not answered within this time is
+        # retried (the UDP glue then tries the next address).
+        self.fallback_after_s = fallback_after_s
+        self.state = State.IDLE
+        self.failures = 0  # lines refused locally or not delivered: pipe exit status
+        self.fatal = False  # the server refused us for good (e.g. no free nick)
+        self.failed_attempts = 0  # connection attempts that never started (total)
+        self._rng = rng or random.Random()
+        self._outbox = Outbox()
+        self._output: list[Item] = []
+        self._session_id: bytes | None = None
+        self._welcomed_once = False
+        self._lost_sessions = 0  # consecutive, for the backoff
+        self._nick_retries = 0
+        self._reconnect_at: float | None = None
+        self._attempt_deadline: float | None = None
+        self._quit_deadline: float | None = None
+        self._draining = False
+        self._last_progress = 0.0
+        self._bad_messages = 0
+        self._incoming = Incoming()
+
+    # --- what the UI asks --------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    @property
+    def connected(self) -> bool:
+        return self.state in (State.READY, State.QUITTING)
+
+    @property
+    def exit_code(self) -> int:
+        """0 if every line was delivered, 1 if some were refused or not delivered."""
+        return 1 if self.failures or self.fatal else 0
+
+    @property
+    def unsent(self) -> int:
+        """Lines typed but not yet acknowledged by the server."""
+        return sum(1 for _ in self._outbox.typed())
+
+    def stalled(self, now: float, after_s: float) -> int:
+        """Typed lines still not acknowledged ``after_s`` after they were typed."""
+        return sum(1 for line in self._outbox.typed() if line.queued_at + after_s <= now)
+
+    def room_for_input(self) -> bool:
+        """Whether a pipe should feed more lines now (backpressure, far below the cap)."""
+        return self._outbox.has_room_for_input() and not self._draining
+
+    def take_output(self) -> list[Item]:
+        """What to show since the last call, in order."""
+        out, self._output = self._output, []
+        return out
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def reject_input(self, text: str) -> None:
+        """The front end could not use an input line (e.g. not UTF-8): report it."""
+        self.failures += 1
+        self._output.append(Problem(text))
+
+    def start(self, now: float) -> None:
+        """Connect for the first time."""
+        self._last_progress = now
+        self._connect(now)
+
+    def submit(self, line: str, now: float) -> None:
+        """Handle one line the user typed: a command, a chat line, or a local error."""
+        try:
+            action = commands.parse_line(line)
+        except commands.CommandError as exc:
+            self.failures += 1
+            self._output.append(Problem(str(exc)))
+            return
+        if action is None:
+            return
+        if isinstance(action, commands.LocalHelp):
+            self._output.extend(Info(text) for text in commands.help_lines())
+            return
+        if isinstance(action, commands.LocalQuit):
+            if self.pipe:
+                self.finish(now)
+            else:
+                self.quit(now)
+            return
+        if self._draining or self.state in (State.QUITTING, State.DONE):
+            return
+        if self._outbox.full:
+            self.failures += 1
+            self._output.append(
+                Problem(f"not sent, {OUTBOX_MAX_LINES} lines already wait for the server: {line}")
+            )
+            return
+        if not self.pipe:
+            self._show_own(action)
+        self._outbox.add(action, line, now)
+        self._pump(now)
+
+    def quit(self, now: float) -> None:
+        """Leave now: say bye after what is queued (if connected) and close."""
+        if self.state is State.READY:
+            self._outbox.add(messages.Bye(), None, now)
+            self.state = State.QUITTING
+            self._quit_deadline = now + QUIT_TIMEOUT_S
+        elif self.state is not State.QUITTING:
+            self._give_up(now, "not sent")
+        self._pump(now)
+
+    def finish(self, now: float) -> None:
+        """End of input: deliver everything, then quit (pipe mode)."""
+        if not self._draining:
+            self._draining = True
+            self._last_progress = now
+            self._pump(now)
+
+    def abort(self, now: float) -> None:
+        """Stop at once (interrupted): close the session, report what was not sent."""
+        if self.state is not State.DONE:
+            self._give_up(now, "not sent")
+            self._pump(now)
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        self.endpoint.receive_datagram(data, now)
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        self.endpoint.handle_timer(now)
+        if self._reconnect_at is not None and self._reconnect_at <= now:
+            self._reconnect_at = None
+            self._connect(now)
+        if self._attempt_deadline is not None and self._attempt_deadline <= now:
+            self.failed_attempts += 1
+            self._connect(now)
+        if self._quit_deadline is not None and self._quit_deadline <= now:
+            self._give_up(now, "not delivered")
+        if self._draining and self.state not in (State.QUITTING, State.DONE):
+            if self._drain_deadline() <= now:
+                self._give_up(now, "not delivered")
+        self._pump(now)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        return self.endpoint.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        deadlines = [self.endpoint.get_timer(), self._reconnect_at, self._attempt_deadline]
+        deadlines.append(self._quit_deadline)
+        if self._draining and self.state not in (State.QUITTING, State.DONE):
+            deadlines.append(self._drain_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    # --- connection life ---------------------------------------------------------
+
+    def _connect(self, now: float) -> None:
+        self.endpoint.connect(now)  # a fresh session; the old one (if any) ends
+        self._session_id = self.endpoint.session_id
+        self.state = State.CONNECTING
+        if self.fallback_after_s is not None:
+            self._attempt_deadline = now + self.fallback_after_s
+
+    def _drain_deadline(self) -> float:
+        return self._last_progress + DRAIN_IDLE_TIMEOUT_S
+
+    def _session_lost(self, reason: str, now: float) -> None:
+        """The current session ended on its own: reconnect with backoff."""
+        if self.state is State.CONNECTING:
+            self.failed_attempts += 1
+        elif self.state in (State.READY, State.JOINING):
+            why = {
+                "closed": "server closed the connection",
+                "server-full": "server is full",
+            }.get(reason, "connection to server lost")
+            self._output.append(Notice(f"{why}; reconnecting"))
+        self._session_id = None
+        self._attempt_deadline = None
+        self.state = State.WAITING
+        delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self._lost_sessions)
+        self._lost_sessions = min(self._lost_sessions + 1, 16)
+        self._reconnect_at = now + delay * self._rng.uniform(0.5, 1.0)
+
+    def _give_up(self, now: float, what: str) -> None:
+        """Stop for good: report every line the server has not acknowledged, close."""
+        for line in self._outbox.take_all():
+            self._report(line, what)
+        self._session_id = None  # so the SessionEnded of close() is not "lost"
+        self.endpoint.close(now)
+        self.state = State.DONE
+        self._reconnect_at = self._attempt_deadline = self._quit_deadline = None
+        self._draining = False
+
+    def _report(self, line: Line, what: str) -> None:
+        if line.typed is not None:
+            self.failures += 1
+            self._output.append(Problem(f"{what}: {line.typed}"))
+
+    # --- the pump: events in, lines out -------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        """Handle every pending event, then hand queued lines to the core."""
+        while self.state is not State.DONE:
+            event = self.endpoint.next_event()
+            if event is None:
+                if not self._flush(now):
+                    break
+                continue
+            self._on_event(event, now)
+        if self.state is State.DONE:
+            while self.endpoint.next_event() is not None:
+                pass  # the close() aftermath; nothing is waiting for it any more
+
+    def _flush(self, now: float) -> bool:
+        """Send queued lines if the session is ready; True if something changed."""
+        idle = self._outbox.empty
+        if self._draining and idle and self.state is State.READY:
+            self.quit(now)
+            return True
+        if self._draining and idle and self.state in (State.CONNECTING, State.WAITING):
+            self._give_up(now, "not delivered")  # nothing to deliver, nobody to tell
+            return True
+        if self.state not in (State.READY, State.QUITTING):
+            return False
+        sent = False
+        while (line := self._outbox.next_to_send()) is not None:
+            message_id = self._send(line, now)
+            if message_id is None:
+                break  # stays queued: retried after the next ack or session
+            if message_id >= 0:
+                self._outbox.sent(line, message_id)
+            else:
+                self._outbox.dropped(line)
+            sent = True
+        return sent
+
+    def _send(self, line: Line, now: float) -> int | None:
+        """Hand ``line`` to the core: its message id, None to retry later, -1 if it
+        can never be sent."""
+        try:
+            return self.endpoint.send(messages.encode(line.msg), now)
+        except (QueueFull, NotConnected):
+            return None
+        except (MessageTooLarge, messages.MessageError):
+            self._report(line, "not sent (too long)")
+            return -1
+
+    def _on_event(self, event: events.Event, now: float) -> None:
+        if isinstance(event, events.MessageReceived):
+            self._on_payload(event.payload, now)
+        elif isinstance(event, events.MessageDelivered):
+            self._outbox.settled(event.message_id)
+            self._last_progress = now
+            if self.state is State.QUITTING and self._outbox.empty:
+                # Bye and everything before it acknowledged (acks can be selective, so
+                # bye alone is not enough): nothing is left to wait for.
+                self._give_up(now, "not delivered")
+        elif isinstance(event, events.MessageNotDelivered):
+            line = self._outbox.settled(event.message_id)
+            if line is None or line.typed is None:
+                return  # hello/bye belong to their session only
+            if event.reason == "session-ended" and self.state is not State.QUITTING:
+                self._outbox.requeue(line)  # before what was typed later
+            else:
+                self._report(line, "not delivered")
+        elif isinstance(event, events.SessionStarted):
+            if event.session_id == self._session_id:
+                self._attempt_deadline = None
+                self._nick_retries = 0
+                self._hello(now)
+        elif isinstance(event, events.SessionEnded):
+            if event.session_id != self._session_id:
+                return  # a session we replaced or closed on purpose
+            if self.state is State.QUITTING:
+                self._give_up(now, "not delivered")
+            else:
+                self._session_lost(event.reason, now)
+
+    def _hello(self, now: float) -> None:
+        self.state = State.JOINING
+        hello = messages.Hello(self.nick, self.room, self.client_id)
+        line = Line(-1, hello, None)  # not queued: it must be the session's first message
+        message_id = self._send(line, now)
+        if message_id is not None and message_id >= 0:
+            self._outbox.in_flight[message_id] = line
+
+    # --- server messages --------------------------------------------------------
+
+    def _on_payload(self, payload: bytes, now: float) -> None:
+        try:
+            msg = messages.decode_server(payload)
+        except messages.MessageError:
+            self._bad_messages += 1
+            if self._bad_messages == 1:  # once: a broken server must not flood the screen
+                self._output.append(Problem("ignored a malformed message from the server"))
+            return
+        shown = self._incoming.filter(msg)
+        if isinstance(msg, messages.Welcome):
+            self._welcome(msg, now)
+        elif isinstance(msg, messages.Error):
+            self._error(msg, now)
+        else:
+            if isinstance(msg, messages.NickNotice) and self._is_me(msg.old):
+                self.nick = msg.new
+            elif isinstance(msg, messages.JoinNotice) and self._is_me(msg.nick):
+                self.room = msg.room
+            if shown is not None:
+                self._output.append(shown)
+
+    def _is_me(self, nick: str) -> bool:
+        return messages.fold_nick(nick) == messages.fold_nick(self.nick)
+
+    def _welcome(self, msg: messages.Welcome, now: float) -> None:
+        if self.state is not State.JOINING:
+            return
+        self.nick, self.room = msg.nick, msg.room
+        self.state = State.READY
+        self._lost_sessions = 0
+        self._last_progress = now
+        if self._welcomed_once:
+            self._output.append(Notice("reconnected"))
+            self._incoming.reconnected()  # hide the replayed history already shown
+        self._welcomed_once = True
+        self._output.append(msg)
+
+    def _error(self, msg: messages.Error, now: float) -> None:
+        self._output.append(msg)
+        if self.state is not State.JOINING:
+            return
+        if msg.code == "nick-taken" and self._nick_retries < NICK_RETRIES_MAX:
+            self._nick_retries += 1
+            self.nick = _next_nick(self.nick, self._rng)
+            self._output.append(Notice(f"trying nick {self.nick}"))
+            self._hello(now)
+        elif msg.code == "server-full":
+            self._session_lost("server-full", now)
+            self.endpoint.close(now)  # its SessionEnded is ignored: _session_id is None
+        else:
+            self.fatal = True
+            self._output.append(Problem("the server refused to let us in; giving up"))
+            self._give_up(now, "not sent")
+
+    def _show_own(self, action: commands.Action) -> None:
+        if isinstance(action, (messages.Say, messages.Me)):
+            self._incoming.shown_own_line(self.room, self.nick, action.text)
+            self._output.append(OwnLine(self.nick, action.text, isinstance(action, messages.Me)))
+        elif isinstance(action, messages.PrivateMsg):
+            self._output.append(OwnLine(self.nick, action.text, to=action.to))
