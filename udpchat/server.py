@@ -33,7 +33,7 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 #: ... and this many such addresses are remembered (bounded: sources can be spoofed).
 REFUSAL_LOG_MAX_ADDRESSES = 1024
 
-SHUTDOWN_TEXT = "the server is shutting down"
+SHUTDOWN_TEXT = "stopped by its operator"
 #: On shutdown, wait at most this long for members to acknowledge the notice.
 SHUTDOWN_LINGER_S = 1.0
 
