@@ -153,13 +153,15 @@ class ServerEndpoint(_Endpoint):
 
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
         init = parse_initiation(self._f_hs, data, now, self._config.handshake_ttl_s)
+        # A replay is refused before it can spend its (spoofable) source's budget; the
+        # limit comes after authentication, so outsiders cannot spend anyone's budget,
+        # and before remembering, so one address cannot fill the cache faster.
+        if self._seen_ephemerals.contains(init.ephemeral, now):
+            raise HandshakeRejected("replayed-handshake")
         host = addr[0] if isinstance(addr, tuple) else str(addr)
-        # After authentication, so outsiders cannot spend anyone's budget; before the
-        # replay cache, so one address cannot flood the cache faster than its budget.
         if not self._handshake_limiter.allow(host, now):
             raise HandshakeRejected("rate-limited")
-        if not self._seen_ephemerals.add_evicting(init.ephemeral, now):
-            raise HandshakeRejected("replayed-handshake")
+        self._seen_ephemerals.add_evicting(init.ephemeral, now)
         session = self._sessions.get(init.session_id)
         if session is None:
             if init.resume_tag != ZERO_TAG or init.epoch != 0:
