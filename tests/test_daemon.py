@@ -190,3 +190,27 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path, subprocess_env: dict[str,
     finally:
         daemon.kill()
         holder.close()
+
+
+def test_tells_systemd_ready_once_listening_and_stopping_on_the_way_down(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Under Type=notify the daemon sends READY=1 to $NOTIFY_SOCKET once it listens
+    (a client is answered by then) and STOPPING=1 when asked to stop."""
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(20)
+    env = dict(subprocess_env, NOTIFY_SOCKET=str(notify_path))
+    daemon = Daemon(tmp_path, env)
+    try:
+        daemon.start()
+        assert listener.recv(256) == b"READY=1"
+        client = ChatClient(daemon.address, daemon.psk, "ready")
+        client.wait_for(lambda m: m["t"] == "welcome")
+        assert daemon.stop() == 0
+        assert listener.recv(256) == b"STOPPING=1"
+        client.close()
+    finally:
+        daemon.kill()
+        listener.close()
