@@ -275,10 +275,9 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
-class SayOut:
-    """A line said in a room; ``ts`` is set (and "history": true sent) when replayed."""
+class _RoomLine:
+    """A line in a room; ``ts`` is set (and "history": true sent) when replayed."""
 
-    TYPE: ClassVar[str] = "say"
     room: str
     nick: str
     text: str
@@ -297,25 +296,17 @@ class SayOut:
 
 
 @dataclass(frozen=True, slots=True)
-class MeOut:
-    """An action line in a room; ``ts`` is set (and "history": true sent) when replayed."""
+class SayOut(_RoomLine):
+    """A line said in a room."""
+
+    TYPE: ClassVar[str] = "say"
+
+
+@dataclass(frozen=True, slots=True)
+class MeOut(_RoomLine):
+    """An action (/me) in a room."""
 
     TYPE: ClassVar[str] = "me"
-    room: str
-    nick: str
-    text: str
-    ts: float | None = None
-
-    def __post_init__(self) -> None:
-        _check_room(self.room)
-        _check_nick(self.nick)
-        _check_text(self.text)
-        _check_ts(self.ts)
-
-    @property
-    def history(self) -> bool:
-        """True for a line replayed from the room's history."""
-        return self.ts is not None
 
 
 @dataclass(frozen=True, slots=True)
