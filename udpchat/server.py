@@ -16,7 +16,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -58,12 +57,12 @@ class ChatProtocol(DatagramProtocol):
 
     def __init__(self, config: ServerConfig, psk: bytes, clock: Any) -> None:
         self.config = config
-        self._clock: IReactorTime = clock
+        self._clock: Any = clock  # IReactorTime (zope interfaces are opaque to mypy)
         self.endpoint = ServerEndpoint(psk, protocol_config(config), config.max_members)
         self.chat = ChatServer(history_lines=config.history_lines, max_members=config.max_members)
         self.refused: Counter[str] = Counter()  # datagrams refused here, by reason
         self._refusal_logged: OrderedDict[str, float] = OrderedDict()
-        self._timer: IDelayedCall | None = None
+        self._timer: Any = None  # IDelayedCall
         self._timer_at: float | None = None
         self._held: list[bytes] | None = None  # while shutting down: sessions to close last
 
@@ -146,11 +145,12 @@ class ChatProtocol(DatagramProtocol):
             log.failure("The chat produced a message too large for one datagram")
 
     def _flush(self, now: float) -> None:
-        if self.transport is None:
+        transport: Any = self.transport  # IUDPTransport (opaque to mypy)
+        if transport is None:
             return
         for data, addr in self.endpoint.datagrams_to_send(now):
             try:
-                self.transport.write(data, addr)
+                transport.write(data, addr)
             except OSError:
                 self.refused["send-error"] += 1
 
@@ -246,7 +246,7 @@ class ChatService(Service):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self._reactor: IReactorUDP = reactor
+        self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
         self.protocol = ChatProtocol(config, psk, reactor)
         self._port: Any = None
@@ -271,7 +271,7 @@ class ChatService(Service):
         super().startService()
         # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
         # for this line may stop the daemon at once.
-        self._reactor.callWhenRunning(self._announce)  # type: ignore[attr-defined]
+        self._reactor.callWhenRunning(self._announce)
         self._summary.start(self.config.log_rejects_interval, now=False)
 
     def _announce(self) -> None:
@@ -293,9 +293,9 @@ class ChatService(Service):
 
     def _on_sigterm(self, number: int, frame: object) -> None:
         log.info("Received SIGTERM: telling members and shutting down")
-        self._reactor.callFromThread(self._reactor.stop)  # type: ignore[attr-defined]
+        self._reactor.callFromThread(self._reactor.stop)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[object]:
         super().stopService()
         if self._summary.running:
             self._summary.stop()

@@ -364,7 +364,7 @@ class Session:
             deadlines.append(self._ack_due)
         if self._handshake_retry_at is not None:
             deadlines.append(self._handshake_retry_at)
-        if self.established:
+        if self._send_epoch is not None:  # established
             deadlines.append(self.last_sent + config.keepalive_s)
             retransmit = self._sendq.next_deadline()
             if retransmit is not None:

@@ -55,7 +55,7 @@ class ReadinessNotifier(Service):
         # request systemd sends right after READY=1 must find them in place.
         from twisted.internet import reactor
 
-        reactor.callWhenRunning(sdnotify.notify, "READY=1")  # type: ignore[attr-defined]
+        reactor.callWhenRunning(sdnotify.notify, "READY=1")
 
     def stopService(self) -> None:
         sdnotify.notify("STOPPING=1")
