@@ -216,3 +216,30 @@ def test_close_tells_the_peer() -> None:
     assert [e for e in pair.server_events if isinstance(e, events.SessionEnded)] == [
         events.SessionEnded(session_id, "closed")
     ]
+
+
+def test_half_open_sessions_cannot_push_members_past_max_sessions() -> None:
+    """Several handshakes answered while there was room, then all confirmed: only
+    max_sessions become sessions; the rest stay half-open (silence) and expire."""
+    psk = Fernet.generate_key()
+    server = ServerEndpoint(psk, max_sessions=2)
+    clients = [ClientEndpoint(psk) for _ in range(5)]
+    now = START
+    for i, client in enumerate(clients):
+        client.connect(now)
+        for data in client.datagrams_to_send(now):
+            server.receive_datagram(data, ("127.0.0.1", 3000 + i), now)
+    for data, addr in server.datagrams_to_send(now):
+        clients[addr[1] - 3000].receive_datagram(data, now)
+    for i, client in enumerate(clients):
+        for data in client.datagrams_to_send(now):  # key confirmation
+            server.receive_datagram(data, ("127.0.0.1", 3000 + i), now)
+    started = []
+    while (event := server.next_event()) is not None:
+        if isinstance(event, events.SessionStarted):
+            started.append(event)
+    assert len(started) == 2
+    assert server.stats["server-full"] == 3
+    server.handle_timer(now + ProtocolConfig().pending_session_s + 1)
+    server.datagrams_to_send(now + ProtocolConfig().pending_session_s + 1)
+    assert len(server) == 2

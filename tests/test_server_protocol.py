@@ -204,3 +204,18 @@ def test_shutdown_tells_every_member_and_closes_their_sessions() -> None:
         assert world.inbox[addr][-1]["t"] == "shutdown"
         ended = [e for e in world.client_events[addr] if isinstance(e, events.SessionEnded)]
         assert [e.reason for e in ended] == ["closed"]
+
+
+def test_a_session_that_never_says_hello_is_closed_and_frees_its_slot() -> None:
+    """A key holder that completes handshakes but never says hello cannot hold member
+    slots: its session is closed HELLO_DEADLINE_S after the handshake."""
+    from udpchat.server import HELLO_DEADLINE_S
+
+    world = World(max_members=1)
+    squatter = world.join("unused", 1001, hello=False)
+    assert world.clients[squatter].connected
+    world.advance(HELLO_DEADLINE_S + 1)
+    ended = [e for e in world.client_events[squatter] if isinstance(e, events.SessionEnded)]
+    assert [e.reason for e in ended] == ["closed"]
+    member = world.join("member", 1002)
+    assert world.inbox[member][0] == {"t": "welcome", "nick": "member", "room": "lobby"}

@@ -136,6 +136,12 @@ class ServerEndpoint(_Endpoint):
             if session is None:
                 self.stats.drop("unknown-session")
                 return
+            if not session.established and len(self._sessions) - len(self._pending) >= (
+                self.max_sessions
+            ):
+                # Full since this session was answered: it stays half-open and expires.
+                self.stats.drop("server-full")
+                return
             session.receive_data(data, addr, now)
             if session.established:
                 self._pending.pop(session.session_id, None)

@@ -33,6 +33,9 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 REFUSAL_LOG_MAX_ADDRESSES = 1024
 
 SHUTDOWN_TEXT = "stopped by its operator"
+#: A session that has not said a valid hello this long after its handshake is closed
+#: (it would otherwise hold a member slot without being a member).
+HELLO_DEADLINE_S = 10.0
 #: On shutdown, wait at most this long for members to acknowledge the notice.
 SHUTDOWN_LINGER_S = 1.0
 
@@ -119,10 +122,12 @@ class ChatProtocol(DatagramProtocol):
         while (event := self.endpoint.next_event()) is not None:
             if isinstance(event, events.SessionStarted):
                 self.chat.session_started(event.session_id, event.addr, now)
+                self._clock.callLater(HELLO_DEADLINE_S, self._require_hello, event.session_id)
             elif isinstance(event, events.MessageReceived):
                 self.chat.message_received(event.session_id, event.payload, now)
             elif isinstance(event, events.SessionEnded):
-                self.chat.session_ended(event.session_id, event.reason, now)
+                if self._held is None:  # after the shutdown notice, no more notices
+                    self.chat.session_ended(event.session_id, event.reason, now)
             elif isinstance(event, events.SessionRoamed):
                 self.chat.session_roamed(event.session_id, event.new_addr)
                 log.info(
@@ -130,6 +135,15 @@ class ChatProtocol(DatagramProtocol):
                     old=_format_addr(event.old_addr),
                     new=_format_addr(event.new_addr),
                 )
+
+    def _require_hello(self, session_id: bytes) -> None:
+        if self._held is not None or self.chat.nick_of(session_id) is not None:
+            return
+        try:
+            self.endpoint.close_session(session_id, self._clock.seconds())
+        except UnknownSession:
+            return
+        self._pump(self._clock.seconds())
 
     def _send(self, session_id: bytes, payload: bytes, now: float) -> None:
         try:
