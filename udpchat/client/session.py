@@ -171,6 +171,10 @@ class ChatClient:
                 Problem(f"not sent, {OUTBOX_MAX_LINES} lines already wait for the server: {line}")
             )
             return
+        if isinstance(action, (messages.Say, messages.Me)):
+            # Remembered in both modes, so the room history replayed after a
+            # reconnect does not show our own lines a second time.
+            self._incoming.shown_own_line(self.room, self.nick, action.text)
         if not self.pipe:
             self._show_own(action)
         self._outbox.add(action, line, now)
@@ -402,6 +406,7 @@ class ChatClient:
     def _error(self, msg: messages.Error, now: float) -> None:
         self._output.append(msg)
         if self.state is not State.JOINING:
+            self.failures += 1  # a refused line (unknown nick, too long, ...): exit non-zero
             return
         if msg.code == "nick-taken" and self._nick_retries < NICK_RETRIES_MAX:
             self._nick_retries += 1
@@ -418,7 +423,6 @@ class ChatClient:
 
     def _show_own(self, action: commands.Action) -> None:
         if isinstance(action, (messages.Say, messages.Me)):
-            self._incoming.shown_own_line(self.room, self.nick, action.text)
             self._output.append(OwnLine(self.nick, action.text, isinstance(action, messages.Me)))
         elif isinstance(action, messages.PrivateMsg):
             self._output.append(OwnLine(self.nick, action.text, to=action.to))

@@ -1,0 +1,501 @@
+"""udpchat-client end to end: the real `udpchat-client` processes in pipe mode talking
+through the real daemon (`twistd -n udpchat`) on loopback, directly or through a lossy
+proxy, across daemon restarts.
+
+tests/test_client_cli.py already covers the basic pipe-mode exchange (50 lines, /me,
+/msg, /who, the "(quit)" notice, exit 0) and the setup errors; this file covers the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+from daemon import Daemon
+from udpproxy import Impairment, UDPProxy
+
+CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
+#: A history line as pipe mode prints it: "[HH:MM] <nick> text".
+HISTORY = re.compile(r"^\[\d\d:\d\d\] ")
+
+
+class PipeClient:
+    """A real udpchat-client in pipe mode. Its stdin is a pipe this test holds open
+    (so the client stays until `end_input`); a thread collects every stdout line."""
+
+    def __init__(self, port: int, key: Path, nick: str, env: dict[str, str], *args: str) -> None:
+        self.nick = nick
+        argv = [*CLIENT, "127.0.0.1", "--port", str(port), "--key", str(key), "--nick", nick]
+        self.proc = subprocess.Popen(
+            [*argv, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._closed_streams = 0
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump(self, stream: IO[bytes], sink: list[str]) -> None:
+        for raw in stream:
+            with self._changed:
+                sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._closed_streams += 1
+            self._changed.notify_all()
+
+    def type(self, *lines: str) -> None:
+        """Write ``lines`` to the client's stdin, as a script would."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
+        self.proc.stdin.flush()
+
+    def end_input(self) -> None:
+        """End of input: the client delivers what is left, leaves and exits."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait_until(
+        self, predicate: Callable[[list[str]], bool], what: str, timeout: float = 20
+    ) -> None:
+        """Block until ``predicate(lines so far)`` holds (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed_streams == 2:  # timed out, or it exited
+                    raise AssertionError(
+                        f"{self.nick}: {what} not seen in {timeout} s; exit {self.proc.poll()};"
+                        f" stdout {self.lines}; stderr {self.stderr}"
+                    )
+                self._changed.wait(min(left, 0.5))
+
+    def wait_for(self, line: str, timeout: float = 20, count: int = 1) -> None:
+        """Block until ``line`` (a whole output line) was printed ``count`` times."""
+        self.wait_until(lambda lines: lines.count(line) >= count, repr(line), timeout)
+
+    def said(self, nick: str) -> list[str]:
+        """The texts of ``nick``'s live chat lines, in the order printed."""
+        prefix = f"<{nick}> "
+        return [line[len(prefix) :] for line in self.lines if line.startswith(prefix)]
+
+    def finish(self, timeout: float = 30) -> int:
+        """End input and return the exit status."""
+        self.end_input()
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL (no goodbye) if still running; then close the pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """No key in the default places, so only --key can be used."""
+    subprocess_env.pop("UDPCHAT_KEY_FILE", None)
+    subprocess_env["HOME"] = str(tmp_path / "home")
+    subprocess_env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return subprocess_env
+
+
+@pytest.fixture
+def server_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "server"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def daemon(server_folder: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
+    d = Daemon(server_folder, subprocess_env, history_lines=3)
+    yield d.start()
+    d.kill()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., PipeClient]]:
+    """Start PipeClients; every one still running at the end is killed."""
+    started: list[PipeClient] = []
+
+    def start(*args: object, **kwargs: object) -> PipeClient:
+        client = PipeClient(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.kill()
+
+
+def start_pair(
+    clients: Callable[..., PipeClient], port: int, key: Path, env: dict[str, str]
+) -> tuple[PipeClient, PipeClient]:
+    """bob, then alice, both in lobby and each seen by the other."""
+    bob = clients(port, key, "bob", env)
+    bob.wait_for("-!- bob has joined lobby", timeout=40)
+    alice = clients(port, key, "alice", env)
+    alice.wait_for("-!- alice has joined lobby", timeout=40)
+    bob.wait_for("-!- alice has joined lobby")
+    return alice, bob
+
+
+def saw(lines: list[str], nick: str, text: str) -> int:
+    """How often ``nick``'s line ``text`` is in ``lines``, live or as history."""
+    live, history = f"<{nick}> {text}", re.compile(rf"^\[\d\d:\d\d\] <{re.escape(nick)}> ")
+    return sum(1 for line in lines if line == live or (history.match(line) and line.endswith(live)))
+
+
+# --- the chat through the real daemon ------------------------------------------------------
+
+
+def test_late_joiner_gets_the_recent_history_marked_with_its_time(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """Whoever joins a room first gets its last `history_lines` lines (here 3), in
+    order, each marked "[HH:MM]" so a script can tell them from live lines; then its own
+    join notice."""
+    alice = clients(daemon.port, daemon.key_file, "alice", env)
+    alice.type(*[f"line {i}" for i in range(5)])
+    assert alice.finish() == 0
+    carol = clients(daemon.port, daemon.key_file, "carol", env)
+    carol.wait_for("-!- carol has joined lobby")
+    assert carol.lines[0] == "-!- you are carol in lobby"
+    history = carol.lines[1 : carol.lines.index("-!- carol has joined lobby")]
+    assert [HISTORY.sub("", line) for line in history] == [f"<alice> line {i}" for i in (2, 3, 4)]
+    assert all(HISTORY.match(line) for line in history)
+    assert carol.said("alice") == []  # nothing old passes for live
+    assert carol.finish() == 0
+
+
+def test_private_message_reaches_only_its_target(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """/msg NICK goes to that member only (nicks are case-insensitive), shown there as
+    "*alice* text"; the rest of the room sees neither it nor any trace of it. /me
+    reaches the whole room as "* alice waves"."""
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    carol = clients(daemon.port, daemon.key_file, "carol", env)
+    carol.wait_for("-!- carol has joined lobby")
+    alice.wait_for("-!- carol has joined lobby")
+    alice.type("/msg bob psst", "/msg BOB again", "/me waves", "public")
+    for member in (bob, carol):
+        member.wait_for("<alice> public")
+        member.wait_for("* alice waves")
+    assert bob.lines.count("*alice* psst") == 1
+    assert bob.lines.count("*alice* again") == 1
+    assert not [line for line in carol.lines if "psst" in line or "again" in line]
+    assert alice.finish() == 0
+    assert not [line for line in alice.lines if "psst" in line], "own lines are not echoed"
+
+
+def test_rooms_keep_their_lines_apart(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """/join moves to another room (its members see the join, the old room a part);
+    lines said there reach only that room; /who lists that room; /rooms counts every
+    room; /nick is announced to the room; /part goes back to lobby."""
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    carol = clients(daemon.port, daemon.key_file, "carol", env, "--room", "side")
+    carol.wait_for("-!- carol has joined side")
+    alice.type("/join side")
+    carol.wait_for("-!- alice has joined side")
+    bob.wait_for("-!- alice has left lobby (part)")
+    alice.type("in side", "/who", "/rooms", "/nick alicia")
+    alice.wait_for("-!- Users in side: alice carol")
+    alice.wait_for("-!- Rooms: lobby (1), side (2)")
+    carol.wait_for("<alice> in side")
+    carol.wait_for("-!- alice is now known as alicia")
+    alice.type("/part", "back")
+    bob.wait_for("-!- alicia has joined lobby")
+    bob.wait_for("<alicia> back")
+    carol.wait_for("-!- alicia has left side (part)")
+    assert "in side" not in bob.said("alice")
+    assert "back" not in carol.said("alicia")
+    assert not [line for line in bob.lines if "alicia" in line and "known as" in line]
+    assert alice.finish() == 0
+
+
+def test_quit_in_pipe_mode_ends_the_input(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """In pipe mode /quit is end of input: what came before it is delivered, what
+    comes after it is not read; the client leaves ("quit") and exits 0."""
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    alice.type("before quit", "/quit", "after quit")
+    assert alice.proc.wait(20) == 0
+    bob.wait_for("-!- alice has left lobby (quit)")
+    assert bob.said("alice") == ["before quit"]
+
+
+def test_private_message_to_nobody_fails_the_script(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """A /msg to a nick nobody has is not delivered: the error is printed and, as for
+    any line not delivered, the script's exit status is 1."""
+    alice = clients(daemon.port, daemon.key_file, "alice", env)
+    alice.type("/msg nobody hi")
+    alice.wait_for("!!! no such nick: nobody")
+    assert alice.finish() == 1
+
+
+# --- a lossy network ---------------------------------------------------------------------
+
+LOSSY = Impairment(loss=0.2, duplicate=0.05, reorder=0.2, delay_s=(0.01, 0.05))
+
+
+def test_lossy_network_every_line_arrives_exactly_once_in_order(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """Through a network that loses 20% of the datagrams each way, duplicates 5% and
+    holds back 20% by 10-50 ms (so later ones overtake them), two scripts talking at
+    once each see every line of the other exactly once and in order, never their
+    own, no error; the session rides it out; both exit 0 once everything is
+    acknowledged."""
+    with UDPProxy(
+        daemon.address, to_server=LOSSY, to_client=LOSSY, seed=20240611, max_lifetime_s=100
+    ) as proxy:
+        alice, bob = start_pair(clients, proxy.port, daemon.key_file, env)
+        from_alice = [f"alice line {i}" for i in range(200)]
+        from_bob = [f"bob line {i}" for i in range(100)]
+        for i, line in enumerate(from_alice):  # one at a time: many small datagrams
+            alice.type(line)
+            if i % 2:
+                bob.type(from_bob[i // 2])
+            time.sleep(0.005)
+        bob.wait_until(lambda _: len(bob.said("alice")) >= 200, "alice's lines", timeout=60)
+        alice.wait_until(lambda _: len(alice.said("bob")) >= 100, "bob's lines", timeout=60)
+        alice.end_input()
+        bob.end_input()
+        assert alice.proc.wait(60) == 0, alice.lines
+        assert bob.proc.wait(60) == 0, bob.lines
+        up, down = proxy.to_server, proxy.to_client
+    assert bob.said("alice") == from_alice
+    assert alice.said("bob") == from_bob
+    for client in (alice, bob):
+        assert client.said(client.nick) == []
+        assert not [line for line in client.lines if line.startswith("!!!")]
+        assert not [line for line in client.lines if "reconnect" in line]
+        assert client.stderr == []
+    for counts in (up, down):  # the network really was that bad, both ways
+        assert counts.dropped >= 0.1 * counts.received, counts
+        assert counts.duplicated > 0, counts
+        assert counts.reordered > 0, counts
+
+
+# --- the daemon goes away and comes back ----------------------------------------------------
+
+#: The client core ends a session after this much silence from the server (the
+#: protocol's session_expiry_s; udpchat-client has no option to shorten it), and only
+#: that tells it about a daemon killed with SIGKILL: the new daemon answers datagrams
+#: of sessions it does not know with silence.
+CLIENT_SESSION_EXPIRY_S = 30
+
+
+def start_again(daemon: Daemon) -> int:
+    """Start the daemon, which has exited, again with the same config (same port, same
+    key); return the exit status of its previous run."""
+    status = daemon.stop()  # it has exited: this collects its status and closes its log
+    old_logs = len(list(daemon.folder.glob("daemon.*.log")))
+    # start() waits for the "Listening" line: the old one must not count.
+    daemon.log_file.rename(daemon.folder / f"daemon.{old_logs}.log")
+    daemon.start()
+    return status
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_clients_reconnect_to_a_restarted_daemon(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient], kill: bool
+) -> None:
+    """When the daemon stops (SIGTERM: members are told; SIGKILL: silence, noticed
+    when the session expires) and starts again on the same port with the same key,
+    both clients say so, reconnect on their own and rejoin under the same nick; a
+    line typed during the outage arrives exactly once; no line is shown twice; the
+    scripts end normally (exit 0)."""
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    alice.type("before", "/who")
+    alice.wait_for("-!- Users in lobby: alice bob")
+    bob.wait_for("<alice> before")
+    # The daemon acknowledges "before" within its ack delay (25 ms); killed sooner, it
+    # would take the acknowledgement with it and "before" would be sent again.
+    time.sleep(0.3)
+
+    stopped_at = time.monotonic()
+    assert daemon.proc is not None
+    if kill:
+        daemon.proc.kill()
+    else:
+        daemon.proc.terminate()
+    daemon.proc.wait(5)
+    alice.type("during the outage")
+    time.sleep(0.5)  # the outage: the line above has nowhere to go
+    assert start_again(daemon) == (-signal.SIGKILL if kill else 0)
+    expiry = CLIENT_SESSION_EXPIRY_S + 15 if kill else 15
+    for client in (alice, bob):
+        client.wait_for("-!- reconnected", timeout=expiry)
+        if kill:
+            assert "-!- connection to server lost; reconnecting" in client.lines
+        else:
+            assert "-!- server closed the connection; reconnecting" in client.lines
+            assert any(line.startswith("-!- server is shutting down") for line in client.lines)
+    bob.wait_until(lambda lines: saw(lines, "alice", "during the outage") >= 1, "the outage line")
+    alice.type("after", "/who")
+    alice.wait_for("-!- Users in lobby: alice bob", count=2)  # same nicks as before
+    bob.wait_for("<alice> after")
+    assert alice.finish() == 0
+    bob.wait_for("-!- alice has left lobby (quit)")
+    assert bob.finish() == 0
+    for text in ("before", "during the outage", "after"):
+        assert saw(bob.lines, "alice", text) == 1, bob.lines
+    said = [line for line in bob.lines if "<alice> " in line]
+    assert [line.split("<alice> ")[1] for line in said] == ["before", "during the outage", "after"]
+    assert time.monotonic() - stopped_at < expiry + 10
+
+
+def test_network_outage_members_time_out_and_come_back(
+    server_folder: Path,
+    subprocess_env: dict[str, str],
+    env: dict[str, str],
+    clients: Callable[..., PipeClient],
+) -> None:
+    """When the network between two members and the daemon goes dead for longer than
+    the daemon's idle_timeout (15 s) and the client's session expiry (30 s): the rest
+    of the room sees them leave with "(timeout)", then join again; each client says
+    it lost the connection and reconnected; a line typed during the outage arrives
+    exactly once; lines from before are not shown again (the history the daemon
+    replays on rejoin is recognised); in pipe mode nobody sees their own lines."""
+    daemon = Daemon(server_folder, subprocess_env, idle_timeout=15).start()
+    proxy = UDPProxy(daemon.address, max_lifetime_s=100).start()
+    try:
+        carol = clients(daemon.port, daemon.key_file, "carol", env)  # not behind the proxy
+        carol.wait_for("-!- carol has joined lobby")
+        alice, bob = start_pair(clients, proxy.port, daemon.key_file, env)
+        carol.wait_for("-!- alice has joined lobby")
+        alice.type("one", "two", "/who")
+        alice.wait_for("-!- Users in lobby: alice bob carol")
+        for member in (bob, carol):
+            member.wait_for("<alice> two")
+        time.sleep(0.3)  # let the acknowledgements arrive
+
+        proxy.blackhole = True
+        cut_at = time.monotonic()
+        alice.type("during the outage")
+        carol.wait_for("-!- alice has left lobby (timeout)", timeout=25)
+        carol.wait_for("-!- bob has left lobby (timeout)", timeout=5)
+        assert time.monotonic() - cut_at >= 10  # idle_timeout, not sooner
+        for client in (alice, bob):
+            client.wait_for("-!- connection to server lost; reconnecting", timeout=40)
+        proxy.blackhole = False
+
+        for client in (alice, bob):
+            client.wait_for("-!- reconnected", timeout=20)
+        carol.wait_for("-!- alice has joined lobby", count=2)
+        carol.wait_for("-!- bob has joined lobby", count=2)
+        for member in (bob, carol):
+            member.wait_until(
+                lambda lines: saw(lines, "alice", "during the outage") >= 1, "the outage line"
+            )
+        alice.type("after")
+        for member in (bob, carol):
+            member.wait_for("<alice> after")
+        assert alice.finish() == 0
+        for member in (bob, carol):
+            member.wait_for("-!- alice has left lobby (quit)")
+            assert member.finish() == 0
+        for member in (bob, carol):
+            for text in ("one", "two", "during the outage", "after"):
+                assert saw(member.lines, "alice", text) == 1, (text, member.lines)
+        assert time.monotonic() - cut_at < CLIENT_SESSION_EXPIRY_S + 30
+    finally:
+        proxy.stop()
+        daemon.kill()
+    own = [line for line in alice.lines if "<alice> " in line]
+    assert own == [], "pipe mode never prints our own lines, not even from replayed history"
+
+
+# --- bad arguments ---------------------------------------------------------------------------
+# test_client_cli.py covers: unknown host, missing/unsafe/corrupt key, key from the
+# environment, bad --nick/--room, --port out of range. These are the other mistakes.
+
+
+def run_client(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLIENT, *args], input="", capture_output=True, text=True, env=env, timeout=30
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["", "--key", "{key}"], "HOST must not be empty"),
+        (["   ", "--key", "{key}"], "HOST must not be empty"),
+        (["127.0.0.1", "--key", "{folder}"], "is not a regular file"),
+        (["127.0.0.1", "--key", "{empty}"], "corrupt"),
+        (["127.0.0.1", "--key", "{key}", "--nick", "n" * 25], "nick too long"),
+        (["127.0.0.1", "--key", "{key}", "--room", "r" * 25], "bad --room"),
+    ],
+    ids=["empty-host", "blank-host", "key-is-a-folder", "empty-key", "long-nick", "long-room"],
+)
+def test_setup_mistake_is_one_line_and_status_2(
+    env: dict[str, str], psk_file: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    """A mistake in the host, key, nick or room prints one line naming it on stderr,
+    nothing on stdout, and exits 2 without contacting anyone."""
+    empty = tmp_path / "empty.key"
+    empty.touch(mode=0o600)
+    names = {"key": str(psk_file), "folder": str(tmp_path), "empty": str(empty)}
+    result = run_client([arg.format(**names) for arg in args], env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("udpchat-client: ")
+    assert needle in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "the following arguments are required: HOST"),
+        (["127.0.0.1", "--port", "abc"], "argument --port: not a port number: 'abc'"),
+        (["127.0.0.1", "--port", "0"], "argument --port: port must be 1..65535"),
+        (["127.0.0.1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["127.0.0.1", "--key"], "argument --key: expected one argument"),
+    ],
+    ids=["no-host", "port-not-a-number", "port-zero", "unknown-option", "key-without-path"],
+)
+def test_usage_error_ends_with_one_clear_line_and_status_2(
+    env: dict[str, str], args: list[str], needle: str
+) -> None:
+    """A command line argparse cannot parse gets the usage and then one line saying
+    what is wrong, on stderr, and exit status 2; no traceback."""
+    result = run_client(args, env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: udpchat-client ")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("udpchat-client: error: ") and needle in last, result.stderr
+    assert "Traceback" not in result.stderr
