@@ -67,9 +67,8 @@ class _Endpoint:
     def _emit(self, event: events.Event) -> None:
         self._events.append(event)
 
-    def _new_session(
-        self, session_id: bytes, *, initiator: bool, now: float, addr: object
-    ) -> Session:
+    def _new_session(self, session_id: bytes, now: float, addr: object, initiator: bool) -> Session:
+        handshake_keys = (self._psk32, self._f_hs) if initiator else None
         return Session(
             session_id,
             initiator=initiator,
@@ -78,6 +77,7 @@ class _Endpoint:
             emit=self._emit,
             now=now,
             addr=addr,
+            handshake_keys=handshake_keys,
         )
 
 
@@ -182,7 +182,7 @@ class ServerEndpoint(_Endpoint):
             self._check_resume(session, init, now)
         responded = respond(self._psk32, self._f_hs, data, init, now)
         if session is None:
-            session = self._new_session(init.session_id, initiator=False, now=now, addr=addr)
+            session = self._new_session(init.session_id, now, addr, initiator=False)
             self._sessions[init.session_id] = session
             self._add_pending(session)
         if not session.offer(responded.keys, init.epoch, now):
@@ -310,8 +310,8 @@ class ClientEndpoint(_Endpoint):
         """Start a new session (a fresh id and handshake); ends any current one silently."""
         if self._session is not None and not self._session.ended:
             self._session.close(now)
-        session = self._new_session(new_session_id(), initiator=True, now=now, addr=None)
-        session.start_handshake(self._psk32, self._f_hs, now)
+        session = self._new_session(new_session_id(), now, addr=None, initiator=True)
+        session.start_handshake(now)
         self._session = session
 
     def receive_datagram(self, data: bytes, now: float) -> None:

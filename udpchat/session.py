@@ -81,7 +81,10 @@ class Session:
         emit: Emit,
         now: float,
         addr: events.Address = None,
+        handshake_keys: tuple[bytes, Fernet] | None = None,
     ) -> None:
+        """`handshake_keys` (the PSK's 32 bytes and K_hs) only for the initiator,
+        which starts every handshake of the session, rekeys included."""
         self.session_id = session_id
         self.initiator = initiator
         self.addr = addr
@@ -103,6 +106,7 @@ class Session:
         self.ended = False
         self.handshakes: list[tuple[bytes, events.Address]] = []  # to send, with address
         # initiator only
+        self._handshake_keys = handshake_keys
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
         self._handshake_attempts = 0
@@ -124,8 +128,10 @@ class Session:
 
     # -- handshakes ------------------------------------------------------------
 
-    def start_handshake(self, psk32: bytes, f_hs: Fernet, now: float) -> None:
+    def start_handshake(self, now: float) -> None:
         """Initiator: send a message 1 for the next epoch (or the first one)."""
+        assert self._handshake_keys is not None, "only the initiator starts handshakes"
+        psk32, f_hs = self._handshake_keys
         current = self._keys.get(self._send_epoch) if self._send_epoch is not None else None
         epoch = 0 if current is None else (current.epoch + 1) % 256
         resume = None if current is None else current.resume
@@ -134,7 +140,6 @@ class Session:
         delay = self._config.handshake_retry_s * 2**self._handshake_attempts
         self._handshake_retry_at = now + min(delay, self._config.handshake_retry_max_s)
         self._handshake_attempts += 1
-        self._psk32, self._f_hs = psk32, f_hs
 
     def receive_response(self, datagram: bytes, now: float) -> None:
         """Initiator: message 2 arrived; on success switch sending to the new keys."""
@@ -396,9 +401,9 @@ class Session:
         if self.initiator:
             if self._handshake_retry_at is not None and self._handshake_retry_at <= now:
                 self.handshakes.clear()
-                self.start_handshake(self._psk32, self._f_hs, now)
+                self.start_handshake(now)
             elif self._initiator is None and self.established and self._rekey_due(now):
-                self.start_handshake(self._psk32, self._f_hs, now)
+                self.start_handshake(now)
         if self.established and self.last_sent + config.keepalive_s <= now:
             self._ping_needed = True
             self._emit(events.KeepaliveSent(self.session_id))
