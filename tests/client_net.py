@@ -1,6 +1,7 @@
 """An in-memory udpchat network for client tests: the real protocol core and the real
 chat rules (ServerEndpoint + ChatServer) wired to ChatClients, with a fake clock,
-optional loss, outages and server crashes. No sockets, no sleeping."""
+optional loss, outages (both ways, or only from the server to one peer) and server
+crashes. No sockets, no sleeping."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Peer:
     addr: tuple[str, int]
     lines: list[str] = field(default_factory=list)  # everything shown, plain style
     cut: bool = False  # True: this peer's link is down (both ways)
+    deaf: bool = False  # True: what the server sends this peer is lost (one way)
 
     def collect(self, now: float) -> None:
         for item in self.chat.take_output():
@@ -76,7 +78,9 @@ class Net:
             chat.start(self.now)
         return peer
 
-    def _delivered(self, peer: Peer) -> bool:
+    def _delivered(self, peer: Peer, to_peer: bool = False) -> bool:
+        if to_peer and peer.deaf:
+            return False
         return self.up and not peer.cut and self.rng.random() >= self.loss
 
     def step(self) -> None:
@@ -89,7 +93,7 @@ class Net:
             self._server_pump(now)
         by_addr = {peer.addr: peer for peer in self.peers}
         for data, addr in self.server.datagrams_to_send(now):
-            if addr in by_addr and self._delivered(by_addr[addr]):
+            if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
                 by_addr[addr].chat.receive_datagram(data, now)
         for peer in self.peers:
             peer.collect(now)

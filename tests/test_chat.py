@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpchat.chat import ChatServer, LogEvent
+from udpchat.chat import ROOM_LINE_IDS_KEPT, ChatServer, LogEvent
 from udpchat.messages import (
     APP_MAX_BYTES,
     Bye,
@@ -39,6 +40,13 @@ from udpchat.messages import (
     decode_server,
     encode,
 )
+
+_fresh = itertools.count(1 << 60)
+
+
+def lid(n: int | None = None) -> str:
+    """A line id: ``n`` as 16 hex digits, or (no ``n``) one never used before."""
+    return f"{next(_fresh) if n is None else n:016x}"
 
 
 class Chat:
@@ -142,7 +150,7 @@ def test_nicks_are_unique_case_insensitively(chat: Chat) -> None:
     sid = chat.connect()
     chat.send(sid, Hello("aLiCe", "lobby", "f" * 16))
     assert errors(chat.take(sid)) == ["nick-taken"]
-    chat.send(sid, Say("hi"))
+    chat.send(sid, Say("hi", lid()))
     assert errors(chat.take(sid)) == ["not-joined"]
     chat.send(sid, Hello("alice2", "lobby", "f" * 16))
     assert chat.take(sid)[0] == Welcome("alice2", "lobby")
@@ -162,9 +170,9 @@ def test_messages_before_hello_get_not_joined(chat: Chat) -> None:
     """Every message but hello and bye, before a hello was accepted: not-joined."""
     sid = chat.connect()
     for msg in (
-        Say("x"),
-        Me("x"),
-        PrivateMsg("bob", "x"),
+        Say("x", lid()),
+        Me("x", lid()),
+        PrivateMsg("bob", "x", lid()),
         Nick("n"),
         Join("x"),
         Part(),
@@ -231,13 +239,13 @@ def test_lines_go_to_every_other_member_of_the_room_in_order(chat: Chat) -> None
     alice, bob, carol = chat.member("alice"), chat.member("bob"), chat.member("carol")
     dave = chat.member("dave", "dev")
     chat.clear()
-    chat.send(alice, Say("one"))
-    chat.send(alice, Me("waves"))
-    chat.send(alice, Say("three"))
+    chat.send(alice, Say("one", lid(1)))
+    chat.send(alice, Me("waves", lid(2)))
+    chat.send(alice, Say("three", lid(3)))
     expected = [
-        SayOut("lobby", "alice", "one"),
-        MeOut("lobby", "alice", "waves"),
-        SayOut("lobby", "alice", "three"),
+        SayOut("lobby", "alice", "one", lid(1)),
+        MeOut("lobby", "alice", "waves", lid(2)),
+        SayOut("lobby", "alice", "three", lid(3)),
     ]
     assert chat.take(bob) == chat.take(carol) == expected
     assert chat.take(alice) == [] and chat.take(dave) == []
@@ -245,16 +253,76 @@ def test_lines_go_to_every_other_member_of_the_room_in_order(chat: Chat) -> None
 
 def test_too_long_or_controlled_lines_are_refused(chat: Chat) -> None:
     """A line over 400 bytes gets too-long, one with a control character (newline,
-    escape sequence) gets bad-message; neither reaches anyone nor the history."""
+    escape sequence), or without a valid line id, gets bad-message; none reaches
+    anyone nor the history."""
     alice, bob = chat.member("alice"), chat.member("bob")
     chat.clear()
-    chat.send(alice, b'{"t":"say","text":"' + b"x" * 401 + b'"}')
-    chat.send(alice, b'{"t":"say","text":"\\u001b[2Jgotcha"}')
-    chat.send(alice, b'{"t":"me","text":"two\\nlines"}')
-    assert errors(chat.take(alice)) == ["too-long", "bad-message", "bad-message"]
+    chat.send(alice, b'{"t":"say","text":"' + b"x" * 401 + b'","id":"0000000000000001"}')
+    chat.send(alice, b'{"t":"say","text":"\\u001b[2Jgotcha","id":"0000000000000002"}')
+    chat.send(alice, b'{"t":"me","text":"two\\nlines","id":"0000000000000003"}')
+    chat.send(alice, b'{"t":"say","text":"no id"}')
+    chat.send(alice, b'{"t":"say","text":"bad id","id":"0000000000000ABC"}')
+    assert errors(chat.take(alice)) == ["too-long"] + ["bad-message"] * 4
     assert chat.take(bob) == []
     late = chat.member("late")
     assert chat.take(late) == [Welcome("late", "lobby"), JoinNotice("lobby", "late")]
+
+
+def test_a_line_relayed_already_is_acknowledged_but_not_relayed_again(chat: Chat) -> None:
+    """A say/me whose line id was already relayed in the room (its sender re-sent it
+    on a new session because the acknowledgement was lost) is not relayed or stored
+    again, whatever its text; the sender gets no error. The same id in another room
+    is another line."""
+    alice = chat.member("alice", client="a" * 16)
+    bob, carol = chat.member("bob"), chat.member("carol", "dev")
+    chat.send(alice, Say("hello", lid(1)))
+    again = chat.connect()
+    chat.send(again, Hello("alice", "lobby", "a" * 16))  # takeover: a new session
+    chat.clear()
+    chat.send(again, Say("hello", lid(1)))
+    chat.send(again, Me("hello", lid(1)))
+    assert chat.take(bob) == [] and chat.take(again) == []
+    chat.send(again, Say("next", lid(2)))
+    assert chat.take(bob) == [SayOut("lobby", "alice", "next", lid(2))]
+    late = chat.member("late")
+    history = [m for m in chat.take(late) if isinstance(m, SayOut)]
+    assert [(m.text, m.line_id) for m in history] == [("hello", lid(1)), ("next", lid(2))]
+    chat.send(again, Join("dev"))
+    chat.send(again, Say("hello", lid(1)))
+    assert chat.take(carol)[-1] == SayOut("dev", "alice", "hello", lid(1))
+
+
+def test_a_private_line_relayed_already_is_not_relayed_again(chat: Chat) -> None:
+    """A msg whose line id was already relayed is dropped silently, even if its
+    target has left since (it did get the line: no no-such-nick error)."""
+    alice, bob = chat.member("alice"), chat.member("bob")
+    chat.clear()
+    chat.send(alice, PrivateMsg("bob", "psst", lid(1)))
+    chat.send(alice, PrivateMsg("bob", "psst", lid(1)))
+    assert chat.take(bob) == [PrivateMsgIn("alice", "psst", lid(1))]
+    chat.send(bob, Bye())
+    chat.clear()
+    chat.send(alice, PrivateMsg("bob", "psst", lid(1)))
+    assert chat.take(alice) == []
+    chat.send(alice, PrivateMsg("bob", "psst", lid(2)))
+    assert errors(chat.take(alice)) == ["no-such-nick"]
+
+
+def test_line_ids_are_remembered_for_the_last_1024_lines_or_the_history() -> None:
+    """A room remembers the ids of its last ROOM_LINE_IDS_KEPT (1024) lines, or of its
+    whole history if that is longer: an older id is a new line again (bounded memory)."""
+    assert ROOM_LINE_IDS_KEPT == 1024
+    for history_lines, forgotten in ((50, True), (1100, False)):
+        chat = Chat(history_lines=history_lines)
+        alice, bob = chat.member("alice"), chat.member("bob")
+        for i in range(1, 1026):  # one more than 1024
+            chat.server.message_received(alice, encode(Say("x", lid(i))), chat.now)
+        chat.server.drain()
+        chat.clear()
+        chat.send(alice, Say("x", lid(2)))  # the newest 1024: still known
+        assert chat.take(bob) == []
+        chat.send(alice, Say("x", lid(1)))
+        assert (chat.take(bob) != []) is forgotten, history_lines
 
 
 # --- history -------------------------------------------------------------------------
@@ -267,14 +335,14 @@ def test_late_joiner_gets_the_bounded_history_flagged_with_ts() -> None:
     alice = chat.member("alice")
     said_at = []
     for i in range(5):
-        chat.send(alice, Say(f"line {i}") if i != 3 else Me("line 3"))
+        chat.send(alice, Say(f"line {i}", lid(i)) if i != 3 else Me("line 3", lid(i)))
         said_at.append(chat.now)
     late = chat.member("late")
     assert chat.take(late) == [
         Welcome("late", "lobby"),
-        SayOut("lobby", "alice", "line 2", ts=said_at[2]),
-        MeOut("lobby", "alice", "line 3", ts=said_at[3]),
-        SayOut("lobby", "alice", "line 4", ts=said_at[4]),
+        SayOut("lobby", "alice", "line 2", lid(2), ts=said_at[2]),
+        MeOut("lobby", "alice", "line 3", lid(3), ts=said_at[3]),
+        SayOut("lobby", "alice", "line 4", lid(4), ts=said_at[4]),
         JoinNotice("lobby", "late"),
     ]
 
@@ -282,13 +350,13 @@ def test_late_joiner_gets_the_bounded_history_flagged_with_ts() -> None:
 def test_join_sends_the_new_rooms_history_after_the_join_notice(chat: Chat) -> None:
     """/join: join notice first (the joiner sees its own), then the room's history."""
     bob = chat.member("bob", "dev")
-    chat.send(bob, Say("in dev"))
+    chat.send(bob, Say("in dev", lid(1)))
     alice = chat.member("alice")
     chat.take(alice)
     chat.send(alice, Join("dev"))
     assert chat.take(alice) == [
         JoinNotice("dev", "alice"),
-        SayOut("dev", "bob", "in dev", ts=chat.now - 2),
+        SayOut("dev", "bob", "in dev", lid(1), ts=chat.now - 2),
     ]
 
 
@@ -299,7 +367,7 @@ def test_history_of_an_empty_room_is_kept_for_a_bounded_number_of_rooms() -> Non
     alice = chat.member("alice")
     for room in ("r1", "r2", "r3"):
         chat.send(alice, Join(room))
-        chat.send(alice, Say(f"said in {room}"))
+        chat.send(alice, Say(f"said in {room}", lid()))
     chat.send(alice, Part())  # r1, r2, r3 are empty now; r1 was emptied first
     chat.take(alice)
     chat.send(alice, Join("r3"))
@@ -312,7 +380,7 @@ def test_zero_history_lines_keeps_no_history() -> None:
     """history_lines=0 disables the history."""
     chat = Chat(history_lines=0)
     alice = chat.member("alice")
-    chat.send(alice, Say("x"))
+    chat.send(alice, Say("x", lid()))
     late = chat.member("late")
     assert chat.take(late) == [Welcome("late", "lobby"), JoinNotice("lobby", "late")]
 
@@ -407,8 +475,8 @@ def test_private_message_reaches_only_its_target(chat: Chat) -> None:
     with "from" set to the sender; the sender gets nothing back."""
     alice, bob, carol = chat.member("alice"), chat.member("Bob", "dev"), chat.member("carol")
     chat.clear()
-    chat.send(alice, PrivateMsg("bob", "psst"))
-    assert chat.take(bob) == [PrivateMsgIn("alice", "psst")]
+    chat.send(alice, PrivateMsg("bob", "psst", lid(1)))
+    assert chat.take(bob) == [PrivateMsgIn("alice", "psst", lid(1))]
     assert chat.take(alice) == [] and chat.take(carol) == []
 
 
@@ -418,8 +486,8 @@ def test_private_message_to_an_absent_nick_is_an_error(chat: Chat) -> None:
     alice, bob = chat.member("alice"), chat.member("bob")
     chat.send(bob, Bye())
     chat.clear()
-    chat.send(alice, PrivateMsg("nobody", "x"))
-    chat.send(alice, PrivateMsg("bob", "x"))
+    chat.send(alice, PrivateMsg("nobody", "x", lid()))
+    chat.send(alice, PrivateMsg("bob", "x", lid()))
     assert errors(chat.take(alice)) == ["no-such-nick", "no-such-nick"]
     assert chat.take(bob) == []
 
@@ -455,7 +523,7 @@ def test_ended_session_parts_with_its_reason(
     chat.end(bob, reason)
     assert chat.take(alice) == [PartNotice("lobby", "bob", part_reason)]
     assert [(e.kind, e.nick) for e in chat.log] == [(log_kind, "bob")]
-    chat.send(bob, Say("ghost"))  # a late message from a gone session is ignored
+    chat.send(bob, Say("ghost", lid()))  # a late message from a gone session is ignored
     assert chat.take(bob) == [] and chat.take(alice) == []
 
 
@@ -468,7 +536,7 @@ def test_shutdown_tells_everyone_and_closes_every_session(chat: Chat) -> None:
     chat.pump()
     assert chat.take(alice) == chat.take(unnamed) == [Shutdown("server going down")]
     assert sorted(chat.closed) == sorted([alice, unnamed])
-    chat.send(alice, Say("anyone?"))
+    chat.send(alice, Say("anyone?", lid()))
     assert chat.take(alice) == []
 
 
@@ -481,19 +549,19 @@ def test_reconnect_with_same_client_id_takes_over_silently(chat: Chat) -> None:
     old one is handed back for closing, and the room sees no part or join."""
     alice = chat.member("alice", client="a" * 16)
     bob = chat.member("bob")
-    chat.send(bob, Say("while you were away"))
+    chat.send(bob, Say("while you were away", lid(1)))
     chat.clear()
     again = chat.connect()
     chat.send(again, Hello("alice", "lobby", "a" * 16))
     assert chat.take(again) == [
         Welcome("alice", "lobby"),
-        SayOut("lobby", "bob", "while you were away", ts=chat.now - 1),
+        SayOut("lobby", "bob", "while you were away", lid(1), ts=chat.now - 1),
     ]
     assert chat.take(bob) == [] and chat.closed == [alice]
     assert [e.kind for e in chat.log] == ["takeover"]
     chat.end(alice, "local-close")  # the daemon closes the stale session
-    chat.send(bob, Say("welcome back"))
-    assert chat.take(again) == [SayOut("lobby", "bob", "welcome back")]
+    chat.send(bob, Say("welcome back", lid(2)))
+    assert chat.take(again) == [SayOut("lobby", "bob", "welcome back", lid(2))]
     assert chat.take(bob) == [] and chat.server.member_count == 2
 
 
@@ -550,22 +618,24 @@ def test_log_events_never_carry_message_text() -> None:
     alice, bob = chat.member("alice"), chat.member("bob")
     secret = "SECRET-7f3a"
     for msg in (
-        Say(secret),
-        Me(secret),
-        PrivateMsg("bob", secret),
+        Say(secret, lid()),
+        Me(secret, lid()),
+        PrivateMsg("bob", secret, lid()),
         Join("dev"),
         Nick("al"),
         Part(),
         Bye(),
     ):
         chat.send(alice, msg)
-    chat.send(bob, Say(secret * 20))
-    chat.send(bob, b'{"t":"say","text":"' + secret.encode() + b'\\u0000"}')
+    chat.send(bob, Say(secret * 20, lid()))
+    chat.send(bob, b'{"t":"say","text":"' + secret.encode() + b'\\u0000","id":"0123456789abcdef"}')
     chat.end(bob, "timeout")
     assert chat.log
     assert all(secret not in repr(event) for event in chat.log)
 
 
+# A few ids, so that sequences repeat some of them (re-sent lines).
+line_ids = st.integers(1, 6).map(lid)
 client_actions = st.one_of(
     st.builds(
         Hello,
@@ -573,9 +643,9 @@ client_actions = st.one_of(
         st.sampled_from(["lobby", "x"]),
         st.sampled_from(["0" * 16, "1" * 16, "2" * 16]),
     ),
-    st.builds(Say, st.sampled_from(["hi", '"\\' * 200])),
-    st.builds(Me, st.just("waves")),
-    st.builds(PrivateMsg, st.sampled_from(["a", "b", "zz"]), st.just("psst")),
+    st.builds(Say, st.sampled_from(["hi", '"\\' * 200]), line_ids),
+    st.builds(Me, st.just("waves"), line_ids),
+    st.builds(PrivateMsg, st.sampled_from(["a", "b", "zz"]), st.just("psst"), line_ids),
     st.builds(Nick, st.sampled_from(["a", "B", "c", "d"])),
     st.builds(Join, st.sampled_from(["lobby", "x", "y"])),
     st.sampled_from([Part(), Who(), Rooms(), Bye()]),

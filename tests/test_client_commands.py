@@ -11,21 +11,23 @@ from hypothesis import strategies as st
 from udpchat import messages
 from udpchat.client.commands import CommandError, LocalHelp, LocalQuit, help_lines, parse_line
 
+ID = "0123456789abcdef"  # the line id a chat line gets
+
 
 def test_plain_text_is_said() -> None:
     """A line that does not start with '/' is said to the room, as typed."""
-    assert parse_line("hello  world ") == messages.Say("hello  world ")
+    assert parse_line("hello  world ", ID) == messages.Say("hello  world ", ID)
 
 
 def test_blank_lines_do_nothing() -> None:
     """Empty and whitespace-only lines are not sent (and are not an error)."""
-    assert parse_line("") is None
-    assert parse_line("   ") is None
+    assert parse_line("", ID) is None
+    assert parse_line("   ", ID) is None
 
 
 def test_double_slash_sends_a_literal_slash() -> None:
     """'//text' says '/text', so a line may start with a slash."""
-    assert parse_line("//etc/passwd is a file") == messages.Say("/etc/passwd is a file")
+    assert parse_line("//etc/passwd is a file", ID) == messages.Say("/etc/passwd is a file", ID)
 
 
 @pytest.mark.parametrize(
@@ -36,9 +38,9 @@ def test_double_slash_sends_a_literal_slash() -> None:
         ("/who", messages.Who()),
         ("/rooms", messages.Rooms()),
         ("/part", messages.Part()),
-        ("/me waves  hello", messages.Me("waves  hello")),
-        ("/msg bob hi there", messages.PrivateMsg("bob", "hi there")),
-        ("/msg bob   spaced", messages.PrivateMsg("bob", "spaced")),
+        ("/me waves  hello", messages.Me("waves  hello", ID)),
+        ("/msg bob hi there", messages.PrivateMsg("bob", "hi there", ID)),
+        ("/msg bob   spaced", messages.PrivateMsg("bob", "spaced", ID)),
         ("/join dev", messages.Join("dev")),
         ("/join #Dev", messages.Join("dev")),
         ("/help", LocalHelp()),
@@ -48,7 +50,7 @@ def test_double_slash_sends_a_literal_slash() -> None:
 def test_commands(line: str, expected: object) -> None:
     """Each command maps to its message; names are case-insensitive; /join strips
     one leading '#' and lowercases the room."""
-    assert parse_line(line) == expected
+    assert parse_line(line, ID) == expected
 
 
 @pytest.mark.parametrize(
@@ -78,29 +80,29 @@ def test_commands(line: str, expected: object) -> None:
 def test_bad_commands_are_local_errors(line: str, error: str) -> None:
     """Unknown commands and bad arguments raise CommandError with a helpful message."""
     with pytest.raises(CommandError, match=re.escape(error)):
-        parse_line(line)
+        parse_line(line, ID)
 
 
 def test_text_limit_is_400_utf8_bytes() -> None:
     """400 bytes pass; 401 are refused, counted in UTF-8 bytes (not characters)."""
-    assert parse_line("x" * 400) == messages.Say("x" * 400)
+    assert parse_line("x" * 400, ID) == messages.Say("x" * 400, ID)
     with pytest.raises(CommandError, match="line too long: 401 bytes, the limit is 400"):
-        parse_line("x" * 401)
+        parse_line("x" * 401, ID)
     with pytest.raises(CommandError, match="line too long: 402 bytes"):
-        parse_line("é" * 201)  # 201 characters, 402 bytes
+        parse_line("é" * 201, ID)  # 201 characters, 402 bytes
     with pytest.raises(CommandError, match="too long"):
-        parse_line("/me " + "x" * 401)
+        parse_line("/me " + "x" * 401, ID)
     with pytest.raises(CommandError, match="too long"):
-        parse_line("/msg bob " + "x" * 401)
+        parse_line("/msg bob " + "x" * 401, ID)
 
 
 @pytest.mark.parametrize("bad", ["\x1b[31m", "\x07", "\x00", "\x7f", "\x9b", "a\tb", "a\rb"])
 def test_control_characters_are_refused(bad: str) -> None:
     """No C0/DEL/C1 control character is ever sent (escape sequences, tabs, CR ...)."""
     with pytest.raises(CommandError, match="control character"):
-        parse_line("hi " + bad)
+        parse_line("hi " + bad, ID)
     with pytest.raises(CommandError, match="control character"):
-        parse_line("/me " + bad)
+        parse_line("/me " + bad, ID)
 
 
 def test_help_lists_every_command() -> None:
@@ -113,7 +115,7 @@ def test_help_lists_every_command() -> None:
 def test_parse_never_crashes_and_results_encode(line: str) -> None:
     """Any input either is refused with CommandError or yields something sendable."""
     try:
-        action = parse_line(line)
+        action = parse_line(line, ID)
     except CommandError as exc:
         assert str(exc)
         return

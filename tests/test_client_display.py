@@ -28,6 +28,8 @@ from udpchat.client.display import (
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
+ID = "0123456789abcdef"  # a line id
+
 
 @pytest.fixture(autouse=True)
 def utc() -> Iterator[None]:
@@ -50,9 +52,9 @@ def plain(item: object) -> str | None:
 @pytest.mark.parametrize(
     ("item", "line"),
     [
-        (messages.SayOut("lobby", "alice", "hello"), "<alice> hello"),
-        (messages.MeOut("lobby", "alice", "waves"), "* alice waves"),
-        (messages.PrivateMsgIn("bob", "psst"), "*bob* psst"),
+        (messages.SayOut("lobby", "alice", "hello", ID), "<alice> hello"),
+        (messages.MeOut("lobby", "alice", "waves", ID), "* alice waves"),
+        (messages.PrivateMsgIn("bob", "psst", ID), "*bob* psst"),
         (OwnLine("alice", "hi"), "<alice> hi"),
         (OwnLine("alice", "waves", action=True), "* alice waves"),
         (OwnLine("alice", "psst", to="bob"), "-> *bob* psst"),
@@ -92,14 +94,14 @@ def test_plain_formats(item: object, line: str) -> None:
 def test_history_lines_carry_their_time() -> None:
     """Lines replayed from history are marked with their timestamp, also in plain style,
     and with the date when they are not from today."""
-    today = messages.SayOut("lobby", "alice", "old news", ts=NOW - 3600)
+    today = messages.SayOut("lobby", "alice", "old news", ID, ts=NOW - 3600)
     assert plain(today) == "[21:13] <alice> old news"
-    older = messages.MeOut("lobby", "alice", "waved", ts=NOW - 2 * 86400)
+    older = messages.MeOut("lobby", "alice", "waved", ID, ts=NOW - 2 * 86400)
     assert plain(older) == "[2023-11-12 22:13] * alice waved"
 
 
 def test_terminal_style_has_timestamps_and_colours() -> None:
-    line = format_item(messages.SayOut("lobby", "alice", "hi"), TERMINAL, now=NOW)
+    line = format_item(messages.SayOut("lobby", "alice", "hi", ID), TERMINAL, now=NOW)
     assert line is not None
     assert "22:13" in line
     assert f"\x1b[{nick_colour('alice')}malice\x1b[0m" in line
@@ -108,7 +110,7 @@ def test_terminal_style_has_timestamps_and_colours() -> None:
 
 def test_timestamps_without_colour() -> None:
     """NO_COLOR: timestamps but not a single escape sequence."""
-    line = format_item(messages.SayOut("lobby", "alice", "hi"), Style(timestamps=True), now=NOW)
+    line = format_item(messages.SayOut("lobby", "alice", "hi", ID), Style(timestamps=True), now=NOW)
     assert line == "22:13 <alice> hi"
 
 

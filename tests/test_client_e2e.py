@@ -20,7 +20,7 @@ from typing import IO
 
 import pytest
 from daemon import Daemon
-from udpproxy import Impairment, UDPProxy
+from udpproxy import PERFECT, Impairment, UDPProxy
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
 #: A history line as pipe mode prints it: "[HH:MM] <nick> text".
@@ -374,6 +374,55 @@ def test_clients_reconnect_to_a_restarted_daemon(
     said = [line for line in bob.lines if "<alice> " in line]
     assert [line.split("<alice> ")[1] for line in said] == ["before", "during the outage", "after"]
     assert time.monotonic() - stopped_at < expiry + 10
+
+
+def test_line_relayed_just_before_a_sigkill_is_shown_once(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """The crash window: the daemon relays alice's line to bob and is SIGKILLed before
+    its acknowledgement reaches alice (made certain here by cutting the way back to
+    alice first). Alice sends the line again, under the same line id, once she is
+    reconnected to the restarted daemon, which remembers nothing and relays it to bob
+    again; bob's client recognises the id and shows the line exactly once."""
+    with UDPProxy(daemon.address, max_lifetime_s=150) as proxy:
+        bob = clients(daemon.port, daemon.key_file, "bob", env)  # not behind the proxy
+        bob.wait_for("-!- bob has joined lobby", timeout=40)
+        alice = clients(proxy.port, daemon.key_file, "alice", env)
+        alice.wait_for("-!- alice has joined lobby", timeout=40)
+        bob.wait_for("-!- alice has joined lobby")
+        alice.type("before")
+        bob.wait_for("<alice> before")
+        time.sleep(0.3)  # the acknowledgement of "before" reaches alice
+
+        proxy.impair("to_client", Impairment(loss=1.0))  # alice hears nothing more
+        alice.type("the line")
+        bob.wait_for("<alice> the line")
+        assert daemon.proc is not None
+        daemon.proc.kill()
+        daemon.proc.wait(5)
+        # Alice stays offline until bob is back, so that her line comes again live
+        # (not only as history, which bob would get if she were back first).
+        proxy.blackhole = True
+        proxy.impair("to_client", PERFECT)
+        assert start_again(daemon) == -signal.SIGKILL
+        bob.wait_for("-!- reconnected", timeout=CLIENT_SESSION_EXPIRY_S + 15)
+        alice.wait_for("-!- connection to server lost; reconnecting", timeout=15)
+        proxy.blackhole = False
+        alice.wait_for("-!- reconnected", timeout=30)
+
+        alice.type("after")  # sent after "the line": once it is here, so is that
+        bob.wait_for("<alice> after")
+        carol = clients(daemon.port, daemon.key_file, "carol", env)
+        carol.wait_for("-!- carol has joined lobby")
+        assert alice.finish() == 0
+        bob.wait_for("-!- alice has left lobby (quit)")
+        assert bob.finish() == 0
+    # The restarted daemon did get the line again: it is in the history carol got.
+    history = carol.lines[1 : carol.lines.index("-!- carol has joined lobby")]
+    assert [HISTORY.sub("", line) for line in history] == ["<alice> the line", "<alice> after"]
+    said = [line.split("<alice> ")[1] for line in bob.lines if "<alice> " in line]
+    assert said == ["before", "the line", "after"], bob.lines
+    assert not [line for line in bob.lines if line.startswith("!!!")]
 
 
 def test_network_outage_members_time_out_and_come_back(

@@ -16,6 +16,8 @@ from udpchat.client.protocol import ChatLink, same_address
 from udpchat.client.session import ChatClient, State
 from udpchat.endpoint import ClientEndpoint
 
+ID = "0123456789abcdef"  # a line id
+
 
 class FakePort:
     def __init__(self, proto: Any, interface: str) -> None:
@@ -178,5 +180,5 @@ def test_pipe_prints_events_as_plain_lines() -> None:
     from udpchat import messages
 
     front, _, transport = pipe()
-    front.update([messages.SayOut("lobby", "bob", "hi"), messages.JoinNotice("lobby", "eve")])
+    front.update([messages.SayOut("lobby", "bob", "hi", ID), messages.JoinNotice("lobby", "eve")])
     assert transport.value() == b"<bob> hi\n-!- eve has joined lobby\n"

@@ -1,6 +1,6 @@
 """ChatClient (the client's chat logic) against the real core and chat rules, in
-memory: hello/welcome, own lines, nick retry, reconnect with re-sending, history
-de-duplication, pipe-mode draining and its exit status."""
+memory: hello/welcome, own lines, nick retry, reconnect with re-sending, lines shown
+once by their line ids, pipe-mode draining and its exit status."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 from client_net import FAST, Net
 
+from udpchat import messages
 from udpchat.client import session as client_session
 from udpchat.client.outbox import OUTBOX_MAX_LINES
 from udpchat.client.session import State
@@ -24,6 +25,12 @@ def said(net: Net) -> list[str]:
         if msg["t"] == "say":
             out.append(msg["text"])
     return out
+
+
+def sent_ids(net: Net, text: str) -> list[str]:
+    """The line ids of every say/me/msg with ``text`` the server received, in order."""
+    msgs = [json.loads(payload) for payload in net.server_seen]
+    return [m["id"] for m in msgs if m["t"] in ("say", "me", "msg") and m["text"] == text]
 
 
 def test_hello_welcome_and_chat() -> None:
@@ -146,6 +153,115 @@ def test_history_replayed_after_reconnect_is_not_shown_twice() -> None:
     assert alice.lines.count("<alice> mine") == 1
     replayed = [line for line in alice.lines if line.endswith("<bob> while away")]
     assert len(replayed) == 1 and replayed[0].startswith("[")  # marked as history
+
+
+def test_a_line_whose_ack_was_lost_is_resent_with_its_id_and_shown_once() -> None:
+    """The server relayed alice's line but its acknowledgement never reached her: her
+    session expires, she reconnects (a takeover) and sends the line again with the
+    same line id; the server recognises it: it neither relays it to bob again nor
+    stores it in the history again."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    alice.deaf = True  # what the server sends alice is lost, acks included
+    net.submit(alice, "the line")
+    net.run_until(lambda: "<alice> the line" in bob.lines)
+    net.run_until(lambda: "-!- connection to server lost; reconnecting" in alice.lines)
+    alice.deaf = False
+    net.run_until(lambda: alice.chat.connected and alice.chat.unsent == 0, timeout=60)
+    net.run(1)
+    ids = sent_ids(net, "the line")
+    assert len(ids) >= 2 and len(set(ids)) == 1  # sent again, under the same id
+    assert bob.lines.count("<alice> the line") == 1
+    history = net.chat_server._rooms["lobby"].history  # noqa: SLF001 - stored once?
+    assert [(line.text, line.line_id) for line in history] == [("the line", ids[0])]
+
+
+def test_a_line_resent_to_a_restarted_server_is_shown_once() -> None:
+    """The server relayed alice's line and crashed before her acknowledgement got
+    out: the restarted server knows nothing, relays the re-sent line again (live or
+    as history), and bob's client recognises its line id and does not show it again."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    alice.deaf = True
+    net.submit(alice, "the line")
+    net.run_until(lambda: "<alice> the line" in bob.lines)
+    net.start_server()  # the crash
+    alice.deaf = False
+    both = (alice, bob)
+    net.run_until(lambda: all("-!- reconnected" in p.lines for p in both), timeout=60)
+    net.run_until(lambda: alice.chat.unsent == 0)
+    net.submit(alice, "after")
+    net.run_until(lambda: "<alice> after" in bob.lines)
+    assert len(sent_ids(net, "the line")) >= 2  # relayed by the new server too
+    assert [line for line in bob.lines if "<alice>" in line] == [
+        "<alice> the line",
+        "<alice> after",
+    ]
+
+
+def test_a_repeated_line_id_is_never_shown_twice() -> None:
+    """Whatever the server sends, a say, me or msg whose line id was shown already
+    (live or as history, under any nick or text) is not shown again; lines with other
+    ids are, even with the same text."""
+    net = Net()
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.connected)
+    (session_id,) = list(net.server._sessions)  # noqa: SLF001 - a server that repeats
+    first, second, third = "0000000000000001", "0000000000000002", "0000000000000003"
+    for msg in (
+        messages.SayOut("lobby", "bob", "hi", first),
+        messages.SayOut("lobby", "bob", "hi", first),
+        messages.SayOut("lobby", "bob", "hi", first, ts=net.now - 5),
+        messages.MeOut("lobby", "bobby", "other text", first),
+        messages.SayOut("lobby", "bob", "hi", second),
+        messages.PrivateMsgIn("bob", "psst", third),
+        messages.PrivateMsgIn("bob", "psst", third),
+    ):
+        net.server.send(session_id, messages.encode(msg), net.now)
+    net.run(1)
+    assert [line for line in alice.lines if "bob" in line] == [
+        "<bob> hi",
+        "<bob> hi",
+        "*bob* psst",
+    ]
+
+
+def test_identical_lines_are_told_apart_by_their_ids() -> None:
+    """History is de-duplicated by line id, not by text: a line said while alice was
+    away is shown even though she saw an identical one before."""
+    net = Net()
+    net.start_server(history_lines=1)
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(bob, "ok")
+    net.run(1)
+    alice.cut = True
+    net.run(FAST.session_expiry_s + 1)
+    net.submit(bob, "ok")  # the history now holds only this one
+    alice.cut = False
+    net.run_until(lambda: alice.chat.connected, timeout=60)
+    net.run(1)
+    shown = [line for line in alice.lines if line.endswith("<bob> ok")]
+    assert len(shown) == 2 and shown[0] == "<bob> ok" and shown[1].startswith("[")
+
+
+@pytest.mark.parametrize("pipe", [False, True])
+def test_own_lines_in_replayed_history_are_never_shown(pipe: bool) -> None:
+    """The room history the server replays (here after /join back to a room) holds
+    the user's own lines; they are not shown, in pipe mode (which never shows own
+    lines) or in terminal mode (which showed them when typed)."""
+    net = Net()
+    alice, bob = net.client("alice", pipe=pipe), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(alice, "mine", "/me waves", "/join dev")
+    net.run_until(lambda: "-!- alice has joined dev" in alice.lines)
+    net.submit(alice, "/part")
+    net.run_until(lambda: alice.lines.count("-!- alice has joined lobby") == 2)
+    net.run(1)
+    own = [line for line in alice.lines if "mine" in line or "waves" in line]
+    assert own == ([] if pipe else ["<alice> mine", "* alice waves"])
 
 
 def test_pipe_finish_waits_for_delivery_then_says_bye() -> None:

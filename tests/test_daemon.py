@@ -46,9 +46,15 @@ def test_two_members_chat_and_sigterm_tells_them_and_exits_quickly(daemon: Daemo
     alice.wait_for(lambda m: m["t"] == "welcome")
     bob = ChatClient(daemon.address, daemon.psk, "bob")
     bob.wait_for(lambda m: m["t"] == "welcome", also=(alice,))
-    alice.send({"t": "say", "text": "hello bob"})
+    alice.send({"t": "say", "text": "hello bob", "id": "0123456789abcdef"})
     got = bob.wait_for(lambda m: m["t"] == "say", also=(alice,))
-    assert got == {"t": "say", "room": "lobby", "nick": "alice", "text": "hello bob"}
+    assert got == {
+        "t": "say",
+        "room": "lobby",
+        "nick": "alice",
+        "text": "hello bob",
+        "id": "0123456789abcdef",
+    }
     assert "hello bob" not in daemon.log(), "message text is never logged"
     assert "alice joined lobby from 127.0.0.1:" in daemon.log()
 
@@ -168,7 +174,7 @@ def test_dual_stack_serves_ipv4_and_ipv6(tmp_path: Path, subprocess_env: dict[st
         v6 = ChatClient(("::1", daemon.port), daemon.psk, "six")
         v4.wait_for(lambda m: m["t"] == "welcome", also=(v6,))
         v6.wait_for(lambda m: m["t"] == "welcome", also=(v4,))
-        v4.send({"t": "say", "text": "over IPv4"})
+        v4.send({"t": "say", "text": "over IPv4", "id": "0123456789abcdef"})
         assert v6.wait_for(lambda m: m["t"] == "say", also=(v4,))["text"] == "over IPv4"
         assert daemon.stop() == 0
     finally:

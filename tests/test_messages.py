@@ -59,6 +59,8 @@ NICK_RE = r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,23}"
 nicks = st.from_regex(NICK_RE, fullmatch=True)
 rooms = st.from_regex(r"[a-z0-9_-]{1,24}", fullmatch=True)
 client_ids = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)
+line_ids = client_ids  # the same form
+ID = "0123456789abcdef"  # a line id
 texts = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=100
 ).filter(lambda t: len(t.encode()) <= TEXT_MAX_BYTES)
@@ -69,9 +71,9 @@ timestamps = st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=
 
 client_messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Hello, nicks, rooms, client_ids),
-    st.builds(Say, any_text),
-    st.builds(Me, any_text),
-    st.builds(PrivateMsg, nicks, any_text),
+    st.builds(Say, any_text, line_ids),
+    st.builds(Me, any_text, line_ids),
+    st.builds(PrivateMsg, nicks, any_text, line_ids),
     st.builds(Nick, nicks),
     st.builds(Join, rooms),
     st.just(Part()),
@@ -81,9 +83,9 @@ client_messages: st.SearchStrategy[Message] = st.one_of(
 )
 server_messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Welcome, nicks, rooms),
-    st.builds(SayOut, rooms, nicks, any_text, timestamps),
-    st.builds(MeOut, rooms, nicks, any_text, timestamps),
-    st.builds(PrivateMsgIn, nicks, any_text),
+    st.builds(SayOut, rooms, nicks, any_text, line_ids, timestamps),
+    st.builds(MeOut, rooms, nicks, any_text, line_ids, timestamps),
+    st.builds(PrivateMsgIn, nicks, any_text, line_ids),
     st.builds(JoinNotice, rooms, nicks),
     st.builds(PartNotice, rooms, nicks, st.sampled_from(sorted(PART_REASONS))),
     st.builds(NickNotice, nicks, nicks),
@@ -133,6 +135,7 @@ KNOWN_KEYS = [
     "code",
     "ts",
     "history",
+    "id",
 ]
 # Objects that look almost like messages: a known "t" and known keys, arbitrary values.
 message_like = st.builds(
@@ -140,6 +143,12 @@ message_like = st.builds(
     st.sampled_from(KNOWN_TYPES) | st.text(max_size=8),
     st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=4), json_values, max_size=5),
 )
+
+
+def with_id(data: bytes) -> bytes:
+    """A client's JSON object (as bytes) with a valid line id added at its end."""
+    assert data.endswith(b"}")
+    return data[:-1] + b',"id":"' + ID.encode() + b'"}'
 
 
 def raw(obj: Any) -> bytes:
@@ -167,7 +176,10 @@ def test_app_max_bytes_equals_the_cores_max_payload() -> None:
 
 def test_encode_is_compact_utf8_json_with_t_first() -> None:
     """encode writes compact JSON, non-ASCII as UTF-8 (not \\u escapes), "t" first."""
-    assert encode(Say("héllo ☃")) == '{"t":"say","text":"héllo ☃"}'.encode()
+    assert (
+        encode(Say("héllo ☃", ID))
+        == '{"t":"say","text":"héllo ☃","id":"0123456789abcdef"}'.encode()
+    )
     assert encode(Hello("alice", "lobby", "0123456789abcdef")) == (
         b'{"t":"hello","nick":"alice","room":"lobby","client":"0123456789abcdef"}'
     )
@@ -176,21 +188,69 @@ def test_encode_is_compact_utf8_json_with_t_first() -> None:
 
 def test_private_message_in_uses_the_from_field() -> None:
     """The server's "msg" names the sender in "from"; the client's names "to"."""
-    assert encode(PrivateMsgIn("bob", "hi")) == b'{"t":"msg","from":"bob","text":"hi"}'
-    assert decode_client(b'{"t":"msg","to":"bob","text":"hi"}') == PrivateMsg("bob", "hi")
+    assert encode(PrivateMsgIn("bob", "hi", ID)) == (
+        b'{"t":"msg","from":"bob","text":"hi","id":"0123456789abcdef"}'
+    )
+    msg = b'{"t":"msg","to":"bob","text":"hi","id":"0123456789abcdef"}'
+    assert decode_client(msg) == PrivateMsg("bob", "hi", ID)
+
+
+def test_chat_lines_carry_their_line_id_both_ways() -> None:
+    """say, me and msg carry the sender's line id as "id", from the client and (the
+    same id) from the server, live and in history."""
+    assert json.loads(encode(Me("waves", ID)))["id"] == ID
+    for msg in (
+        SayOut("lobby", "al", "x", ID),
+        MeOut("lobby", "al", "x", ID, ts=1.5),
+        PrivateMsgIn("al", "x", ID),
+    ):
+        assert json.loads(encode(msg))["id"] == ID
+        assert decode_server(encode(msg)).line_id == ID  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "line_id", ["0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeg", 5]
+)
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "say", "text": "x"},
+        {"t": "me", "text": "x"},
+        {"t": "msg", "to": "bob", "text": "x"},
+    ],
+)
+def test_line_id_is_required_and_exactly_16_lowercase_hex(
+    obj: dict[str, Any], line_id: object
+) -> None:
+    """A client's say/me/msg without "id", or with anything but 16 lowercase hex
+    digits as "id", is a bad-message; the server's lines are held to the same rule."""
+    for bad in (obj, {**obj, "id": line_id}):
+        with pytest.raises(MessageError) as info:
+            decode_client(raw(bad))
+        assert info.value.code == "bad-message"
+    room_line = {"room": "lobby", "nick": "al", "text": "x"}
+    for server_obj in (
+        {"t": "say", **room_line},
+        {"t": "me", **room_line, "ts": 1.0, "history": True},
+        {"t": "msg", "from": "al", "text": "x"},
+    ):
+        for bad in (server_obj, {**server_obj, "id": line_id}):
+            with pytest.raises(MessageError):
+                decode_server(raw(bad))
 
 
 def test_history_lines_carry_ts_and_history_true() -> None:
     """A replayed line has "ts" and "history": true; a live line has neither."""
-    live = b'{"t":"say","room":"lobby","nick":"al","text":"x"}'
-    assert encode(SayOut("lobby", "al", "x")) == live
-    line = SayOut("lobby", "al", "x", ts=1700000000.5)
+    live = b'{"t":"say","room":"lobby","nick":"al","text":"x","id":"0123456789abcdef"}'
+    assert encode(SayOut("lobby", "al", "x", ID)) == live
+    line = SayOut("lobby", "al", "x", ID, ts=1700000000.5)
     assert line.history
     assert json.loads(encode(line)) == {
         "t": "say",
         "room": "lobby",
         "nick": "al",
         "text": "x",
+        "id": ID,
         "ts": 1700000000.5,
         "history": True,
     }
@@ -200,13 +260,21 @@ def test_history_lines_carry_ts_and_history_true() -> None:
 @pytest.mark.parametrize(
     "obj",
     [
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 1.0},  # no history
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "history": True},  # no ts
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 1.0, "history": False},
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": -1.0, "history": True},
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": "1", "history": True},
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": True, "history": True},
-        {"t": "say", "room": "a", "nick": "b", "text": "x", "ts": 10**400, "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": 1.0},  # no history
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "history": True},  # no ts
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": 1.0, "history": False},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": -1.0, "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": "1", "history": True},
+        {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": True, "history": True},
+        {
+            "t": "say",
+            "room": "a",
+            "nick": "b",
+            "text": "x",
+            "id": ID,
+            "ts": 10**400,
+            "history": True,
+        },
     ],
 )
 def test_ts_and_history_are_both_there_or_both_absent(obj: dict[str, Any]) -> None:
@@ -218,19 +286,21 @@ def test_ts_and_history_are_both_there_or_both_absent(obj: dict[str, Any]) -> No
 def test_largest_server_message_fits_one_payload() -> None:
     """The largest server->client message (a replayed line: 400 bytes of text that JSON
     escapes to twice its size, nick and room at their maximum, the nick made of
-    escaped characters too, the longest float repr as ts) fits APP_MAX_BYTES."""
+    escaped characters too, the line id, the longest float repr as ts) fits
+    APP_MAX_BYTES: 981 bytes."""
     text = '"\\' * (TEXT_MAX_BYTES // 2)
     assert len(text.encode()) == TEXT_MAX_BYTES
     nick = "\\" * NICK_MAX_CHARS
     room = "r" * ROOM_MAX_CHARS
     ts = 2.2250738585072014e-308  # 23 characters, the longest repr of a float >= 0
     assert len(repr(ts)) == 23
-    for msg in (SayOut(room, nick, text, ts), MeOut(room, nick, text, ts)):
+    for msg in (SayOut(room, nick, text, ID, ts), MeOut(room, nick, text, ID, ts)):
         data = encode(msg)
         assert len(data) <= APP_MAX_BYTES
         assert decode_server(data) == msg
-    assert len(encode(PrivateMsgIn(nick, text))) <= APP_MAX_BYTES
-    assert len(encode(PrivateMsg(nick, text))) <= APP_MAX_BYTES
+    assert len(encode(SayOut(room, nick, text, ID, ts))) == 981
+    assert len(encode(PrivateMsgIn(nick, text, ID))) <= APP_MAX_BYTES
+    assert len(encode(PrivateMsg(nick, text, ID))) <= APP_MAX_BYTES
     assert len(encode(Error("already-there", text))) <= APP_MAX_BYTES
 
 
@@ -259,7 +329,7 @@ def test_server_messages_roundtrip(msg: Message) -> None:
     ("data", "code"),
     [
         (b"\xff\xfe", "bad-message"),  # not UTF-8
-        ('{"t":"say","text":"\udcff"}'.encode("utf-8", "surrogatepass"), "bad-message"),
+        (with_id('{"t":"say","text":"\udcff"}'.encode("utf-8", "surrogatepass")), "bad-message"),
         (b"", "bad-message"),
         (b"not json", "bad-message"),
         (b'["say"]', "bad-message"),  # not an object
@@ -268,20 +338,20 @@ def test_server_messages_roundtrip(msg: Message) -> None:
         (b'{"t":5}', "bad-message"),
         (b'{"t":"shout","text":"x"}', "bad-message"),  # unknown type
         (b'{"t":"welcome","nick":"a","room":"b"}', "bad-message"),  # server type
-        (b'{"t":"say"}', "bad-message"),  # missing field
-        (b'{"t":"say","text":5}', "bad-message"),  # wrong type
-        (b'{"t":"say","text":"x","extra":1}', "bad-message"),  # extra field
+        (with_id(b'{"t":"say"}'), "bad-message"),  # missing field
+        (with_id(b'{"t":"say","text":5}'), "bad-message"),  # wrong type
+        (with_id(b'{"t":"say","text":"x","extra":1}'), "bad-message"),  # extra field
         (b'{"t":"part","room":"x"}', "bad-message"),
-        (b'{"t":"say","text":"a","text":"b"}', "bad-message"),  # duplicate field
-        (b'{"t":"say","text":""}', "bad-message"),  # empty text
-        (b'{"t":"say","text":"a\\nb"}', "bad-message"),  # C0 control
-        (b'{"t":"say","text":"\\u001b[31mred"}', "bad-message"),  # terminal escape
-        ('{"t":"say","text":"\u009b31m"}'.encode(), "bad-message"),  # C1 CSI
-        (b'{"t":"say","text":"\\u007f"}', "bad-message"),  # DEL
-        (b'{"t":"say","text":"\\ud800"}', "bad-message"),  # lone surrogate
-        (raw({"t": "say", "text": "x" * 401}), "too-long"),
-        (raw({"t": "say", "text": "é" * 201}), "too-long"),  # 402 bytes, 201 chars
-        (b'{"t":"say","text":"' + b"x" * 1000 + b'"}', "too-long"),  # > APP_MAX_BYTES
+        (with_id(b'{"t":"say","text":"a","text":"b"}'), "bad-message"),  # duplicate field
+        (with_id(b'{"t":"say","text":""}'), "bad-message"),  # empty text
+        (with_id(b'{"t":"say","text":"a\\nb"}'), "bad-message"),  # C0 control
+        (with_id(b'{"t":"say","text":"\\u001b[31mred"}'), "bad-message"),  # terminal escape
+        (with_id('{"t":"say","text":"\u009b31m"}'.encode()), "bad-message"),  # C1 CSI
+        (with_id(b'{"t":"say","text":"\\u007f"}'), "bad-message"),  # DEL
+        (with_id(b'{"t":"say","text":"\\ud800"}'), "bad-message"),  # lone surrogate
+        (with_id(raw({"t": "say", "text": "x" * 401})), "too-long"),
+        (with_id(raw({"t": "say", "text": "é" * 201})), "too-long"),  # 402 bytes, 201 chars
+        (with_id(b'{"t":"say","text":"' + b"x" * 1000 + b'"}'), "too-long"),  # > APP_MAX_BYTES
         (b'{"t":"nick","nick":"9lives"}', "bad-nick"),
         (b'{"t":"nick","nick":"-dash"}', "bad-nick"),
         (b'{"t":"nick","nick":"a b"}', "bad-nick"),
@@ -292,7 +362,7 @@ def test_server_messages_roundtrip(msg: Message) -> None:
         (b'{"t":"join","room":""}', "bad-room"),
         (b'{"t":"hello","nick":"a","room":"lobby","client":"0123456789ABCDEF"}', "bad-message"),
         (b'{"t":"hello","nick":"a","room":"lobby","client":"0123"}', "bad-message"),
-        (b'{"t":"say","text":NaN}', "bad-message"),
+        (with_id(b'{"t":"say","text":NaN}'), "bad-message"),
         (b"[" * 400 + b"]" * 400, "bad-message"),
     ],
 )
@@ -316,7 +386,7 @@ def test_decode_client_rejects(data: bytes, code: str) -> None:
         {"t": "rooms", "rooms": [["a", -1]], "more": False},
         {"t": "rooms", "rooms": [["a", True]], "more": False},
         {"t": "rooms", "rooms": [["a", 1.5]], "more": False},
-        {"t": "msg", "to": "bob", "text": "x"},  # the client's form, not the server's
+        {"t": "msg", "to": "bob", "text": "x", "id": ID},  # the client's form, not the server's
         {"t": "hello", "nick": "a", "room": "b", "client": "0123456789abcdef"},
     ],
 )
@@ -344,8 +414,11 @@ def test_arbitrary_json_raises_only_message_error(obj: Any) -> None:
 def test_constructors_validate_so_invalid_messages_cannot_be_encoded() -> None:
     """Building a message with an invalid field raises MessageError with its code."""
     with pytest.raises(MessageError) as info:
-        Say("x" * 401)
+        Say("x" * 401, ID)
     assert info.value.code == "too-long"
+    with pytest.raises(MessageError) as info:
+        Say("x", "not-a-line-id")
+    assert info.value.code == "bad-message"
     with pytest.raises(MessageError) as info:
         Nick("-x")
     assert info.value.code == "bad-nick"

@@ -122,7 +122,7 @@ def test_lines_reach_the_room_in_order_and_history_is_bounded() -> None:
     alice = world.join("alice", 1001)
     bob = world.join("bob", 1002)
     for i in range(5):
-        world.say(alice, t="say", text=f"line {i}")
+        world.say(alice, t="say", text=f"line {i}", id=f"{i:016x}")
     assert [m["text"] for m in world.inbox[bob] if m["t"] == "say"] == [
         f"line {i}" for i in range(5)
     ]
@@ -140,10 +140,15 @@ def test_private_message_to_an_absent_nick_is_an_error_to_the_sender() -> None:
     alice = world.join("alice", 1001)
     bob = world.join("bob", 1002)
     carol = world.join("carol", 1003)
-    world.say(alice, t="msg", to="nobody", text="hi")
+    world.say(alice, t="msg", to="nobody", text="hi", id="000000000000000a")
     assert world.inbox[alice][-1]["code"] == "no-such-nick"
-    world.say(alice, t="msg", to="bob", text="psst")
-    assert world.inbox[bob][-1] == {"t": "msg", "from": "alice", "text": "psst"}
+    world.say(alice, t="msg", to="bob", text="psst", id="000000000000000b")
+    assert world.inbox[bob][-1] == {
+        "t": "msg",
+        "from": "alice",
+        "text": "psst",
+        "id": "000000000000000b",
+    }
     assert not [m for m in world.inbox[carol] if m["t"] == "msg"]
 
 

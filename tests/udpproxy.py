@@ -70,8 +70,9 @@ class _Direction:
 class UDPProxy:
     """Forwards datagrams between clients and ``upstream`` with impairments.
 
-    ``to_server`` applies to client -> daemon datagrams, ``to_client`` to the replies.
-    Set ``blackhole`` to drop everything (a network outage) until it is cleared.
+    ``to_server`` applies to client -> daemon datagrams, ``to_client`` to the replies;
+    ``impair`` changes one of them on the fly. Set ``blackhole`` to drop everything (a
+    network outage) until it is cleared.
     """
 
     def __init__(
@@ -125,6 +126,13 @@ class UDPProxy:
     @property
     def to_client(self) -> Counts:
         return self.counts("to_client")
+
+    def impair(self, direction: str, impairment: Impairment) -> None:
+        """From now on, treat the datagrams of ``direction`` ("to_server" or
+        "to_client") as ``impairment`` says; e.g. ``Impairment(loss=1.0)`` cuts one
+        direction only."""
+        with self._lock:
+            self._directions[direction].impairment = impairment
 
     def counts(self, direction: str) -> Counts:
         """A snapshot of one direction's counts ("to_server" or "to_client")."""

@@ -44,6 +44,7 @@ _NICK_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_[]
 _NICK_CHARS = _NICK_FIRST | frozenset("0123456789-")
 _ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
 _CLIENT_ID_RE = re.compile(r"[0-9a-f]{16}")
+_LINE_ID_RE = re.compile(r"[0-9a-f]{16}")  # the client id's form, never its value
 
 
 class MessageError(ValueError):
@@ -138,6 +139,11 @@ def _check_text(text: object) -> None:
         raise MessageError(code, reason)
 
 
+def _check_line_id(line_id: object) -> None:
+    if not isinstance(line_id, str) or not _LINE_ID_RE.fullmatch(line_id):
+        raise MessageError("bad-message", '"id" must be 16 lowercase hex digits')
+
+
 def _check_ts(ts: object) -> None:
     if ts is None:
         return
@@ -175,37 +181,44 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Say:
-    """A line for the sender's room."""
+    """A line for the sender's room; ``line_id`` (JSON "id") names it, and stays the
+    same when the line is sent again after a reconnect."""
 
     TYPE: ClassVar[str] = "say"
     text: str
+    line_id: str = field(metadata={"json": "id"})
 
     def __post_init__(self) -> None:
         _check_text(self.text)
+        _check_line_id(self.line_id)
 
 
 @dataclass(frozen=True, slots=True)
 class Me:
-    """An action line (``/me waves``) for the sender's room."""
+    """An action line (``/me waves``) for the sender's room; ``line_id`` as for Say."""
 
     TYPE: ClassVar[str] = "me"
     text: str
+    line_id: str = field(metadata={"json": "id"})
 
     def __post_init__(self) -> None:
         _check_text(self.text)
+        _check_line_id(self.line_id)
 
 
 @dataclass(frozen=True, slots=True)
 class PrivateMsg:
-    """A private line to one nick."""
+    """A private line to one nick; ``line_id`` as for Say."""
 
     TYPE: ClassVar[str] = "msg"
     to: str
     text: str
+    line_id: str = field(metadata={"json": "id"})
 
     def __post_init__(self) -> None:
         _check_nick(self.to)
         _check_text(self.text)
+        _check_line_id(self.line_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,17 +289,20 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class _RoomLine:
-    """A line in a room; ``ts`` is set (and "history": true sent) when replayed."""
+    """A line in a room, with the id its sender gave it; ``ts`` is set (and
+    "history": true sent) when replayed."""
 
     room: str
     nick: str
     text: str
+    line_id: str = field(metadata={"json": "id"})
     ts: float | None = None
 
     def __post_init__(self) -> None:
         _check_room(self.room)
         _check_nick(self.nick)
         _check_text(self.text)
+        _check_line_id(self.line_id)
         _check_ts(self.ts)
 
     @property
@@ -311,15 +327,18 @@ class MeOut(_RoomLine):
 
 @dataclass(frozen=True, slots=True)
 class PrivateMsgIn:
-    """A private line from ``sender`` (the JSON field is "from")."""
+    """A private line from ``sender`` (the JSON field is "from"), with the id its
+    sender gave it."""
 
     TYPE: ClassVar[str] = "msg"
     sender: str = field(metadata={"json": "from"})
     text: str
+    line_id: str = field(metadata={"json": "id"})
 
     def __post_init__(self) -> None:
         _check_nick(self.sender)
         _check_text(self.text)
+        _check_line_id(self.line_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,9 +569,11 @@ _CLIENT_SCHEMAS: Final[dict[str, _Schema]] = {
         "room",
         "client",
     ),
-    "say": _schema(lambda o: Say(_str(o, "text")), "text"),
-    "me": _schema(lambda o: Me(_str(o, "text")), "text"),
-    "msg": _schema(lambda o: PrivateMsg(_str(o, "to"), _str(o, "text")), "to", "text"),
+    "say": _schema(lambda o: Say(_str(o, "text"), _str(o, "id")), "text", "id"),
+    "me": _schema(lambda o: Me(_str(o, "text"), _str(o, "id")), "text", "id"),
+    "msg": _schema(
+        lambda o: PrivateMsg(_str(o, "to"), _str(o, "text"), _str(o, "id")), "to", "text", "id"
+    ),
     "nick": _schema(lambda o: Nick(_str(o, "nick")), "nick"),
     "join": _schema(lambda o: Join(_str(o, "room")), "room"),
     "part": _schema(lambda o: Part()),
@@ -564,20 +585,27 @@ _CLIENT_SCHEMAS: Final[dict[str, _Schema]] = {
 _SERVER_SCHEMAS: Final[dict[str, _Schema]] = {
     "welcome": _schema(lambda o: Welcome(_str(o, "nick"), _str(o, "room")), "nick", "room"),
     "say": _schema(
-        lambda o: SayOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _ts(o)),
+        lambda o: SayOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _str(o, "id"), _ts(o)),
         "room",
         "nick",
         "text",
+        "id",
         optional=("ts", "history"),
     ),
     "me": _schema(
-        lambda o: MeOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _ts(o)),
+        lambda o: MeOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _str(o, "id"), _ts(o)),
         "room",
         "nick",
         "text",
+        "id",
         optional=("ts", "history"),
     ),
-    "msg": _schema(lambda o: PrivateMsgIn(_str(o, "from"), _str(o, "text")), "from", "text"),
+    "msg": _schema(
+        lambda o: PrivateMsgIn(_str(o, "from"), _str(o, "text"), _str(o, "id")),
+        "from",
+        "text",
+        "id",
+    ),
     "join": _schema(lambda o: JoinNotice(_str(o, "room"), _str(o, "nick")), "room", "nick"),
     "part": _schema(
         lambda o: PartNotice(_str(o, "room"), _str(o, "nick"), _str(o, "reason")),

@@ -63,8 +63,11 @@ def _usage(name: str) -> CommandError:
     return CommandError(f"usage: {COMMANDS[name][0]}")
 
 
-def parse_line(line: str) -> Action | None:
+def parse_line(line: str, line_id: str) -> Action | None:
     """The action for one typed line (no line terminator), or None to do nothing.
+
+    A chat line (say, /me, /msg) is named ``line_id`` (from udpchat.lineids, fresh for
+    each typed line); other commands ignore it.
 
     Blank lines do nothing (chat clients do not send them). Raises CommandError for an
     unknown command, bad arguments, or text the server would refuse (too long, control
@@ -74,9 +77,9 @@ def parse_line(line: str) -> Action | None:
         return None
     if line.startswith("//"):
         # The escape for lines that start with a slash: "//etc" says "/etc".
-        return messages.Say(_text(line[1:]))
+        return messages.Say(_text(line[1:]), line_id)
     if not line.startswith("/"):
-        return messages.Say(_text(line))
+        return messages.Say(_text(line), line_id)
     name, _, rest = line[1:].partition(" ")
     name = name.lower()
     rest = rest.strip(" ")
@@ -89,14 +92,14 @@ def parse_line(line: str) -> Action | None:
     if name == "me":
         if not rest:
             raise _usage(name)
-        return messages.Me(_text(rest))
+        return messages.Me(_text(rest), line_id)
     if name == "msg":
         to, _, text = rest.partition(" ")
         text = text.lstrip(" ")
         if not to or not text:
             raise _usage(name)
         _check(messages.nick_error(to))
-        return messages.PrivateMsg(to, _text(text))
+        return messages.PrivateMsg(to, _text(text), line_id)
     if name == "nick":
         if len(args) != 1:
             raise _usage(name)

@@ -6,10 +6,12 @@ messages into display items. Time is always an argument; the Twisted glue
 (udpchat.client.protocol) moves the datagrams and calls ``handle_timer``.
 
 Delivery: a line is sent on one session at a time. If that session ends before the
-server acknowledged the line, the line is sent again on the next session. The server
-only loses the acknowledgement without the line when it crashed right after fanning the
-line out, so a line can be shown twice only in that window (at-least-once); otherwise
-every line is delivered exactly once and in the order typed.
+server acknowledged the line, the line is sent again on the next session, in its place
+and with the same line id. The server may have relayed it already (only the
+acknowledgement was lost, or the server crashed before sending it): the line id lets
+the server (if it still remembers) and each receiver (if the server crashed) recognise
+the repeat, so every line is shown once and in the order typed, or its sender is told
+it was not delivered.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import enum
 import random
 import secrets
 
-from udpchat import events, messages
+from udpchat import events, lineids, messages
 from udpchat.client import commands
 from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
 from udpchat.client.incoming import Incoming
@@ -147,7 +149,7 @@ class ChatClient:
     def submit(self, line: str, now: float) -> None:
         """Handle one line the user typed: a command, a chat line, or a local error."""
         try:
-            action = commands.parse_line(line)
+            action = commands.parse_line(line, lineids.new_line_id())
         except commands.CommandError as exc:
             self.failures += 1
             self._output.append(Problem(str(exc)))
@@ -172,9 +174,10 @@ class ChatClient:
             )
             return
         if isinstance(action, (messages.Say, messages.Me)):
-            # Remembered in both modes, so the room history replayed after a
-            # reconnect does not show our own lines a second time.
-            self._incoming.shown_own_line(self.room, self.nick, action.text)
+            # In both modes: the room history replayed after a reconnect or a /join
+            # must not show our own lines (not even in pipe mode, which never shows
+            # them). A /msg to ourselves is shown when it arrives, as before.
+            self._incoming.own_line(action.line_id)
         if not self.pipe:
             self._show_own(action)
         self._outbox.add(action, line, now)
@@ -399,7 +402,6 @@ class ChatClient:
         self._last_progress = now
         if self._welcomed_once:
             self._output.append(Notice("reconnected"))
-            self._incoming.reconnected()  # hide the replayed history already shown
         self._welcomed_once = True
         self._output.append(msg)
 
