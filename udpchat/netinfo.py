@@ -51,10 +51,13 @@ def local_addresses(include_ipv6: bool = True) -> list[str]:
     """Non-loopback, non-link-local addresses of this machine, IPv4 first."""
     try:
         candidates = _ipv4_addresses()
-        if include_ipv6:
-            candidates += _ipv6_addresses()
     except (OSError, ImportError):
         candidates = _fallback_addresses()
+    if include_ipv6:
+        try:
+            candidates += _ipv6_addresses()
+        except OSError:
+            pass  # no IPv6, or /proc/net hidden (systemd's ProcSubset=pid)
     result = []
     for text in candidates:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
