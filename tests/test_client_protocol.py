@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from udpchat.client.pipe import PipeFrontEnd
-from udpchat.client.protocol import ChatLink, same_address
+from udpchat.client.protocol import ChatLink
 from udpchat.client.session import ChatClient, State
 from udpchat.endpoint import ClientEndpoint
 
@@ -75,13 +75,16 @@ def test_handshake_goes_to_the_server_on_a_socket_of_its_family() -> None:
     assert reactor.ports[0].written and all(a == V6[1] for _, a in reactor.ports[0].written)
 
 
-def test_datagrams_from_other_addresses_never_reach_the_core() -> None:
+def test_datagrams_from_other_ports_never_reach_the_core() -> None:
+    """Only the server's port is listened to; the address may differ (a multi-homed
+    server on a wildcard address answers from the address routing picks), and the
+    core authenticates whatever comes."""
     link, reactor = make_link([V4])
-    link.datagram_received(b"\x02junk", ("192.0.2.66", 12345))
     link.datagram_received(b"\x02junk", ("192.0.2.1", 9999))
     assert link.chat.endpoint.stats.total() == 0
     link.datagram_received(b"\x02junk", ("192.0.2.1", 12345))
-    assert link.chat.endpoint.stats.total() == 1  # from the server: the core judges it
+    link.datagram_received(b"\x02junk", ("192.0.2.66", 12345))
+    assert link.chat.endpoint.stats.total() == 2  # the server's port: the core judges it
 
 
 def test_exactly_one_timer_is_scheduled() -> None:
@@ -100,12 +103,6 @@ def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
     assert link.chat.state is State.CONNECTING
     reactor.advance(3.1)
     assert len(v6_port.written) > 1  # and round again
-
-
-def test_same_address_accepts_equivalent_ipv6_spellings() -> None:
-    assert same_address(("2001:db8::1", 1), ("2001:DB8:0::1", 1))
-    assert not same_address(("2001:db8::1", 1), ("2001:db8::1", 2))
-    assert not same_address(("192.0.2.1", 1), ("192.0.2.2", 1))
 
 
 def test_stopping_closes_the_sockets_and_the_timer() -> None:

@@ -227,8 +227,8 @@ def test_interface_that_is_a_hostname_asks_for_an_ip_literal(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("key", "value", "fix"),
     [
-        ("history_lines", "-1", "use an integer 0-10000"),
-        ("history_lines", "many", "use an integer 0-10000"),
+        ("history_lines", "-1", "use an integer 0-500"),
+        ("history_lines", "many", "use an integer 0-500"),
         ("max_members", "0", "use an integer 1 or more"),
         ("handshake_burst", "1.5", "use an integer 1 or more"),
         ("idle_timeout", "0", "use a number of seconds from 15 to 3600"),

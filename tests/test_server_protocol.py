@@ -224,3 +224,27 @@ def test_a_session_that_never_says_hello_is_closed_and_frees_its_slot() -> None:
     assert [e.reason for e in ended] == ["closed"]
     member = world.join("member", 1002)
     assert world.inbox[member][0] == {"t": "welcome", "nick": "member", "room": "lobby"}
+
+
+def test_spoofed_sources_cannot_flood_the_log(logged: list[str]) -> None:
+    """Refusals are logged once per address per minute, and at most a few lines per
+    minute in all: source addresses are free to forge, log lines are not."""
+    world = World(deny=(ipaddress.ip_network("127.0.0.0/8"),))
+    for i in range(500):
+        world.server.datagramReceived(b"x", (f"127.0.{i // 200}.{i % 200 + 1}", 4000))
+    refusals = [line for line in logged if line.startswith("Refused")]
+    assert 1 <= len(refusals) <= 10
+    world.server.log_rejections()
+    assert "address-refused: 500" in logged[-1]
+
+
+def test_shutdown_leaves_no_timer_behind() -> None:
+    """Once shutdown has finished, nothing of the chat is still scheduled (hello
+    deadlines included)."""
+    world = World()
+    world.join("alice", 1001)
+    world.join("nobody-yet", 1002, hello=False)
+    done = world.server.shutdown()
+    world.advance(1.5, step=0.01)
+    assert done.called
+    assert world.clock.getDelayedCalls() == []

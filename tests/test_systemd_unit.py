@@ -83,7 +83,7 @@ def test_unit_is_sandboxed(unit: Path) -> None:
         "LockPersonality": "yes",
         "MemoryDenyWriteExecute": "yes",
         "RestrictRealtime": "yes",
-        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
         "CapabilityBoundingSet": "",
     }
     for key, value in expected.items():

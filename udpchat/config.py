@@ -35,7 +35,9 @@ DEFAULTS: dict[str, str] = {
     "handshake_rate": "20",
     "handshake_burst": "5",
 }
-MAX_HISTORY_LINES = 10_000
+# History is sent to a joiner as one message per line, all queued at once: it must fit
+# the session's send queue (64 + 1024 messages) with room for what else is going on.
+MAX_HISTORY_LINES = 500
 
 
 class ConfigError(Exception):

@@ -64,6 +64,10 @@ class _Endpoint:
     def next_event(self) -> events.Event | None:
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def _emit(self, event: events.Event) -> None:
         self._events.append(event)
 
@@ -136,9 +140,7 @@ class ServerEndpoint(_Endpoint):
             if session is None:
                 self.stats.drop("unknown-session")
                 return
-            if not session.established and len(self._sessions) - len(self._pending) >= (
-                self.max_sessions
-            ):
+            if not session.established and self._full():
                 # Full since this session was answered: it stays half-open and expires.
                 self.stats.drop("server-full")
                 return
@@ -172,7 +174,7 @@ class ServerEndpoint(_Endpoint):
         if session is None:
             if init.resume_tag != ZERO_TAG or init.epoch != 0:
                 raise HandshakeRejected("unknown-session")
-            if len(self._sessions) - len(self._pending) >= self.max_sessions:
+            if self._full():
                 raise HandshakeRejected("server-full")
         elif init.resume_tag == ZERO_TAG:
             # Only a retry of a first handshake that never completed may reuse an id.
@@ -199,10 +201,16 @@ class ServerEndpoint(_Endpoint):
             expected = wire.resume_tag(keyset.resume, init.session_id, init.epoch, init.ephemeral)
             if hmac.compare_digest(expected, init.resume_tag):
                 if keyset.epoch == session.pending_epoch:
+                    if not session.established and self._full():
+                        raise HandshakeRejected("server-full")
                     session.confirm(keyset, now)
                     self._pending.pop(session.session_id, None)
                 return
         raise HandshakeRejected("bad-resume")
+
+    def _full(self) -> bool:
+        """max_sessions established sessions exist (half-open ones do not count)."""
+        return len(self._sessions) - len(self._pending) >= self.max_sessions
 
     def _add_pending(self, session: Session) -> None:
         self._pending[session.session_id] = None

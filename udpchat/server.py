@@ -29,8 +29,11 @@ from .netinfo import listening_addresses
 
 #: A refused source address is logged at most once per this many seconds ...
 REFUSAL_LOG_INTERVAL_S = 60.0
-#: ... and this many such addresses are remembered (bounded: sources can be spoofed).
+#: ... and this many such addresses are remembered (bounded: sources can be spoofed) ...
 REFUSAL_LOG_MAX_ADDRESSES = 1024
+#: ... and, since spoofed sources are endless, at most this many refusal lines are
+#: written per interval in all; the rest only count in the periodic summary.
+REFUSAL_LOG_MAX_LINES = 10
 
 SHUTDOWN_TEXT = "stopped by its operator"
 #: A session that has not said a valid hello this long after its handshake is closed
@@ -65,6 +68,8 @@ class ChatProtocol(DatagramProtocol):
         self.chat = ChatServer(history_lines=config.history_lines, max_members=config.max_members)
         self.refused: Counter[str] = Counter()  # datagrams refused here, by reason
         self._refusal_logged: OrderedDict[str, float] = OrderedDict()
+        self._refusal_lines: list[float] = []  # times of the latest refusal lines
+        self._hello_deadlines: dict[bytes, Any] = {}  # session id -> IDelayedCall
         self._timer: Any = None  # IDelayedCall
         self._timer_at: float | None = None
         self._held: list[bytes] | None = None  # while shutting down: sessions to close last
@@ -88,6 +93,11 @@ class ChatProtocol(DatagramProtocol):
         last = self._refusal_logged.get(host)
         if last is not None and last + REFUSAL_LOG_INTERVAL_S > now:
             return
+        recent = [t for t in self._refusal_lines if t + REFUSAL_LOG_INTERVAL_S > now]
+        if len(recent) >= REFUSAL_LOG_MAX_LINES:
+            self._refusal_lines = recent
+            return  # counted as address-refused / server-full in the summary
+        self._refusal_lines = [*recent, now]
         self._refusal_logged[host] = now
         self._refusal_logged.move_to_end(host)
         while len(self._refusal_logged) > REFUSAL_LOG_MAX_ADDRESSES:
@@ -97,35 +107,44 @@ class ChatProtocol(DatagramProtocol):
     # -- the pump: core events -> chat rules -> core -> socket ---------------------
 
     def _pump(self, now: float) -> None:
-        while True:
-            self._dispatch_events(now)
-            for outgoing in self.chat.drain():
-                self._send(outgoing.session_id, outgoing.payload, now)
-            self._flush(now)  # before closing, so a last reply still goes out
-            closures = self.chat.drain_closures()
-            if self._held is not None:  # shutting down: close once the notice is acked
-                self._held.extend(closures)
-                closures = []
-            for session_id in closures:
-                try:
-                    self.endpoint.close_session(session_id, now)
-                except UnknownSession:
-                    pass
-            for entry in self.chat.drain_log():
-                self._log_chat(entry)
-            if not closures:
-                break
-        self._flush(now)
-        self._reschedule(now)
+        try:
+            while True:
+                self._dispatch_events(now)
+                for outgoing in self.chat.drain():
+                    self._send(outgoing.session_id, outgoing.payload, now)
+                self._flush(now)  # before closing, so a last reply still goes out
+                closures = self.chat.drain_closures()
+                if self._held is not None:  # shutting down: close once the notice is acked
+                    self._held.extend(closures)
+                    closures = []
+                for session_id in closures:
+                    try:
+                        self.endpoint.close_session(session_id, now)
+                    except UnknownSession:
+                        pass
+                for entry in self.chat.drain_log():
+                    self._log_chat(entry)
+                if not closures and not self.endpoint.has_events:
+                    break
+            self._flush(now)
+        except Exception:
+            # A bug must cost one datagram or one tick, never the daemon or its timer.
+            self.refused["internal-error"] += 1
+            log.failure("Internal error while handling chat traffic")
+        finally:
+            self._reschedule(now)
 
     def _dispatch_events(self, now: float) -> None:
         while (event := self.endpoint.next_event()) is not None:
             if isinstance(event, events.SessionStarted):
                 self.chat.session_started(event.session_id, event.addr, now)
-                self._clock.callLater(HELLO_DEADLINE_S, self._require_hello, event.session_id)
+                self._hello_deadlines[event.session_id] = self._clock.callLater(
+                    HELLO_DEADLINE_S, self._require_hello, event.session_id
+                )
             elif isinstance(event, events.MessageReceived):
                 self.chat.message_received(event.session_id, event.payload, now)
             elif isinstance(event, events.SessionEnded):
+                self._cancel_hello_deadline(event.session_id)
                 if self._held is None:  # after the shutdown notice, no more notices
                     self.chat.session_ended(event.session_id, event.reason, now)
             elif isinstance(event, events.SessionRoamed):
@@ -136,7 +155,13 @@ class ChatProtocol(DatagramProtocol):
                     new=_format_addr(event.new_addr),
                 )
 
+    def _cancel_hello_deadline(self, session_id: bytes) -> None:
+        deadline = self._hello_deadlines.pop(session_id, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
     def _require_hello(self, session_id: bytes) -> None:
+        self._hello_deadlines.pop(session_id, None)
         if self._held is not None or self.chat.nick_of(session_id) is not None:
             return
         try:
@@ -181,8 +206,10 @@ class ChatProtocol(DatagramProtocol):
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         now = self._clock.seconds()
-        self.endpoint.handle_timer(now)
-        self._pump(now)
+        try:
+            self.endpoint.handle_timer(now)
+        finally:
+            self._pump(now)
 
     # -- logs and shutdown ---------------------------------------------------------
 
@@ -219,6 +246,8 @@ class ChatProtocol(DatagramProtocol):
         acknowledge it, then close every session. Fires when done."""
         now = self._clock.seconds()
         self._held = []
+        for session_id in list(self._hello_deadlines):
+            self._cancel_hello_deadline(session_id)
         self.chat.shutdown(SHUTDOWN_TEXT, now)
         self._pump(now)
         done: Deferred[None] = Deferred()
@@ -294,9 +323,16 @@ class ChatService(Service):
         signal.signal(signal.SIGTERM, self._on_sigterm)
         config = self.config
         port = self._port.getHost().port
-        for address in listening_addresses(config.interface):
+        addresses = listening_addresses(config.interface)
+        for address in addresses:
             shown = f"[{address}]" if ":" in address else address
             log.info("Clients can connect to {address}:{port}", address=shown, port=port)
+        if not addresses:
+            log.info(
+                "Could not list this machine's addresses; clients connect to its name "
+                "or address, port {port}",
+                port=port,
+            )
         log.info(
             "Listening on UDP {interface}:{port}; pre-shared key: {key} "
             "(every client needs a copy)",

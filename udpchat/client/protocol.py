@@ -8,7 +8,6 @@ logic of its own; that is all in udpchat.client.session.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -50,18 +49,6 @@ def resolve(host: str, port: int) -> Deferred[list[tuple[int, Address]]]:
         return found
 
     return threads.deferToThread(lookup)
-
-
-def same_address(a: tuple[object, ...], b: Address) -> bool:
-    """Whether datagram source ``a`` is server address ``b`` (IPv6 spelled either way)."""
-    if a[1] != b[1]:
-        return False
-    if a[0] == b[0]:
-        return True
-    try:
-        return ipaddress.ip_address(str(a[0])) == ipaddress.ip_address(b[0])
-    except ValueError:
-        return False
 
 
 class _Socket(DatagramProtocol):
@@ -128,8 +115,11 @@ class ChatLink:
     # --- inputs ------------------------------------------------------------------
 
     def datagram_received(self, datagram: bytes, addr: tuple[object, ...]) -> None:
-        if not same_address(addr, self.server[1]):
-            return  # not from the server we talk to: never let it touch the session
+        # A server listening on a wildcard address answers from whichever of its
+        # addresses routing picks, not necessarily the one we wrote to: accept the
+        # server's port from any address. The core authenticates every datagram.
+        if addr[1] != self.server[1][1]:
+            return
         self.chat.receive_datagram(datagram, self.now())
         self.pump()
 
