@@ -28,15 +28,14 @@ Rules, in short (docs/CONTRACTS.md has the message format):
   default room): a part notice (reason "part") to the old room, a join notice to the
   whole new room, then its history to the mover.
 - say/me go, in order, to every other member of the sender's room, never echoed, and
-  into the room's history (bounded to ``history_lines``). A say/me whose line id was
-  already relayed in that room (the sender re-sent it after a reconnect because the
-  acknowledgement was lost) is acknowledged by the core but neither relayed nor stored
-  again; likewise a msg whose line id was already relayed.
+  into the room's history (bounded to ``history_lines``). A say/me/msg whose line id
+  was already relayed (the sender re-sent it after a reconnect because the
+  acknowledgement was lost, perhaps from another room by then) is acknowledged by the
+  core but neither relayed nor stored again.
 - Memory is bounded: members by ``max_members``, occupied rooms by the members, and
   empty rooms, kept only for their history, by ``idle_rooms_kept`` (oldest forgotten
-  first); the line ids remembered per room by ``max(ROOM_LINE_IDS_KEPT,
-  history_lines)`` and for private lines by ``PRIVATE_LINE_IDS_KEPT``; who/rooms
-  answers are chunked to fit one message each.
+  first); the line ids remembered, for the whole server, by ``LINE_IDS_KEPT``;
+  who/rooms answers are chunked to fit one message each.
 """
 
 from __future__ import annotations
@@ -80,10 +79,10 @@ from .messages import (
 
 #: Line ids of say/me remembered per room, at least (every line of the history too),
 #: so that a line re-sent after a lost acknowledgement is not relayed twice. The
+#: Line ids of say/me/msg remembered for the whole server, so that a line re-sent
+#: after a lost acknowledgement is not relayed twice, even from another room. The
 #: re-send comes within about a minute (the client's session expiry and reconnect).
-ROOM_LINE_IDS_KEPT = 1024
-#: Line ids of private lines remembered, for the whole server.
-PRIVATE_LINE_IDS_KEPT = 4096
+LINE_IDS_KEPT = 8192
 
 Address: TypeAlias = tuple[Any, ...]
 LogKind: TypeAlias = Literal["join", "leave", "timeout", "rename", "move", "takeover", "refused"]
@@ -126,7 +125,6 @@ class _Member:
 class _Room:
     name: str
     history: deque[SayOut | MeOut]
-    line_ids: RecentIds  # of the lines relayed here, the history's included
     # In join order, which is the order notices are fanned out in.
     members: dict[bytes, _Member] = field(default_factory=dict)
 
@@ -155,7 +153,7 @@ class ChatServer:
         self._by_client: dict[str, _Member] = {}  # client id -> member
         self._rooms: dict[str, _Room] = {}
         self._idle_rooms: OrderedDict[str, None] = OrderedDict()  # empty, kept for history
-        self._private_line_ids = RecentIds(PRIVATE_LINE_IDS_KEPT)
+        self._line_ids = RecentIds(LINE_IDS_KEPT)  # say/me/msg relayed, any room
         self._outgoing: list[Outgoing] = []
         self._closures: list[bytes] = []
         self._log: list[LogEvent] = []
@@ -317,7 +315,7 @@ class ChatServer:
 
     def _line(self, member: _Member, msg: Say | Me, now: float) -> None:
         room = self._rooms[member.room]
-        if not room.line_ids.add(msg.line_id):
+        if not self._line_ids.add(msg.line_id):
             return  # relayed already: only its acknowledgement was lost
         kind = SayOut if isinstance(msg, Say) else MeOut
         line = kind(room.name, member.nick, msg.text, msg.line_id)
@@ -326,13 +324,13 @@ class ChatServer:
             room.history.append(kind(room.name, member.nick, msg.text, msg.line_id, ts=now))
 
     def _private(self, member: _Member, msg: PrivateMsg) -> None:
-        if msg.line_id in self._private_line_ids:
+        if msg.line_id in self._line_ids:
             return  # relayed already (its target may have left since): nothing to say
         target = self._by_nick.get(fold_nick(msg.to))
         if target is None:
             self._error(member.session_id, "no-such-nick", f"no such nick: {msg.to}")
         else:
-            self._private_line_ids.add(msg.line_id)
+            self._line_ids.add(msg.line_id)
             self._send(target.session_id, PrivateMsgIn(member.nick, msg.text, msg.line_id))
 
     def _rename(self, member: _Member, nick: str) -> None:
@@ -366,8 +364,7 @@ class ChatServer:
     def _enter(self, member: _Member, name: str) -> _Room:
         room = self._rooms.get(name)
         if room is None:
-            line_ids = RecentIds(max(ROOM_LINE_IDS_KEPT, self._history_lines))
-            room = _Room(name, deque(maxlen=self._history_lines), line_ids)
+            room = _Room(name, deque(maxlen=self._history_lines))
             self._rooms[name] = room
         self._idle_rooms.pop(name, None)
         room.members[member.session_id] = member
