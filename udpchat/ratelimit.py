@@ -4,8 +4,9 @@
 source network (an LRU of at most ``max_entries`` buckets) so a flood from one
 place cannot starve handshakes from others; ``BoundedExpiringSet`` remembers
 recently seen handshake messages for a while so they cannot be replayed.
-All are O(1) per call, never grow past their bound, and take ``now`` (seconds,
-monotonic) from the caller instead of reading a clock.
+All are O(1) per call, never grow past their bound, and take ``now`` (seconds)
+from the caller instead of reading a clock. The protocol core passes Unix time, since
+Fernet stamps need it; a clock stepping back is treated as no time passing.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ dodge its limit and flush everyone else's buckets out of the table."""
 class TokenBucket:
     """Allow ``rate_per_s`` events per second on average, ``burst`` at once.
 
-    The bucket starts full. Time going backwards (it should not, with a
-    monotonic clock) is treated as no time passing.
+    The bucket starts full. Time going backwards (a wall clock stepped back) is
+    treated as no time passing.
     """
 
     __slots__ = ("rate_per_s", "burst", "_tokens", "_last")
@@ -150,11 +151,11 @@ class BoundedExpiringSet:
     after the handshake message has authenticated (otherwise anyone could
     fill the cache), and drop the handshake when :meth:`add` returns False.
 
-    When the set is full of unexpired keys, :meth:`add` refuses *new* keys
-    too. Refusing a few legitimate handshakes until entries expire is safer
-    than forgetting a key early and accepting its replay; the caller tells
-    the two apart with :meth:`contains` (a replay) versus :meth:`is_full`
-    and counts a "cache full" drop.
+    When the set is full of unexpired keys, :meth:`add` refuses *new* keys too,
+    while :meth:`add_evicting` forgets the oldest instead. The handshake replay
+    cache uses the latter: a replay that slips through after an early eviction
+    only gets a half-open session its sender cannot use, whereas refusing would
+    let one busy key holder lock every newcomer out.
 
     Expiry times are ``now + ttl_s`` with ``now`` non-decreasing, so insertion
     order is expiry order and expired keys are pruned from the front in O(1)
