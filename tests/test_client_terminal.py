@@ -137,6 +137,9 @@ def say(proc: subprocess.Popen[str], line: str) -> None:
 def test_incoming_lines_do_not_disturb_typing_and_ctrl_d_leaves_cleanly(
     bob: tuple[subprocess.Popen[str], LineReader], alice: Pane, tmp_path: Path
 ) -> None:
+    """A line arriving while alice types appears above her input line and what she
+    typed stays intact; Up recalls her last line; Ctrl-D leaves (bob sees her go),
+    and the tty settings afterwards are exactly those from before."""
     bob_proc, bob_sees = bob
     alice.wait(has("[alice@lobby]"))
     bob_sees.wait_for("-!- alice has joined lobby")
@@ -170,11 +173,27 @@ def test_incoming_lines_do_not_disturb_typing_and_ctrl_d_leaves_cleanly(
 def test_ctrl_c_tells_the_server_and_restores_the_terminal(
     bob: tuple[subprocess.Popen[str], LineReader], alice: Pane, tmp_path: Path
 ) -> None:
+    """Ctrl-C leaves cleanly: the half-typed line is not sent, bob sees alice quit,
+    and the terminal is restored."""
     _, bob_sees = bob
     alice.wait(has("[alice@lobby]"))
     bob_sees.wait_for("-!- alice has joined lobby")
     alice.text("never sent")
     alice.keys("C-c")
+    alice.wait(has("EXIT=0"))
+    bob_sees.wait_for("-!- alice has left lobby (quit)")
+    assert (tmp_path / "stty.before").read_text() == (tmp_path / "stty.after").read_text()
+
+
+def test_quit_command_leaves_and_restores_the_terminal(
+    bob: tuple[subprocess.Popen[str], LineReader], alice: Pane, tmp_path: Path
+) -> None:
+    """/quit tells the server (bob sees alice quit), exits 0 and restores the tty."""
+    _, bob_sees = bob
+    alice.wait(has("[alice@lobby]"))
+    bob_sees.wait_for("-!- alice has joined lobby")
+    alice.text("/quit")
+    alice.keys("Enter")
     alice.wait(has("EXIT=0"))
     bob_sees.wait_for("-!- alice has left lobby (quit)")
     assert (tmp_path / "stty.before").read_text() == (tmp_path / "stty.after").read_text()
