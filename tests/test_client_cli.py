@@ -55,35 +55,47 @@ def env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 def test_unknown_host(env: dict[str, str], psk_file: Path) -> None:
+    """A host name that does not resolve is a setup error naming the host as "cannot
+    resolve host '...'"."""
     result = run_client(["no-such-host.invalid", "--key", str(psk_file)], env)
     assert_setup_error(result, "cannot resolve host 'no-such-host.invalid'")
 
 
 def test_missing_key_file(env: dict[str, str], tmp_path: Path) -> None:
+    """A --key file that does not exist is a setup error naming the path and saying it
+    does not exist."""
     missing = tmp_path / "nope.key"
     result = run_client(["127.0.0.1", "--key", str(missing)], env)
     assert_setup_error(result, str(missing), "does not exist")
 
 
 def test_missing_default_key_names_the_path_and_the_options(env: dict[str, str]) -> None:
+    """With no key given and none at the default place, the setup error names the
+    default path under XDG_CONFIG_HOME and both ways to give a key: --key and
+    UDPCHAT_KEY_FILE."""
     result = run_client(["127.0.0.1"], env)
     expected = Path(env["XDG_CONFIG_HOME"]) / "udpchat" / "chat.key"
     assert_setup_error(result, str(expected), "--key", "UDPCHAT_KEY_FILE")
 
 
 def test_group_readable_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    """A key file readable by its group (mode 0640) is refused with a setup error naming
+    the file and the chmod 600 fix."""
     psk_file.chmod(0o640)
     result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
     assert_setup_error(result, str(psk_file), "chmod 600")
 
 
 def test_other_readable_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    """A key file readable by others (mode 0604) is refused with a one-line setup error."""
     psk_file.chmod(0o604)
     result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
     assert_setup_error(result, "refusing")
 
 
 def test_corrupt_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
+    """A key file that holds no valid key is refused with a setup error naming the file
+    and calling it corrupt, without echoing its contents."""
     psk_file.write_text("this is not a key\n")
     result = run_client(["127.0.0.1", "--key", str(psk_file)], env)
     assert_setup_error(result, str(psk_file), "corrupt")
@@ -91,6 +103,8 @@ def test_corrupt_key_is_refused(env: dict[str, str], psk_file: Path) -> None:
 
 
 def test_key_from_environment_variable(env: dict[str, str], tmp_path: Path) -> None:
+    """Without --key, the client uses the key file UDPCHAT_KEY_FILE names: when that
+    file is missing, the setup error names it."""
     env["UDPCHAT_KEY_FILE"] = str(tmp_path / "from-env.key")
     result = run_client(["127.0.0.1"], env)
     assert_setup_error(result, "from-env.key")
@@ -107,17 +121,23 @@ def test_key_from_environment_variable(env: dict[str, str], tmp_path: Path) -> N
 def test_bad_nick_or_room(
     env: dict[str, str], psk_file: Path, args: list[str], needle: str
 ) -> None:
+    """An invalid --nick (leading digit or empty) or --room (containing a space) is a
+    setup error naming the bad option."""
     result = run_client(["127.0.0.1", "--key", str(psk_file), *args], env)
     assert_setup_error(result, needle)
 
 
 def test_bad_port_is_a_usage_error(env: dict[str, str], psk_file: Path) -> None:
+    """A --port outside 1..65535 is a usage error: exit status 2, and stderr says
+    "port must be 1..65535"."""
     result = run_client(["127.0.0.1", "--port", "70000"], env)
     assert result.returncode == 2
     assert "port must be 1..65535" in result.stderr
 
 
 def test_help_documents_key_lookup_and_pipe_mode(env: dict[str, str]) -> None:
+    """--help exits 0 and documents --key PATH, UDPCHAT_KEY_FILE, XDG_CONFIG_HOME,
+    ~/.config and --port, and that the user's own lines are not printed."""
     result = run_client(["--help"], env)
     assert result.returncode == 0
     for needle in ("--key PATH", "UDPCHAT_KEY_FILE", "XDG_CONFIG_HOME", "~/.config", "--port"):
@@ -126,6 +146,8 @@ def test_help_documents_key_lookup_and_pipe_mode(env: dict[str, str]) -> None:
 
 
 def test_default_key_path() -> None:
+    """The key file is UDPCHAT_KEY_FILE if set and non-empty, else udpchat/chat.key
+    under XDG_CONFIG_HOME, else ~/.config/udpchat/chat.key."""
     assert default_key_path({"UDPCHAT_KEY_FILE": "/k"}) == Path("/k")
     assert default_key_path({"XDG_CONFIG_HOME": "/x"}) == Path("/x/udpchat/chat.key")
     home = Path(os.path.expanduser("~"))
@@ -146,6 +168,9 @@ def test_default_key_path() -> None:
     ],
 )
 def test_nick_from_login(login: str, nick: str) -> None:
+    """A login name becomes a valid nick: characters that may not appear become '_', a
+    leading non-letter gets a '_' prefix, it is cut to 24 characters, and an empty
+    login gives "user"."""
     assert nick_from_login(login) == nick
 
 
@@ -234,6 +259,8 @@ def test_pipe_mode_end_to_end(daemon: Daemon, env: dict[str, str]) -> None:
 def test_pipe_mode_exit_status_1_when_a_line_is_refused(
     daemon: Daemon, env: dict[str, str]
 ) -> None:
+    """In pipe mode a line refused locally (an unknown command) is reported on stdout as
+    "!!! unknown command ..." and makes the client exit with status 1."""
     result = run_client(
         ["127.0.0.1", "--port", str(daemon.port), "--key", str(daemon.key_file)],
         env,

@@ -106,6 +106,7 @@ def test_control_characters_are_refused(bad: str) -> None:
 
 
 def test_help_lists_every_command() -> None:
+    """The /help text mentions every command."""
     text = "\n".join(help_lines())
     for name in ("/nick", "/who", "/me", "/msg", "/join", "/part", "/rooms", "/help", "/quit"):
         assert name in text

@@ -101,6 +101,8 @@ def test_history_lines_carry_their_time() -> None:
 
 
 def test_terminal_style_has_timestamps_and_colours() -> None:
+    """Terminal style prefixes the time and colours the nick with its own colour;
+    without the colour codes the line is the plain one with a timestamp."""
     line = format_item(messages.SayOut("lobby", "alice", "hi", ID), TERMINAL, now=NOW)
     assert line is not None
     assert "22:13" in line
@@ -115,6 +117,8 @@ def test_timestamps_without_colour() -> None:
 
 
 def test_nick_colour_is_stable_and_case_insensitive() -> None:
+    """A nick's colour ignores letter case, and different nicks are spread over more
+    than five colours."""
     assert nick_colour("Alice") == nick_colour("alice") == nick_colour("ALICE")
     colours = {nick_colour(f"user{i}") for i in range(100)}
     assert len(colours) > 5  # spread over the palette
@@ -135,6 +139,8 @@ def test_nick_colour_is_stable_and_case_insensitive() -> None:
     ],
 )
 def test_clean_removes_everything_a_terminal_could_interpret(evil: str) -> None:
+    """clean() leaves no C0, DEL or C1 control character, bidirectional override, line
+    or paragraph separator, or lone surrogate; its result always encodes as UTF-8."""
     cleaned = clean(evil)
     assert not re.search("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2028\u2029\ud800-\udfff]", cleaned)
     cleaned.encode("utf-8")  # no surrogates left

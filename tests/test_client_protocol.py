@@ -70,6 +70,8 @@ def make_link(servers: list[Any], fallback: float | None = None) -> tuple[ChatLi
 
 
 def test_handshake_goes_to_the_server_on_a_socket_of_its_family() -> None:
+    """For an IPv6 server the link opens one socket on "::", and the handshake datagrams
+    it sends all go to the server's address."""
     link, reactor = make_link([V6])
     assert [port.interface for port in reactor.ports] == ["::"]
     assert reactor.ports[0].written and all(a == V6[1] for _, a in reactor.ports[0].written)
@@ -88,6 +90,7 @@ def test_datagrams_from_other_ports_never_reach_the_core() -> None:
 
 
 def test_exactly_one_timer_is_scheduled() -> None:
+    """The link keeps exactly one timer pending at all times."""
     link, reactor = make_link([V4])
     for _ in range(50):
         reactor.advance(0.7)
@@ -95,6 +98,9 @@ def test_exactly_one_timer_is_scheduled() -> None:
 
 
 def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
+    """When the first server address does not answer within the fallback time, the
+    handshake moves on to the next address (the client still connecting), and after
+    another fallback time round again to the first."""
     link, reactor = make_link([V6, V4], fallback=3.0)
     v6_port, v4_port = reactor.ports
     assert v6_port.written and not v4_port.written
@@ -106,6 +112,8 @@ def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
 
 
 def test_stopping_closes_the_sockets_and_the_timer() -> None:
+    """Quitting before connected ends at once: the front end is told it is done, the
+    socket stops listening and no timer is left."""
     link, reactor = make_link([V4])
     link.quit()  # not connected: ends at once
     assert link.front.done  # type: ignore[union-attr]
@@ -154,6 +162,9 @@ def pipe() -> tuple[PipeFrontEnd, RecordingLink, StringTransport]:
 
 
 def test_pipe_splits_lines_across_reads_and_strips_crlf() -> None:
+    """Piped input is split into lines across reads, each without its CRLF or LF
+    ending; at end of input a last line without a newline is submitted too and the
+    link is told to finish."""
     front, link, _ = pipe()
     front.dataReceived(b"one\r\ntw")
     front.dataReceived(b"o\nthree")
@@ -164,6 +175,8 @@ def test_pipe_splits_lines_across_reads_and_strips_crlf() -> None:
 
 
 def test_pipe_reports_bad_utf8_and_huge_lines_and_goes_on() -> None:
+    """An input line that is not UTF-8 or is far too long is skipped with a message
+    naming its line number, and the lines after it are still submitted."""
     front, link, _ = pipe()
     front.dataReceived(b"ok\n\xff\xfe\n" + b"x" * 20000 + b"\nafter\n")
     assert link.lines == ["ok", "after"]
@@ -174,6 +187,8 @@ def test_pipe_reports_bad_utf8_and_huge_lines_and_goes_on() -> None:
 
 
 def test_pipe_prints_events_as_plain_lines() -> None:
+    """The pipe front end writes events to its output in the plain format, one line
+    each."""
     from udpchat import messages
 
     front, _, transport = pipe()

@@ -48,6 +48,8 @@ def test_hello_welcome_and_chat() -> None:
 
 
 def test_lines_typed_before_welcome_are_sent_after_it_in_order() -> None:
+    """Lines submitted before the client has started reach the room once it is
+    connected, in the order typed."""
     net = Net()
     bob = net.client("bob")
     net.run_until(lambda: bob.chat.connected)
@@ -62,6 +64,8 @@ def test_lines_typed_before_welcome_are_sent_after_it_in_order() -> None:
 
 
 def test_taken_nick_is_retried_with_underscore() -> None:
+    """A nick already taken (ignoring case) is reported, and the client retries with '_'
+    appended and connects under that nick."""
     net = Net()
     net.client("bob")
     net.run(1)
@@ -85,6 +89,8 @@ def test_nick_and_room_follow_the_server() -> None:
 
 
 def test_local_errors_send_nothing() -> None:
+    """Lines refused locally (unknown command, too long, bad nick) send nothing to the
+    server; each is reported and counted as a failure."""
     net = Net()
     alice = net.client("alice", pipe=True)
     net.run_until(lambda: alice.chat.connected)
@@ -136,6 +142,8 @@ def test_server_crash_and_restart() -> None:
 
 
 def test_history_replayed_after_reconnect_is_not_shown_twice() -> None:
+    """After a reconnect, history lines already shown are not shown again, and a line
+    said while away is shown once, marked with its time."""
     net = Net()
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.connected and bob.chat.connected)
@@ -265,6 +273,9 @@ def test_own_lines_in_replayed_history_are_never_shown(pipe: bool) -> None:
 
 
 def test_pipe_finish_waits_for_delivery_then_says_bye() -> None:
+    """In pipe mode, finishing on a lossy network waits until every line is delivered in
+    order, without echoing them, then exits 0; the others see the lines and then the
+    client leave with "(quit)"."""
     net = Net(loss=0.3)
     alice, bob = net.client("alice", pipe=True), net.client("bob")
     net.run_until(lambda: bob.chat.connected)
@@ -280,6 +291,8 @@ def test_pipe_finish_waits_for_delivery_then_says_bye() -> None:
 
 
 def test_pipe_finish_reports_undelivered_lines_and_fails() -> None:
+    """In pipe mode, finishing while the server is unreachable gives up with exit
+    status 1 and reports each undelivered line as "!!! not delivered: ..."."""
     net = Net()
     alice = net.client("alice", pipe=True)
     net.up = False
@@ -291,6 +304,7 @@ def test_pipe_finish_reports_undelivered_lines_and_fails() -> None:
 
 
 def test_pipe_with_nothing_to_send_ends_at_once() -> None:
+    """In pipe mode, finishing with nothing to send ends at once with exit status 0."""
     net = Net()
     alice = net.client("alice", pipe=True)
     alice.chat.finish(net.now)
@@ -298,6 +312,9 @@ def test_pipe_with_nothing_to_send_ends_at_once() -> None:
 
 
 def test_outbox_is_bounded_while_offline() -> None:
+    """Offline, the outbox holds at most OUTBOX_MAX_LINES lines: one more is refused
+    with "!!! not sent, 1000 lines already wait ..." and no further input is
+    accepted."""
     net = Net()
     alice = net.client("alice")
     net.up = False
@@ -311,6 +328,8 @@ def test_outbox_is_bounded_while_offline() -> None:
 
 
 def test_quit_sends_bye_and_ends() -> None:
+    """/quit delivers the lines typed before it and ends; the others then see the client
+    leave with "(quit)"."""
     net = Net()
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.connected and bob.chat.connected)
@@ -321,6 +340,8 @@ def test_quit_sends_bye_and_ends() -> None:
 
 
 def test_quit_while_offline_reports_unsent_lines() -> None:
+    """/quit while the server is unreachable ends at once, reporting the waiting line as
+    "!!! not sent: ..."."""
     net = Net()
     alice = net.client("alice")
     net.up = False
@@ -330,6 +351,8 @@ def test_quit_while_offline_reports_unsent_lines() -> None:
 
 
 def test_who_chunks_are_shown_as_one_line() -> None:
+    """A /who answer too big for one message, which the server sends in chunks, is shown
+    as a single "Users in lobby" line with every nick, sorted ignoring case."""
     net = Net()
     nicks = [f"user_with_a_long_nick{i:03d}" for i in range(60)]
     peers = [net.client(n) for n in nicks]
@@ -342,6 +365,7 @@ def test_who_chunks_are_shown_as_one_line() -> None:
 
 
 def test_malformed_server_messages_are_reported_once() -> None:
+    """Repeated malformed messages from the server are reported only once."""
     net = Net()
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.connected)
@@ -370,6 +394,8 @@ def test_undelivered_for_other_reasons_is_reported() -> None:
 
 @pytest.mark.parametrize("loss", [0.0, 0.2])
 def test_lossy_network_keeps_order_and_exactly_once(loss: float) -> None:
+    """With or without packet loss, every line reaches the other client exactly once and
+    in order."""
     net = Net(loss=loss, seed=7)
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.connected and bob.chat.connected, timeout=60)
