@@ -180,11 +180,10 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
-class Say:
+class _Line:
     """A line for the sender's room; ``line_id`` (JSON "id") names it, and stays the
     same when the line is sent again after a reconnect."""
 
-    TYPE: ClassVar[str] = "say"
     text: str
     line_id: str = field(metadata={"json": "id"})
 
@@ -194,16 +193,17 @@ class Say:
 
 
 @dataclass(frozen=True, slots=True)
-class Me:
-    """An action line (``/me waves``) for the sender's room; ``line_id`` as for Say."""
+class Say(_Line):
+    """A line for the sender's room."""
+
+    TYPE: ClassVar[str] = "say"
+
+
+@dataclass(frozen=True, slots=True)
+class Me(_Line):
+    """An action line (``/me waves``) for the sender's room."""
 
     TYPE: ClassVar[str] = "me"
-    text: str
-    line_id: str = field(metadata={"json": "id"})
-
-    def __post_init__(self) -> None:
-        _check_text(self.text)
-        _check_line_id(self.line_id)
 
 
 @dataclass(frozen=True, slots=True)
