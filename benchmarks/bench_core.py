@@ -4,13 +4,17 @@ The protocol promises that nothing on the per-datagram path costs O(number of
 sessions). Timing one machine's absolute speed means little on shared hardware, so
 this compares ratios inside one run: the cost per datagram with 10 sessions and
 with 2,000 should be about the same (ratio near 1), and so should the cost of a
-garbage datagram. Run: python benchmarks/bench_core.py
+garbage datagram. It also reports the server core's memory per idle session (every
+cache and queue is bounded; this is the cost of one member).
+Run: python benchmarks/bench_core.py
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import tracemalloc
 
 from cryptography.fernet import Fernet
 
@@ -67,7 +71,21 @@ def per_garbage(server: ServerEndpoint, count: int) -> float:
     return (time.perf_counter() - began) / count
 
 
+def memory_per_session(sessions: int) -> float:
+    """Bytes the server core holds per idle established session (tracemalloc)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    server, clients = build(sessions)
+    del clients  # the clients' memory is not the server's
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(server) == sessions
+    return held / sessions
+
+
 def main() -> None:
+    print(f"server memory per idle session: {memory_per_session(500) / 1024:.1f} KiB")
     results = {}
     for sessions in (10, 2000):
         server, clients = build(sessions)
