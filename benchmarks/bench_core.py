@@ -18,7 +18,7 @@ import tracemalloc
 
 from cryptography.fernet import Fernet
 
-from udpchat.endpoint import ClientEndpoint, ServerEndpoint
+from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint
 
 START = 1_800_000_000.0
 

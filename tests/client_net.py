@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet
 
-from udpchat import events
-from udpchat.chat import ChatServer
+from udpchat.chat.rules import ChatServer
+from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import PLAIN, format_item
-from udpchat.client.session import ChatClient
-from udpchat.endpoint import ClientEndpoint, ServerEndpoint, UnknownSession
-from udpchat.limits import ProtocolConfig
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint, UnknownSession
+from udpchat.core.limits import ProtocolConfig
 
 #: Short timers so that expiry and reconnects take simulated seconds, not minutes.
 FAST = ProtocolConfig(keepalive_s=1.0, session_expiry_s=4.0, give_up_s=8.0)

@@ -17,8 +17,8 @@ from typing import Any
 
 from conftest import TWISTD
 
-from udpchat import events
-from udpchat.endpoint import ClientEndpoint
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint
 
 READY_LINE = "Listening on UDP"
 

@@ -13,9 +13,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from udpchat import events
-from udpchat.endpoint import ClientEndpoint, ServerEndpoint
-from udpchat.limits import MAX_DATAGRAM_BYTES
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint
+from udpchat.core.limits import MAX_DATAGRAM_BYTES
 
 SERVER_ADDR = ("127.0.0.1", 12345)
 START = 1_800_000_000.0  # Fernet stamps tokens with `now`, so it must look like Unix time

@@ -1,4 +1,4 @@
-"""Tests for udpchat.chat: the chat rules, with a ChatServer in memory (no network)."""
+"""Tests for udpchat.chat.rules: the chat rules, with a ChatServer in memory (no network)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpchat.chat import LINE_IDS_KEPT, ChatServer, LogEvent
-from udpchat.messages import (
+from udpchat.chat.messages import (
     APP_MAX_BYTES,
     Bye,
     ClientMessage,
@@ -40,6 +39,7 @@ from udpchat.messages import (
     decode_server,
     encode,
 )
+from udpchat.chat.rules import LINE_IDS_KEPT, ChatServer, LogEvent
 
 _fresh = itertools.count(1 << 60)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat import messages
+from udpchat.chat import messages
 from udpchat.client.commands import CommandError, LocalHelp, LocalQuit, help_lines, parse_line
 
 ID = "0123456789abcdef"  # the line id a chat line gets

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat import messages
+from udpchat.chat import messages
 from udpchat.client.display import (
     PLAIN,
     TERMINAL,

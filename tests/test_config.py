@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from udpchat.config import DEFAULTS, ConfigError, ServerConfig, load_config
+from udpchat.daemon.config import DEFAULTS, ConfigError, ServerConfig, load_config
 
 
 def write_ini(tmp_path: Path, text: str, name: str = "chat.ini") -> Path:

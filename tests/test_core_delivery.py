@@ -10,9 +10,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sim import START, LossyNetwork, Pair, received
 
-from udpchat import events
-from udpchat.endpoint import ClientEndpoint, MessageTooLarge, QueueFull, ServerEndpoint
-from udpchat.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, QueueFull, ServerEndpoint
+from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 
 BAD_NETWORK = dict(loss=0.20, duplicate=0.05, delay_s=0.01, jitter_s=0.03)
 

@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from sim import SERVER_ADDR, START, LossyNetwork, Pair, received
 
 from tests.vectors.x25519_low_order import LOW_ORDER_POINTS
-from udpchat import events, wire
-from udpchat.endpoint import INIT_BYTES, ClientEndpoint, ServerEndpoint
-from udpchat.handshake import FERNET_MAX_CLOCK_SKEW_S, ZERO_TAG
-from udpchat.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
-from udpchat.session import KeySet
+from udpchat.core import events, wire
+from udpchat.core.endpoint import INIT_BYTES, ClientEndpoint, ServerEndpoint
+from udpchat.core.handshake import FERNET_MAX_CLOCK_SKEW_S, ZERO_TAG
+from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
+from udpchat.core.session import KeySet
 
 BAD_NETWORK = dict(loss=0.20, duplicate=0.05, delay_s=0.01, jitter_s=0.03)
 CLIENT_ADDR = ("127.0.0.2", 40000)  # sim.Pair's default

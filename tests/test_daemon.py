@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from daemon import ChatClient, Daemon
 
-from udpchat import wire
+from udpchat.core import wire
 
 
 @pytest.fixture

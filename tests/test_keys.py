@@ -267,7 +267,7 @@ def test_ensure_key_never_replaces_a_bad_existing_key(tmp_path: Path) -> None:
 def test_daemon_startup_logs_where_it_created_the_key(tmp_path: Path) -> None:
     """On first start the daemon logs the new key's path and that clients need a copy,
     never the key itself."""
-    from udpchat.tap import load_settings
+    from udpchat.daemon.tap import load_settings
 
     config = tmp_path / "chat.ini"
     config.write_text("[server]\ninterface = 127.0.0.1\nkey_file = keys/chat.key\n")

@@ -1,4 +1,4 @@
-"""Tests for udpchat.lineids: fresh line ids and the bounded memory of recent ones."""
+"""Tests for udpchat.chat.lineids: fresh line ids and the bounded memory of recent ones."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat.lineids import RecentIds, new_line_id
-from udpchat.messages import Say
+from udpchat.chat.lineids import RecentIds, new_line_id
+from udpchat.chat.messages import Say
 
 
 def test_new_line_ids_are_16_lowercase_hex_digits_and_differ() -> None:

@@ -1,4 +1,4 @@
-"""Tests for udpchat.messages: the application message format, as a specification."""
+"""Tests for udpchat.chat.messages: the application message format, as a specification."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from udpchat import limits
-from udpchat.messages import (
+from udpchat.chat.messages import (
     APP_MAX_BYTES,
     ERROR_CODES,
     NICK_MAX_CHARS,
@@ -52,6 +51,7 @@ from udpchat.messages import (
     valid_room,
     who_chunks,
 )
+from udpchat.core import limits
 
 # --- strategies ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from udpchat import netinfo
+from udpchat.daemon import netinfo
 
 
 def test_ipv6_table_is_parsed(tmp_path: Path) -> None:

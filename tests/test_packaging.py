@@ -66,10 +66,10 @@ def test_package_discovery_includes_the_twisted_plugin(repo_root: Path) -> None:
 
 
 def test_plugin_import_is_light(subprocess_env: dict[str, str], tmp_path: Path) -> None:
-    """Importing the plugin (as `twistd --help` does) does not import udpchat.tap."""
+    """Importing the plugin (as `twistd --help` does) does not import udpchat.daemon.tap."""
     code = (
         "import sys; from twisted.plugins import udpchat_plugin as p; "
-        "print(p.udpchat.tapname, 'udpchat.tap' in sys.modules)"
+        "print(p.udpchat.tapname, 'udpchat.daemon.tap' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,4 +1,4 @@
-"""Tests for udpchat.ratelimit: token buckets, the per-address LRU, the replay cache."""
+"""Tests for udpchat.core.ratelimit: token buckets, the per-address LRU, the replay cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpchat.ratelimit import (
+from udpchat.core.ratelimit import (
     AddressRateLimiter,
     BoundedExpiringSet,
     TokenBucket,

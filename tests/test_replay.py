@@ -1,4 +1,4 @@
-"""Tests for udpchat.replay: WireGuard's known-answer sequence and properties."""
+"""Tests for udpchat.core.replay: WireGuard's known-answer sequence and properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpchat.replay import (
+from udpchat.core.replay import (
     REJECT_AFTER_MESSAGES,
     WINDOW_BITS,
     WINDOW_SIZE,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from twisted.application.service import Service
 
-from udpchat.config import ServerConfig
-from udpchat.sdnotify import notify
-from udpchat.tap import Options, makeService
+from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.sdnotify import notify
+from udpchat.daemon.tap import Options, makeService
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_notify_to_a_path_that_is_not_a_socket_returns_false(tmp_path: Path) -> 
 
 
 class RecordingChatService(Service):
-    """Stands in for udpchat.server's service; records whether systemd was told yet."""
+    """Stands in for udpchat.daemon.server's service; records whether systemd was told yet."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -135,9 +135,9 @@ def test_daemon_reports_ready_after_the_chat_service_and_stopping_before_it(
         made.append((config, psk, service))
         return service
 
-    stub = types.ModuleType("udpchat.server")
+    stub = types.ModuleType("udpchat.daemon.server")
     stub.make_chat_service = make_chat_service  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "udpchat.server", stub)
+    monkeypatch.setitem(sys.modules, "udpchat.daemon.server", stub)
 
     ini = tmp_path / "chat.ini"
     ini.write_text("[server]\ninterface = 127.0.0.1\nport = 4000\n")

@@ -16,10 +16,10 @@ from cryptography.fernet import Fernet
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from udpchat import events
-from udpchat.config import ServerConfig
-from udpchat.endpoint import ClientEndpoint
-from udpchat.server import ChatProtocol
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint
+from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.server import ChatProtocol
 
 PSK = Fernet.generate_key()
 START = 1_800_000_000.0
@@ -214,7 +214,7 @@ def test_shutdown_tells_every_member_and_closes_their_sessions() -> None:
 def test_a_session_that_never_says_hello_is_closed_and_frees_its_slot() -> None:
     """A key holder that completes handshakes but never says hello cannot hold member
     slots: its session is closed HELLO_DEADLINE_S after the handshake."""
-    from udpchat.server import HELLO_DEADLINE_S
+    from udpchat.daemon.server import HELLO_DEADLINE_S
 
     world = World(max_members=1)
     squatter = world.join("unused", 1001, hello=False)

@@ -62,7 +62,7 @@ def test_unit_runs_twistd_in_the_foreground_with_the_system_config(unit: Path) -
     ]
     assert settings["ConfigurationDirectory"] == ["udpchat"]
     assert settings["StateDirectory"] == ["udpchat"]
-    # A config/key mistake exits 78 (udpchat.tap.EXIT_CONFIG): restarting cannot help.
+    # A config/key mistake exits 78 (udpchat.daemon.tap.EXIT_CONFIG): restarting cannot help.
     assert settings["RestartPreventExitStatus"] == ["78"]
 
 

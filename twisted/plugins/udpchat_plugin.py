@@ -6,4 +6,4 @@ extends with every `twisted/plugins` directory on sys.path.
 
 from twisted.application.service import ServiceMaker
 
-udpchat = ServiceMaker("udpchat", "udpchat.tap", "Encrypted group chat over UDP", "udpchat")
+udpchat = ServiceMaker("udpchat", "udpchat.daemon.tap", "Encrypted group chat over UDP", "udpchat")

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-from udpchat import messages
+from udpchat.chat import messages
 from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
 
 PROG = "udpchat-client"
@@ -185,7 +185,7 @@ class Runner:
         self._exited: Any = None  # Deferred: the front end is gone (during shutdown)
 
     def start(self) -> None:
-        from udpchat.client.protocol import resolve
+        from udpchat.client.link import resolve
 
         self._start_logging()
         d = resolve(self.host, self.port)
@@ -224,11 +224,11 @@ class Runner:
     def _resolved(self, servers: list[tuple[int, tuple[str, int]]]) -> None:
         from twisted.internet import error, stdio
 
+        from udpchat.client.chatclient import ChatClient
         from udpchat.client.display import TERMINAL, Style
+        from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
-        from udpchat.client.protocol import ChatLink
-        from udpchat.client.session import ChatClient
-        from udpchat.endpoint import ClientEndpoint
+        from udpchat.core.endpoint import ClientEndpoint
 
         if not servers:
             self._setup_error(f"host {self.host!r} has no IPv4 or IPv6 address")

@@ -1,7 +1,7 @@
 """Turn one line typed by the user into a chat action, or a local error.
 
 Pure functions, no I/O: the terminal and pipe front ends both call ``parse_line`` and
-send nothing when it raises ``CommandError``. Validation reuses udpchat.messages so the
+send nothing when it raises ``CommandError``. Validation reuses udpchat.chat.messages so the
 client refuses exactly what the server would refuse, before anything goes on the wire.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from udpchat import messages
+from udpchat.chat import messages
 
 #: Every /command, with its usage and a one-line description (also the /help text).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,7 +66,7 @@ def _usage(name: str) -> CommandError:
 def parse_line(line: str, line_id: str) -> Action | None:
     """The action for one typed line (no line terminator), or None to do nothing.
 
-    A chat line (say, /me, /msg) is named ``line_id`` (from udpchat.lineids, fresh for
+    A chat line (say, /me, /msg) is named ``line_id`` (from udpchat.chat.lineids, fresh for
     each typed line); other commands ignore it.
 
     Blank lines do nothing (chat clients do not send them). Raises CommandError for an

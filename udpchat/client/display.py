@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from udpchat import messages
+from udpchat.chat import messages
 
 # C0, DEL and C1 controls (ESC, CSI, BEL, newlines ...), unpaired surrogates (cannot be
 # encoded), line/paragraph separators (some terminals break lines on them) and bidi
@@ -45,7 +45,7 @@ def nick_colour(nick: str) -> int:
     return NICK_COLOURS[zlib.crc32(key) % len(NICK_COLOURS)]
 
 
-# --- local things to show (the server's messages are udpchat.messages classes) -------
+# --- local things to show (the server's messages are udpchat.chat.messages classes) -------
 
 
 @dataclass(frozen=True)

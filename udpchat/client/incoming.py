@@ -5,8 +5,8 @@ sender re-sent after a reconnect, or room history replayed after a reconnect or 
 
 from __future__ import annotations
 
-from udpchat import messages
-from udpchat.lineids import RecentIds
+from udpchat.chat import messages
+from udpchat.chat.lineids import RecentIds
 
 #: Line ids remembered (the user's own lines' included) to recognise lines shown before.
 SEEN_LINE_IDS_MAX = 4096

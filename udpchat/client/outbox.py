@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from udpchat import messages
+from udpchat.chat import messages
 
 #: Lines kept while not connected; more is refused (an error for the user).
 OUTBOX_MAX_LINES = 1000

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from udpchat.client.display import PLAIN, Item, format_item
-from udpchat.client.protocol import ChatLink
+from udpchat.client.link import ChatLink
 
 #: An input line longer than this cannot be a valid chat line: it is skipped (reported)
 #: instead of being buffered without bound.

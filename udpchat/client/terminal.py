@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from udpchat.client.display import Item, Style, clean, format_item, nick_colour
-from udpchat.client.protocol import ChatLink
+from udpchat.client.link import ChatLink
 
 STDOUT_FD = 1
 #: Input history kept for the up/down arrows.

@@ -3,7 +3,7 @@
 ChatLink moves datagrams between the sockets and a ChatClient, asks it for its next
 deadline after every input and keeps exactly one reactor.callLater for it, and hands
 what the ChatClient wants shown to the front end (pipe or terminal). It has no chat
-logic of its own; that is all in udpchat.client.session.
+logic of its own; that is all in udpchat.client.chatclient.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from twisted.internet import error, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 
+from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import Item
-from udpchat.client.session import ChatClient
 
 Address = tuple[str, int]
 

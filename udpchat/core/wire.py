@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .limits import MAX_PAYLOAD_BYTES
+from udpchat.core.limits import MAX_PAYLOAD_BYTES
 
 PROTOCOL_VERSION = 1
 

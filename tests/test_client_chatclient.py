@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 from client_net import FAST, Net
 
-from udpchat import messages
-from udpchat.client import session as client_session
+from udpchat.chat import messages
+from udpchat.client import chatclient as client_session
+from udpchat.client.chatclient import State
 from udpchat.client.outbox import OUTBOX_MAX_LINES
-from udpchat.client.session import State
-from udpchat.limits import ProtocolConfig
+from udpchat.core.limits import ProtocolConfig
 
 
 def said(net: Net) -> list[str]:

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from . import events, wire
-from .handshake import HandshakeRejected, Initiator
-from .limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
-from .ratelimit import TokenBucket
-from .reliability import MessageTooLarge, ReceiveBuffer, SendQueue
-from .replay import ReplayWindow
-from .stats import DropStats
-from .wire import Malformed, SessionKeys
+from udpchat.core import events, wire
+from udpchat.core.handshake import HandshakeRejected, Initiator
+from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
+from udpchat.core.ratelimit import TokenBucket
+from udpchat.core.reliability import MessageTooLarge, ReceiveBuffer, SendQueue
+from udpchat.core.replay import ReplayWindow
+from udpchat.core.stats import DropStats
+from udpchat.core.wire import Malformed, SessionKeys
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).

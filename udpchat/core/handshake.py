@@ -16,8 +16,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from . import wire
-from .wire import Init, Malformed, Response, SessionKeys
+from udpchat.core import wire
+from udpchat.core.wire import Init, Malformed, Response, SessionKeys
 
 ZERO_TAG = bytes(wire.RESUME_TAG_BYTES)
 

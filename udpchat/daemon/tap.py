@@ -14,8 +14,8 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udpchat import sdnotify
-from udpchat.config import ConfigError, ServerConfig, load_config
+from udpchat.daemon import sdnotify
+from udpchat.daemon.config import ConfigError, ServerConfig, load_config
 from udpchat.keys import KeyFileError, ensure_key
 
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 stops systemd from
@@ -94,7 +94,7 @@ def makeService(options: Options) -> MultiService:
     config, psk = load_settings(options["config"])
     # Imported here, after config and key checks, so those errors never depend on the
     # server module (and `twistd --help` stays light).
-    from udpchat.server import make_chat_service
+    from udpchat.daemon.server import make_chat_service
 
     top = MultiService()
     make_chat_service(config, psk).setServiceParent(top)

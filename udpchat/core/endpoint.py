@@ -14,8 +14,8 @@ import hmac
 import itertools
 from collections import OrderedDict, deque
 
-from . import events, wire
-from .handshake import (
+from udpchat.core import events, wire
+from udpchat.core.handshake import (
     FERNET_MAX_CLOCK_SKEW_S,
     ZERO_TAG,
     HandshakeRejected,
@@ -23,11 +23,11 @@ from .handshake import (
     parse_initiation,
     respond,
 )
-from .limits import MAX_DATAGRAM_BYTES, ProtocolConfig
-from .ratelimit import AddressRateLimiter, BoundedExpiringSet
-from .reliability import MessageTooLarge, QueueFull
-from .session import Session
-from .stats import DropStats
+from udpchat.core.limits import MAX_DATAGRAM_BYTES, ProtocolConfig
+from udpchat.core.ratelimit import AddressRateLimiter, BoundedExpiringSet
+from udpchat.core.reliability import MessageTooLarge, QueueFull
+from udpchat.core.session import Session
+from udpchat.core.stats import DropStats
 
 __all__ = [
     "ClientEndpoint",

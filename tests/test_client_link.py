@@ -11,10 +11,10 @@ from client_net import FAST, Net
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from udpchat.client.chatclient import ChatClient, State
+from udpchat.client.link import ChatLink
 from udpchat.client.pipe import PipeFrontEnd
-from udpchat.client.protocol import ChatLink
-from udpchat.client.session import ChatClient, State
-from udpchat.endpoint import ClientEndpoint
+from udpchat.core.endpoint import ClientEndpoint
 
 ID = "0123456789abcdef"  # a line id
 
@@ -189,7 +189,7 @@ def test_pipe_reports_bad_utf8_and_huge_lines_and_goes_on() -> None:
 def test_pipe_prints_events_as_plain_lines() -> None:
     """The pipe front end writes events to its output in the plain format, one line
     each."""
-    from udpchat import messages
+    from udpchat.chat import messages
 
     front, _, transport = pipe()
     front.update([messages.SayOut("lobby", "bob", "hi", ID), messages.JoinNotice("lobby", "eve")])

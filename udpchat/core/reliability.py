@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .limits import ProtocolConfig
-from .wire import Ack
+from udpchat.core.limits import ProtocolConfig
+from udpchat.core.wire import Ack
 
 
 class QueueFull(Exception):

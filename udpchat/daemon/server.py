@@ -3,7 +3,7 @@
 ChatProtocol moves bytes between the UDP port and a ServerEndpoint, feeds the
 endpoint's events to a ChatServer, sends what the ChatServer says, and keeps one
 reactor timer at the endpoint's next deadline. All protocol and chat logic lives in
-the core (udpchat.endpoint) and the rules (udpchat.chat).
+the core (udpchat.core.endpoint) and the rules (udpchat.chat.rules).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from . import events
-from .chat import ChatServer, LogEvent
-from .config import ServerConfig
-from .endpoint import MessageTooLarge, QueueFull, ServerEndpoint, UnknownSession
-from .limits import ProtocolConfig
-from .netinfo import listening_addresses
+from udpchat.chat.rules import ChatServer, LogEvent
+from udpchat.core import events
+from udpchat.core.endpoint import MessageTooLarge, QueueFull, ServerEndpoint, UnknownSession
+from udpchat.core.limits import ProtocolConfig
+from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.netinfo import listening_addresses
 
 #: A refused source address is logged at most once per this many seconds ...
 REFUSAL_LOG_INTERVAL_S = 60.0
@@ -360,5 +360,5 @@ class ChatService(Service):
 
 
 def make_chat_service(config: ServerConfig, psk: bytes) -> ChatService:
-    """The service twistd runs (see udpchat.tap)."""
+    """The service twistd runs (see udpchat.daemon.tap)."""
     return ChatService(config, psk)

@@ -3,7 +3,7 @@
 It says hello when a session starts, keeps what the user typed while offline, resends
 it after a reconnect, tracks which lines the server acknowledged and turns server
 messages into display items. Time is always an argument; the Twisted glue
-(udpchat.client.protocol) moves the datagrams and calls ``handle_timer``.
+(udpchat.client.link) moves the datagrams and calls ``handle_timer``.
 
 Delivery: a line is sent on one session at a time. If that session ends before the
 server acknowledged the line, the line is sent again on the next session, in its place
@@ -20,12 +20,13 @@ import enum
 import random
 import secrets
 
-from udpchat import events, lineids, messages
+from udpchat.chat import lineids, messages
 from udpchat.client import commands
 from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
 from udpchat.client.incoming import Incoming
 from udpchat.client.outbox import OUTBOX_MAX_LINES, Line, Outbox
-from udpchat.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
+from udpchat.core import events
+from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
 
 #: Reconnect delays: first, doubled per failure up to the max, times a random 0.5..1
 #: so that clients of a restarted server do not all come back in the same instant.

@@ -44,8 +44,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeAlias
 
-from .lineids import RecentIds
-from .messages import (
+from udpchat.chat.lineids import RecentIds
+from udpchat.chat.messages import (
     DEFAULT_ROOM,
     Bye,
     Error,
