@@ -1,5 +1,5 @@
-"""An in-memory udpchat network for client tests: the real protocol core and the real
-chat rules (ServerEndpoint + ChatServer) wired to ChatClients, with a fake clock,
+"""An in-memory udpchat network for client tests: the real chat server (ChatServer:
+protocol core, chat rules and server policy) wired to ChatClients, with a fake clock,
 optional loss, outages (both ways, or only from the server to one peer) and server
 crashes. No sockets, no sleeping."""
 
@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet
 
-from udpchat.chat.rules import ChatServer
+from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import PLAIN, format_item
-from udpchat.core import events
-from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint, UnknownSession
+from udpchat.core.endpoint import ClientEndpoint
 from udpchat.core.limits import ProtocolConfig
 
 #: Short timers so that expiry and reconnects take simulated seconds, not minutes.
@@ -60,8 +59,17 @@ class Net:
 
     def start_server(self, history_lines: int = 50) -> None:
         """A fresh server process: every session and member forgotten (a crash)."""
-        self.server = ServerEndpoint(self.psk, self.server_config)
-        self.chat_server = ChatServer(history_lines=history_lines)
+        settings = ServerSettings(history_lines=history_lines)
+        self.chat_server = ChatServer(self.psk, settings, protocol=self.server_config)
+        self.server = self.chat_server.endpoint
+        rules = self.chat_server.rules
+        received = rules.message_received
+
+        def seen(session_id: bytes, payload: bytes, now: float) -> None:
+            self.server_seen.append(payload)
+            received(session_id, payload, now)
+
+        rules.message_received = seen  # type: ignore[method-assign]
 
     def client(self, nick: str, room: str = "lobby", start: bool = True, **kw: object) -> Peer:
         n = len(self.peers) + 1
@@ -88,37 +96,13 @@ class Net:
         for peer in self.peers:
             for data in peer.chat.datagrams_to_send(now):
                 if self._delivered(peer):
-                    self.server.receive_datagram(data, peer.addr, now)
-        for _ in range(3):  # the server answers what it was told
-            self._server_pump(now)
+                    self.chat_server.receive_datagram(data, peer.addr, now)
         by_addr = {peer.addr: peer for peer in self.peers}
-        for data, addr in self.server.datagrams_to_send(now):
+        for data, addr in self.chat_server.datagrams_to_send(now):
             if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
                 by_addr[addr].chat.receive_datagram(data, now)
         for peer in self.peers:
             peer.collect(now)
-
-    def _server_pump(self, now: float) -> None:
-        server, chat = self.server, self.chat_server
-        while (event := server.next_event()) is not None:
-            if isinstance(event, events.SessionStarted):
-                chat.session_started(event.session_id, event.addr, now)
-            elif isinstance(event, events.MessageReceived):
-                self.server_seen.append(event.payload)
-                chat.message_received(event.session_id, event.payload, now)
-            elif isinstance(event, events.SessionEnded):
-                chat.session_ended(event.session_id, event.reason, now)
-        for outgoing in chat.drain():
-            try:
-                server.send(outgoing.session_id, outgoing.payload, now)
-            except UnknownSession:
-                pass
-        for session_id in chat.drain_closures():
-            try:
-                server.close_session(session_id, now)
-            except UnknownSession:
-                pass
-        chat.drain_log()
 
     def run(self, seconds: float, dt: float = 0.02) -> None:
         """Advance the clock by ``seconds``, firing timers and moving datagrams."""
@@ -129,9 +113,9 @@ class Net:
                 deadline = peer.chat.get_timer()
                 if deadline is not None and deadline <= self.now:
                     peer.chat.handle_timer(self.now)
-            deadline = self.server.get_timer()
+            deadline = self.chat_server.get_timer()
             if deadline is not None and deadline <= self.now:
-                self.server.handle_timer(self.now)
+                self.chat_server.handle_timer(self.now)
             self.step()
 
     def run_until(self, condition: object, timeout: float = 30.0, dt: float = 0.02) -> None:

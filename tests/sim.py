@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from udpchat.chat.rules import LogEvent
+from udpchat.chat.server import ChatServer
 from udpchat.core import events
 from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint
 from udpchat.core.limits import MAX_DATAGRAM_BYTES
@@ -137,3 +141,98 @@ class Pair:
 
 def received(events_: list[events.Event]) -> list[bytes]:
     return [e.payload for e in events_ if isinstance(e, events.MessageReceived)]
+
+
+class ChatWorld:
+    """The whole chat server (ChatServer) and any number of clients (ClientEndpoints)
+    on one LossyNetwork with one fake clock: the daemon without Twisted or sockets.
+
+    Each client's decoded messages land in ``inbox[addr]``, its core events in
+    ``client_events[addr]``, and the server's log entries in ``log``. Addresses in
+    ``cut`` lose every datagram both ways (a member that fell silent).
+    """
+
+    def __init__(self, server: ChatServer, network: LossyNetwork | None = None) -> None:
+        self.server = server
+        self.network = network or LossyNetwork()
+        self.now = START
+        self.clients: dict[Any, ClientEndpoint] = {}
+        self.inbox: dict[Any, list[dict[str, Any]]] = {}
+        self.client_events: dict[Any, list[events.Event]] = {}
+        self.log: list[LogEvent] = []
+        self.written: list[tuple[bytes, Any]] = []  # everything the server sent
+        self.cut: set[Any] = set()
+
+    def add_client(self, addr: Any, psk: bytes, hello: dict[str, Any] | None = None) -> Any:
+        """A client that connects now and (if given) says ``hello`` first."""
+        client = ClientEndpoint(psk, self.server.protocol)
+        client.connect(self.now)
+        if hello is not None:
+            client.send(json.dumps(hello).encode(), self.now)
+        self.clients[addr], self.inbox[addr], self.client_events[addr] = client, [], []
+        self.flush()
+        return addr
+
+    def send(self, addr: Any, **message: Any) -> None:
+        self.clients[addr].send(json.dumps(message).encode(), self.now)
+        self.flush()
+
+    def datagram(self, data: bytes, src: Any) -> None:
+        """A datagram from anywhere (garbage, a forged source) reaches the server now."""
+        self.server.receive_datagram(data, src, self.now)
+        self.flush()
+
+    def flush(self) -> None:
+        for addr, client in self.clients.items():
+            for data in client.datagrams_to_send(self.now):
+                if addr not in self.cut:
+                    self.network.send(data, addr, SERVER_ADDR, self.now)
+        for data, addr in self.server.datagrams_to_send(self.now):
+            self.written.append((data, addr))
+            if addr not in self.cut:
+                self.network.send(data, SERVER_ADDR, addr, self.now)
+        self.log.extend(self.server.take_log())
+        for addr, client in self.clients.items():
+            while (event := client.next_event()) is not None:
+                self.client_events[addr].append(event)
+                if isinstance(event, events.MessageReceived):
+                    self.inbox[addr].append(json.loads(event.payload))
+
+    def step(self, limit: float) -> bool:
+        """Advance to the next arrival or timer (at most to ``limit``) and handle it."""
+        self.flush()
+        times = [self.network.next_arrival(), self.server.get_timer()]
+        times += [client.get_timer() for client in self.clients.values()]
+        due = min((t for t in times if t is not None), default=None)
+        if due is None or due > limit:
+            self.now = max(self.now, limit)
+            return False
+        self.now = max(self.now, due)
+        for data, src, dst in self.network.arrivals(self.now):
+            if dst == SERVER_ADDR:
+                self.server.receive_datagram(data, src, self.now)
+            elif dst in self.clients:
+                self.clients[dst].receive_datagram(data, self.now)
+        for client in self.clients.values():
+            client.handle_timer(self.now)
+        if (timer := self.server.get_timer()) is not None and timer <= self.now:
+            self.server.handle_timer(self.now)
+        self.flush()
+        return True
+
+    def settle(self, max_seconds: float = 5.0) -> None:
+        """Run until nothing is in flight (timers may still be pending)."""
+        limit = self.now + max_seconds
+        while self.network.next_arrival() is not None:
+            assert self.step(limit), "the network did not settle"
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of fake time pass, handling everything that happens."""
+        limit = self.now + seconds
+        while self.step(limit):
+            pass
+
+    def run(self, until: Callable[[], bool], max_seconds: float) -> None:
+        limit = self.now + max_seconds
+        while not until():
+            assert self.step(limit), "simulation ran out of time"

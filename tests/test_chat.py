@@ -1,4 +1,4 @@
-"""Tests for udpchat.chat.rules: the chat rules, with a ChatServer in memory (no network)."""
+"""Tests for udpchat.chat.rules: the chat rules, with a ChatRules in memory (no network)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from udpchat.chat.messages import (
     decode_server,
     encode,
 )
-from udpchat.chat.rules import LINE_IDS_KEPT, ChatServer, LogEvent
+from udpchat.chat.rules import LINE_IDS_KEPT, ChatRules, Close, LogEvent, Send
 
 _fresh = itertools.count(1 << 60)
 
@@ -50,10 +50,10 @@ def lid(n: int | None = None) -> str:
 
 
 class Chat:
-    """A ChatServer plus the inbox of every session: what the daemon would send."""
+    """A ChatRules plus the inbox of every session: what the daemon would send."""
 
     def __init__(self, **options: Any) -> None:
-        self.server = ChatServer(**options)
+        self.server = ChatRules(**options)
         self.now = 1_700_000_000.0
         self.inbox: dict[bytes, list[ServerMessage]] = defaultdict(list)
         self.closed: list[bytes] = []
@@ -75,12 +75,17 @@ class Chat:
         self.pump()
 
     def pump(self) -> None:
-        """Deliver what the server queued; every payload must fit and decode."""
-        for sid, payload in self.server.drain():
-            assert len(payload) <= APP_MAX_BYTES
-            self.inbox[sid].append(decode_server(payload))
-        self.closed += self.server.drain_closures()
-        self.log += self.server.drain_log()
+        """Carry out what the rules said, in order; every payload must fit and decode,
+        and nothing is sent to a session after it was closed."""
+        for action in self.server.take_actions():
+            if isinstance(action, Send):
+                assert action.session_id not in self.closed, "sent after its close"
+                assert len(action.payload) <= APP_MAX_BYTES
+                self.inbox[action.session_id].append(decode_server(action.payload))
+            elif isinstance(action, Close):
+                self.closed.append(action.session_id)
+            else:
+                self.log.append(action)
 
     def member(self, nick: str, room: str = "lobby", client: str | None = None) -> bytes:
         """A session that said hello as ``nick``; its inbox is left as it is."""
@@ -319,7 +324,7 @@ def test_line_ids_are_remembered_for_the_last_lines_of_the_whole_server() -> Non
     for i in range(2, LINE_IDS_KEPT + 2):  # one more than LINE_IDS_KEPT, in dev
         chat.server.message_received(alice, encode(Say("x", lid(i))), chat.now)
     chat.send(alice, Part())
-    chat.server.drain()
+    chat.server.take_actions()
     chat.clear()
     chat.send(alice, Say("x", lid(3)))  # among the newest: still known
     assert chat.take(bob) == []

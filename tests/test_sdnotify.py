@@ -135,9 +135,9 @@ def test_daemon_reports_ready_after_the_chat_service_and_stopping_before_it(
         made.append((config, psk, service))
         return service
 
-    stub = types.ModuleType("udpchat.daemon.server")
-    stub.make_chat_service = make_chat_service  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "udpchat.daemon.server", stub)
+    stub = types.ModuleType("udpchat.daemon.service")
+    stub.ChatService = make_chat_service  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "udpchat.daemon.service", stub)
 
     ini = tmp_path / "chat.ini"
     ini.write_text("[server]\ninterface = 127.0.0.1\nport = 4000\n")

@@ -1,26 +1,27 @@
-"""ChatServer: the chat rules (nicks, rooms, history) as a sans-IO state machine.
+"""ChatRules: the chat rules (nicks, rooms, history) as a sans-IO state machine.
 
-The daemon feeds it what the protocol core reports and drains what to do; it never
-touches a socket, a reactor or a clock (``now`` is passed in)::
+udpchat.chat.server.ChatServer feeds it what the protocol core reports and carries out
+what it says; it never touches a socket, a reactor or a clock (``now`` is passed in)::
 
-    chat = ChatServer(history_lines=50, max_members=256, default_room="lobby")
-    chat.session_started(session_id, addr, now)        # SessionStarted
-    chat.session_roamed(session_id, new_addr)          # SessionRoamed (for the logs)
-    chat.message_received(session_id, payload, now)    # MessageReceived
-    chat.session_ended(session_id, reason, now)        # SessionEnded
-    chat.shutdown(text, now)                           # the daemon is stopping
-    chat.drain() -> list[Outgoing]        # (session_id, payload): endpoint.send(...)
-    chat.drain_closures() -> list[bytes]  # sessions to endpoint.close_session(...)
-    chat.drain_log() -> list[LogEvent]    # for twisted.logger; never any message text
+    rules = ChatRules(history_lines=50, max_members=256, default_room="lobby")
+    rules.session_started(session_id, addr, now)        # SessionStarted
+    rules.session_roamed(session_id, new_addr)          # SessionRoamed (for the logs)
+    rules.message_received(session_id, payload, now)    # MessageReceived
+    rules.session_ended(session_id, reason, now)        # SessionEnded
+    rules.shutdown(text, now)                           # the daemon is stopping
+    rules.take_actions() -> list[Action]  # Send, Close and LogEvent, in the order to do them
 
-Rules, in short (docs/CONTRACTS.md has the message format):
+Send before Close in that list means the reply goes out before the session closes;
+a LogEvent carries names, rooms and addresses, never message text.
+
+Rules, in short (docs/PROTOCOL.md section 7 has the messages):
 
 - A session is a member once a valid hello is accepted. Until then every message but
   hello gets error "not-joined" (bye just closes it); a refused hello (nick-taken,
   bad-nick, bad-room, server-full) leaves it unnamed and it may retry.
 - Nicks are unique case-insensitively. A hello whose client id matches a current
   member's is a reconnect: the stale member is replaced and its session handed back
-  by ``drain_closures``. If the nick and room are unchanged this is silent (the room
+  by a Close action. If the nick and room are unchanged this is silent (the room
   sees nothing); otherwise the stale member parts with reason "quit" and the new one
   joins as usual.
 - Hello: welcome, then the room's history (say/me with ts and history: true), then a
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from udpchat.chat.lineids import RecentIds
 from udpchat.chat.messages import (
@@ -77,22 +78,41 @@ from udpchat.chat.messages import (
     who_chunks,
 )
 
-#: Line ids of say/me remembered per room, at least (every line of the history too),
-#: so that a line re-sent after a lost acknowledgement is not relayed twice. The
 #: Line ids of say/me/msg remembered for the whole server, so that a line re-sent
 #: after a lost acknowledgement is not relayed twice, even from another room. The
 #: re-send comes within about a minute (the client's session expiry and reconnect).
 LINE_IDS_KEPT = 8192
 
 Address: TypeAlias = tuple[Any, ...]
-LogKind: TypeAlias = Literal["join", "leave", "timeout", "rename", "move", "takeover", "refused"]
+LogKind: TypeAlias = Literal[
+    "join",
+    "leave",
+    "timeout",
+    "rename",
+    "move",
+    "takeover",
+    "refused",
+    # Reported by udpchat.chat.server, not by the rules:
+    "roamed",
+    "address-refused",
+    "server-full",
+    "queue-full",
+]
 
 
-class Outgoing(NamedTuple):
-    """One encoded message for the daemon to send on one session."""
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one encoded message on one session."""
 
     session_id: bytes
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close one session (what was sent to it before goes out first)."""
+
+    session_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +122,10 @@ class LogEvent:
     kind: "join" (a hello was accepted), "leave" (bye or session closed; detail is
     "quit" or the core's reason), "timeout", "rename" (detail: the old nick), "move"
     (room change; detail: the old room), "takeover" (a reconnect replaced a stale
-    session), "refused" (a hello was refused; detail: the error code).
+    session), "refused" (a hello was refused; detail: the error code). The server
+    adds "roamed" (old_addr: where it was), "address-refused" (allow/deny),
+    "server-full" (a handshake over the member limit) and "queue-full" (a member
+    closed because its send queue overflowed).
     """
 
     kind: LogKind
@@ -110,6 +133,10 @@ class LogEvent:
     addr: Address | None
     room: str | None = None
     detail: str = ""
+    old_addr: Address | None = None  # "roamed": where the session was before
+
+
+Action: TypeAlias = Send | Close | LogEvent
 
 
 @dataclass(eq=False, slots=True)
@@ -129,7 +156,7 @@ class _Room:
     members: dict[bytes, _Member] = field(default_factory=dict)
 
 
-class ChatServer:
+class ChatRules:
     """The chat rules for every session of one daemon. See the module docstring."""
 
     def __init__(
@@ -154,26 +181,15 @@ class ChatServer:
         self._rooms: dict[str, _Room] = {}
         self._idle_rooms: OrderedDict[str, None] = OrderedDict()  # empty, kept for history
         self._line_ids = RecentIds(LINE_IDS_KEPT)  # say/me/msg relayed, any room
-        self._outgoing: list[Outgoing] = []
-        self._closures: list[bytes] = []
-        self._log: list[LogEvent] = []
+        self._actions: list[Action] = []
         self._shut_down = False
 
-    # --- what the daemon reads -------------------------------------------------------
+    # --- what the server reads -------------------------------------------------------
 
-    def drain(self) -> list[Outgoing]:
-        """Messages to send, in order; the list is emptied."""
-        out, self._outgoing = self._outgoing, []
-        return out
-
-    def drain_closures(self) -> list[bytes]:
-        """Sessions the daemon must close (bye, replaced by a reconnect, shutdown)."""
-        out, self._closures = self._closures, []
-        return out
-
-    def drain_log(self) -> list[LogEvent]:
-        """Events to log, in order; the list is emptied."""
-        out, self._log = self._log, []
+    def take_actions(self) -> list[Action]:
+        """What to do, in order: send, close (bye, replaced by a reconnect, shutdown)
+        and log. The list is emptied."""
+        out, self._actions = self._actions, []
         return out
 
     @property
@@ -202,7 +218,10 @@ class ChatServer:
 
     def session_ended(self, session_id: bytes, reason: str, now: float) -> None:
         """The session is gone ("timeout", "closed", "local-close"): a member parts
-        with reason "timeout" or "quit". Unknown or already removed sessions: no-op."""
+        with reason "timeout" or "quit". Unknown or already removed sessions, and
+        anything after shutdown: no-op."""
+        if self._shut_down:
+            return
         self._sessions.pop(session_id, None)
         member = self._members.get(session_id)
         if member is None:
@@ -215,14 +234,14 @@ class ChatServer:
             self._log_member("leave", member, detail=reason)
 
     def shutdown(self, text: str, now: float) -> None:
-        """Tell every session {"t":"shutdown"} and hand them all to ``drain_closures``;
-        afterwards everything fed in is ignored."""
+        """Tell every session {"t":"shutdown"}, then close them all; afterwards
+        everything fed in is ignored."""
         if self._shut_down:
             return
         payload = encode(Shutdown(text))
         for session_id in self._sessions:
-            self._outgoing.append(Outgoing(session_id, payload))
-            self._closures.append(session_id)
+            self._actions.append(Send(session_id, payload))
+        self._actions.extend(Close(session_id) for session_id in self._sessions)
         self._shut_down = True
         self._sessions.clear()
 
@@ -285,7 +304,7 @@ class ChatServer:
             self._refuse(session_id, msg.nick, "server-full", "the server is full")
             return
         if stale is not None:
-            self._log.append(LogEvent("takeover", stale.nick, addr, stale.room))
+            self._actions.append(LogEvent("takeover", stale.nick, addr, stale.room))
             self._close(stale.session_id)
             if stale.nick == msg.nick and stale.room == msg.room:
                 self._hand_over(stale, session_id, addr)
@@ -395,13 +414,13 @@ class ChatServer:
     # --- output ----------------------------------------------------------------------
 
     def _send(self, session_id: bytes, msg: ServerMessage) -> None:
-        self._outgoing.append(Outgoing(session_id, encode(msg)))
+        self._actions.append(Send(session_id, encode(msg)))
 
     def _broadcast(self, room: _Room, msg: ServerMessage, skip: bytes | None = None) -> None:
         payload = encode(msg)
         for session_id in room.members:
             if session_id != skip:
-                self._outgoing.append(Outgoing(session_id, payload))
+                self._actions.append(Send(session_id, payload))
 
     def _send_history(self, member: _Member) -> None:
         for line in self._rooms[member.room].history:
@@ -414,11 +433,11 @@ class ChatServer:
 
     def _refuse(self, session_id: bytes, nick: str, code: str, text: str) -> None:
         self._error(session_id, code, text)
-        self._log.append(LogEvent("refused", nick, self._sessions[session_id], detail=code))
+        self._actions.append(LogEvent("refused", nick, self._sessions[session_id], detail=code))
 
     def _close(self, session_id: bytes) -> None:
         self._sessions.pop(session_id, None)
-        self._closures.append(session_id)
+        self._actions.append(Close(session_id))
 
     def _log_member(self, kind: LogKind, member: _Member, detail: str = "") -> None:
-        self._log.append(LogEvent(kind, member.nick, member.addr, member.room, detail))
+        self._actions.append(LogEvent(kind, member.nick, member.addr, member.room, detail))

@@ -4,13 +4,14 @@ Feed datagrams in with receive_datagram(data, ..., now), ask datagrams_to_send(n
 drain next_event(), and call handle_timer(now) at get_timer(). Nothing here reads a
 clock, opens a socket or imports Twisted; `now` is Unix time in seconds (it also
 stamps Fernet tokens). Nothing that arrives can make these methods raise: every
-rejected datagram is dropped without a reply and counted in `stats` by reason.
+rejected datagram is dropped without a reply and counted in `stats` by reason. An
+exception that escapes them is a bug in udpchat, and is left to the caller's adapter
+to log with its traceback.
 """
 
 from __future__ import annotations
 
 import heapq
-import hmac
 import itertools
 from collections import OrderedDict, deque
 
@@ -21,7 +22,6 @@ from udpchat.core.handshake import (
     HandshakeRejected,
     new_session_id,
     parse_initiation,
-    respond,
 )
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import AddressRateLimiter, BoundedExpiringSet
@@ -72,7 +72,6 @@ class _Endpoint:
         self._events.append(event)
 
     def _new_session(self, session_id: bytes, now: float, addr: object, initiator: bool) -> Session:
-        handshake_keys = (self._psk32, self._f_hs) if initiator else None
         return Session(
             session_id,
             initiator=initiator,
@@ -81,7 +80,7 @@ class _Endpoint:
             emit=self._emit,
             now=now,
             addr=addr,
-            handshake_keys=handshake_keys,
+            handshake_keys=(self._psk32, self._f_hs),
         )
 
 
@@ -96,7 +95,11 @@ class ServerEndpoint(_Endpoint):
         self._sessions: dict[bytes, Session] = {}
         self._pending: OrderedDict[bytes, None] = OrderedDict()  # half-open, oldest first
         self._dirty: dict[bytes, None] = {}  # sessions with something to flush, in order
+        self._out: list[tuple[bytes, events.Address]] = []  # flushed early by close_session
+        # Timers: a heap of (deadline, order, session id) with lazy deletion; an entry
+        # counts only while it matches the session's deadline in _scheduled.
         self._timers: list[tuple[float, int, bytes]] = []
+        self._scheduled: dict[bytes, float] = {}
         self._timer_order = itertools.count()
         # A replayed message 1 is caught here while it is still fresh enough to pass.
         self._seen_ephemerals = BoundedExpiringSet(
@@ -122,12 +125,6 @@ class ServerEndpoint(_Endpoint):
     # -- input -------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: events.Address, now: float) -> None:
-        try:
-            self._receive(data, addr, now)
-        except Exception:  # a bug must not let a datagram kill the daemon
-            self.stats.drop("internal-error")
-
-    def _receive(self, data: bytes, addr: events.Address, now: float) -> None:
         if len(data) > MAX_DATAGRAM_BYTES:
             self.stats.drop("too-large")
         elif not data:
@@ -142,7 +139,7 @@ class ServerEndpoint(_Endpoint):
                 return
             if not session.established and self._full():
                 # Full since this session was answered: it stays half-open and expires.
-                self.stats.drop("server-full")
+                self._refuse_full(addr)
                 return
             session.receive_data(data, addr, now)
             if session.established:
@@ -155,9 +152,16 @@ class ServerEndpoint(_Endpoint):
             try:
                 self._receive_init(data, addr, now)
             except HandshakeRejected as rejected:
-                self.stats.drop(rejected.reason)
+                if rejected.reason == "server-full":
+                    self._refuse_full(addr)
+                else:
+                    self.stats.drop(rejected.reason)
         else:
             self.stats.drop("unknown-type")
+
+    def _refuse_full(self, addr: events.Address) -> None:
+        self.stats.drop("server-full")
+        self._emit(events.HandshakeRefused(addr))
 
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
         init = parse_initiation(self._f_hs, data, now, self._config.handshake_ttl_s)
@@ -176,37 +180,15 @@ class ServerEndpoint(_Endpoint):
                 raise HandshakeRejected("unknown-session")
             if self._full():
                 raise HandshakeRejected("server-full")
-        elif init.resume_tag == ZERO_TAG:
-            # Only a retry of a first handshake that never completed may reuse an id.
-            if session.established or init.epoch != 0:
-                raise HandshakeRejected("session-exists")
-        else:
-            self._check_resume(session, init, now)
-        responded = respond(self._psk32, self._f_hs, data, init, now)
-        if session is None:
             session = self._new_session(init.session_id, now, addr, initiator=False)
+            session.accept_init(init, data, addr, now, may_establish=False)
             self._sessions[init.session_id] = session
             self._add_pending(session)
-        if not session.offer(responded.keys, init.epoch, now):
-            raise HandshakeRejected("stale-rekey")
-        if not session.established:
-            session.last_received = now  # a retry keeps the half-open session alive
-        session.handshakes.append((responded.message, addr))
+        else:
+            session.accept_init(init, data, addr, now, may_establish=not self._full())
+            if session.established:
+                self._pending.pop(session.session_id, None)
         self._touch(session)
-
-    def _check_resume(self, session: Session, init: wire.Init, now: float) -> None:
-        """A rekey must prove, with the resume tag, that it comes from the session's
-        own initiator; a tag that fits a candidate also confirms that candidate."""
-        for keyset in session.resumable(init.epoch):
-            expected = wire.resume_tag(keyset.resume, init.session_id, init.epoch, init.ephemeral)
-            if hmac.compare_digest(expected, init.resume_tag):
-                if keyset.epoch == session.pending_epoch:
-                    if not session.established and self._full():
-                        raise HandshakeRejected("server-full")
-                    session.confirm(keyset, now)
-                    self._pending.pop(session.session_id, None)
-                return
-        raise HandshakeRejected("bad-resume")
 
     def _full(self) -> bool:
         """max_sessions established sessions exist (half-open ones do not count)."""
@@ -232,26 +214,28 @@ class ServerEndpoint(_Endpoint):
         return message_id
 
     def close_session(self, session_id: bytes, now: float) -> None:
-        """End a session, telling the peer once (best effort)."""
+        """End a session, telling the peer once (best effort). What was queued for it
+        before is sent first, once: a last reply still goes out with the close."""
         session = self._sessions.get(session_id)
         if session is None:
             raise UnknownSession(session_id)
+        if not session.ended:
+            self._out.extend(session.flush(now))
         session.close(now)
         self._touch(session)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, events.Address]]:
-        out: list[tuple[bytes, events.Address]] = []
+        out, self._out = self._out, []
         dirty, self._dirty = self._dirty, {}
         for session_id in dirty:
             session = self._sessions.get(session_id)
             if session is None:
                 continue
-            out.extend(session.handshakes)
-            session.handshakes.clear()
-            out.extend((d, session.addr) for d in session.flush(now))
+            out.extend(session.flush(now))
             if session.ended:
                 del self._sessions[session_id]
                 self._pending.pop(session_id, None)
+                self._scheduled.pop(session_id, None)
             else:
                 self._schedule(session)
         return out
@@ -263,19 +247,18 @@ class ServerEndpoint(_Endpoint):
         self._schedule(session)
 
     def _schedule(self, session: Session) -> None:
+        session_id = session.session_id
         deadline = session.next_deadline()
-        if deadline != session.scheduled:
-            session.scheduled = deadline
-            if deadline is not None:
-                heapq.heappush(
-                    self._timers, (deadline, next(self._timer_order), session.session_id)
-                )
+        if deadline is None:
+            self._scheduled.pop(session_id, None)
+        elif deadline != self._scheduled.get(session_id):
+            self._scheduled[session_id] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._timer_order), session_id))
 
     def _current(self, entry: tuple[float, int, bytes]) -> Session | None:
-        session = self._sessions.get(entry[2])
-        if session is None or session.scheduled != entry[0]:
+        if self._scheduled.get(entry[2]) != entry[0]:
             return None
-        return session
+        return self._sessions.get(entry[2])
 
     def get_timer(self) -> float | None:
         while self._timers and self._current(self._timers[0]) is None:
@@ -287,7 +270,7 @@ class ServerEndpoint(_Endpoint):
         while self._timers and self._timers[0][0] <= now:
             session = self._current(heapq.heappop(self._timers))
             if session is not None:
-                session.scheduled = None
+                del self._scheduled[session.session_id]
                 due.append(session)
         for session in due:
             session.handle_timer(now)
@@ -323,12 +306,6 @@ class ClientEndpoint(_Endpoint):
         self._session = session
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        try:
-            self._receive(data, now)
-        except Exception:  # a bug must not let a datagram kill the client
-            self.stats.drop("internal-error")
-
-    def _receive(self, data: bytes, now: float) -> None:
         session = self._session
         if len(data) > MAX_DATAGRAM_BYTES:
             self.stats.drop("too-large")
@@ -362,10 +339,7 @@ class ClientEndpoint(_Endpoint):
         session = self._session
         if session is None:
             return []
-        out = [d for d, _ in session.handshakes]
-        session.handshakes.clear()
-        out.extend(session.flush(now))
-        return out
+        return [datagram for datagram, _ in session.flush(now)]
 
     def get_timer(self) -> float | None:
         return None if self._session is None else self._session.next_deadline()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 Address = Any  # whatever the transport uses, e.g. ("127.0.0.1", 12345)
+EndReason: TypeAlias = Literal["timeout", "closed", "local-close", "stalled"]
+UndeliveredReason: TypeAlias = Literal["give-up", "session-ended"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class MessageNotDelivered:
     session_id: bytes
     message_id: int
     payload: bytes
-    reason: str
+    reason: UndeliveredReason
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,12 @@ class SessionRekeyed:
 
 
 @dataclass(frozen=True)
-class KeepaliveSent:
-    """The session was idle for keepalive_s and sent a keepalive."""
+class HandshakeRefused:
+    """An authentic handshake was refused because the server is full (max_sessions
+    established sessions): nothing was answered. For the operator's log."""
 
-    session_id: bytes
+    addr: Address
+    reason: Literal["server-full"] = "server-full"
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class SessionEnded:
     """
 
     session_id: bytes
-    reason: str
+    reason: EndReason
 
 
 Event = (
@@ -89,6 +93,6 @@ Event = (
     | MessageNotDelivered
     | SessionRoamed
     | SessionRekeyed
-    | KeepaliveSent
+    | HandshakeRefused
     | SessionEnded
 )

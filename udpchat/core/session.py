@@ -7,6 +7,7 @@ starts sending under a new key once the initiator has used it (key confirmation)
 
 from __future__ import annotations
 
+import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from cryptography.fernet import Fernet, InvalidToken
 
 from udpchat.core import events, wire
-from udpchat.core.handshake import HandshakeRejected, Initiator
+from udpchat.core.handshake import ZERO_TAG, HandshakeRejected, Initiator, respond
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import TokenBucket
 from udpchat.core.reliability import MessageTooLarge, ReceiveBuffer, SendQueue
@@ -80,11 +81,11 @@ class Session:
         stats: DropStats,
         emit: Emit,
         now: float,
+        handshake_keys: tuple[bytes, Fernet],
         addr: events.Address = None,
-        handshake_keys: tuple[bytes, Fernet] | None = None,
     ) -> None:
-        """`handshake_keys` (the PSK's 32 bytes and K_hs) only for the initiator,
-        which starts every handshake of the session, rekeys included."""
+        """`handshake_keys` are the PSK's 32 bytes and K_hs: the initiator starts every
+        handshake of the session with them (rekeys included), the responder answers."""
         self.session_id = session_id
         self.initiator = initiator
         self.addr = addr
@@ -104,13 +105,12 @@ class Session:
         self._ping_needed = False
         self._close_pending = False
         self.ended = False
-        self.handshakes: list[tuple[bytes, events.Address]] = []  # to send, with address
-        # initiator only
         self._handshake_keys = handshake_keys
+        self._handshake_out: list[tuple[bytes, events.Address]] = []  # with their address
+        # initiator only
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
         self._handshake_attempts = 0
-        self.scheduled: float | None = None  # the endpoint's timer bookkeeping
 
     # -- state ---------------------------------------------------------------
 
@@ -123,20 +123,17 @@ class Session:
         """Nothing queued or unacknowledged."""
         return self._sendq.idle
 
-    def keysets(self) -> list[KeySet]:
-        return list(self._keys.values())
-
     # -- handshakes ------------------------------------------------------------
 
     def start_handshake(self, now: float) -> None:
         """Initiator: send a message 1 for the next epoch (or the first one)."""
-        assert self._handshake_keys is not None, "only the initiator starts handshakes"
+        assert self.initiator, "only the initiator starts handshakes"
         psk32, f_hs = self._handshake_keys
         current = self._keys.get(self._send_epoch) if self._send_epoch is not None else None
         epoch = 0 if current is None else (current.epoch + 1) % 256
         resume = None if current is None else current.resume
         self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, now, resume)
-        self.handshakes.append((self._initiator.message, self.addr))
+        self._handshake_out = [(self._initiator.message, self.addr)]  # a retry replaces it
         delay = self._config.handshake_retry_s * 2**self._handshake_attempts
         self._handshake_retry_at = now + min(delay, self._config.handshake_retry_max_s)
         self._handshake_attempts += 1
@@ -164,6 +161,50 @@ class Session:
             self._emit(events.SessionStarted(self.session_id, self.addr))
         else:
             self._emit(events.SessionRekeyed(self.session_id, epoch))
+
+    def accept_init(
+        self,
+        init: wire.Init,
+        datagram: bytes,
+        addr: events.Address,
+        now: float,
+        may_establish: bool,
+    ) -> None:
+        """Responder: answer an authentic message 1 for this session (its replay and
+        rate checks already passed), or raise HandshakeRejected.
+
+        A zero resume tag is only allowed while the first handshake has not completed
+        (retries of it); any later handshake is a rekey and must prove with the resume
+        tag that it comes from the session's own initiator. `may_establish` is False
+        when the server is full: a rekey that would confirm a half-open session is then
+        refused as "server-full".
+        """
+        assert not self.initiator, "only the responder answers handshakes"
+        if init.resume_tag == ZERO_TAG:
+            if self.established or init.epoch != 0:
+                raise HandshakeRejected("session-exists")
+        else:
+            self._check_resume(init, now, may_establish)
+        psk32, f_hs = self._handshake_keys
+        responded = respond(psk32, f_hs, datagram, init, now)
+        if not self.offer(responded.keys, init.epoch, now):
+            raise HandshakeRejected("stale-rekey")
+        if not self.established:
+            self.last_received = now  # a retry keeps the half-open session alive
+        self._handshake_out.append((responded.message, addr))
+
+    def _check_resume(self, init: wire.Init, now: float, may_establish: bool) -> None:
+        """A rekey must prove, with the resume tag, that it comes from the session's
+        own initiator; a tag that fits a candidate also confirms that candidate."""
+        for keyset in self._resumable(init.epoch):
+            expected = wire.resume_tag(keyset.resume, init.session_id, init.epoch, init.ephemeral)
+            if hmac.compare_digest(expected, init.resume_tag):
+                if keyset.epoch == self.pending_epoch:
+                    if not self.established and not may_establish:
+                        raise HandshakeRejected("server-full")
+                    self._confirm(keyset, now)
+                return
+        raise HandshakeRejected("bad-resume")
 
     def install(self, keys: SessionKeys, epoch: int, now: float) -> None:
         """Initiator: the keys of a completed handshake, used for sending at once."""
@@ -196,7 +237,7 @@ class Session:
             self.pending_epoch = None
             self._candidates = []
 
-    def resumable(self, epoch: int) -> list[KeySet]:
+    def _resumable(self, epoch: int) -> list[KeySet]:
         """Keysets whose resume key may authenticate a rekey to `epoch`.
 
         Only the current sending keys, or a candidate for the pending epoch (whose
@@ -210,7 +251,7 @@ class Session:
             found.extend(self._candidates)
         return found
 
-    def confirm(self, keyset: KeySet, now: float) -> None:
+    def _confirm(self, keyset: KeySet, now: float) -> None:
         """A candidate proved to be the initiator's choice: make it the current keys."""
         self._keys[keyset.epoch] = keyset
         first = self._send_epoch is None
@@ -234,13 +275,10 @@ class Session:
         self._close_pending = self.established
         self._end("local-close")
 
-    def flush(self, now: float) -> list[bytes]:
-        """Data datagrams to send now (acks, messages, keepalive, close).
-
-        Handshake messages wait in `handshakes` with their addresses; the endpoint
-        sends those itself.
-        """
-        out: list[bytes] = []
+    def flush(self, now: float) -> list[tuple[bytes, events.Address]]:
+        """Datagrams to send now, each with its address: handshake messages first,
+        then DATA (acks, messages, keepalive, close)."""
+        out, self._handshake_out = self._handshake_out, []
         if self._send_epoch is None:
             return out
         keyset = self._keys[self._send_epoch]
@@ -271,7 +309,7 @@ class Session:
             if not frames:
                 break
             self._ping_needed = False
-            out.append(self._seal(keyset, b"".join(frames), now))
+            out.append((self._seal(keyset, b"".join(frames), now), self.addr))
         return out
 
     def _seal(self, keyset: KeySet, frames: bytes, now: float) -> bytes:
@@ -328,7 +366,7 @@ class Session:
         newest = packet > keyset.highest_received
         keyset.highest_received = max(keyset.highest_received, packet)
         if keyset.epoch == self.pending_epoch:
-            self.confirm(keyset, now)
+            self._confirm(keyset, now)
         if newest and keyset.epoch == self._send_epoch and addr != self.addr:
             old, self.addr = self.addr, addr
             if not self.initiator and old is not None:
@@ -400,13 +438,11 @@ class Session:
             return
         if self.initiator:
             if self._handshake_retry_at is not None and self._handshake_retry_at <= now:
-                self.handshakes.clear()
                 self.start_handshake(now)
             elif self._initiator is None and self.established and self._rekey_due(now):
                 self.start_handshake(now)
         if self.established and self.last_sent + config.keepalive_s <= now:
             self._ping_needed = True
-            self._emit(events.KeepaliveSent(self.session_id))
 
     def _expiry_s(self) -> float:
         if self.initiator or self.established:
@@ -421,7 +457,11 @@ class Session:
             or current.datagrams >= self._config.rekey_after_datagrams
         )
 
-    def _end(self, reason: str, undelivered_reason: str = "session-ended") -> None:
+    def _end(
+        self,
+        reason: events.EndReason,
+        undelivered_reason: events.UndeliveredReason = "session-ended",
+    ) -> None:
         self.ended = True
         self._initiator = None
         self._handshake_retry_at = None

@@ -93,10 +93,10 @@ def makeService(options: Options) -> MultiService:
     """Build the daemon's service tree: the chat service, then the readiness notifier."""
     config, psk = load_settings(options["config"])
     # Imported here, after config and key checks, so those errors never depend on the
-    # server module (and `twistd --help` stays light).
-    from udpchat.daemon.server import make_chat_service
+    # service module (and `twistd --help` stays light).
+    from udpchat.daemon.service import ChatService
 
     top = MultiService()
-    make_chat_service(config, psk).setServiceParent(top)
+    ChatService(config, psk).setServiceParent(top)
     ReadinessNotifier().setServiceParent(top)
     return top

@@ -1,0 +1,237 @@
+"""The whole chat server (udpchat.chat.server.ChatServer) on the in-memory lossy
+network with a fake clock: real protocol cores, real rules, no Twisted, no sockets.
+
+These are the daemon's behaviours; tests/test_daemon_udp.py checks the thin Twisted
+adapter around them and tests/test_daemon.py the real `twistd` process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.fernet import Fernet
+from sim import ChatWorld, LossyNetwork
+
+from udpchat.chat.server import (
+    HELLO_DEADLINE_S,
+    REFUSAL_LOG_MAX_LINES,
+    SHUTDOWN_LINGER_S,
+    ChatServer,
+    ServerSettings,
+)
+from udpchat.core import events
+
+PSK = Fernet.generate_key()
+
+
+def world(network: LossyNetwork | None = None, **settings: Any) -> ChatWorld:
+    return ChatWorld(ChatServer(PSK, ServerSettings(**settings)), network)
+
+
+def join(w: ChatWorld, nick: str, port: int, hello: bool = True) -> Any:
+    addr = ("127.0.0.1", port)
+    hi = {"t": "hello", "nick": nick, "room": "lobby", "client": f"{port:016x}"}
+    w.add_client(addr, PSK, hi if hello else None)
+    w.settle()
+    return addr
+
+
+def kinds(w: ChatWorld) -> list[str]:
+    return [entry.kind for entry in w.log]
+
+
+def test_a_taken_nick_is_refused_across_the_whole_stack() -> None:
+    """A second member asking for a nick in use (any case) gets error nick-taken."""
+    w = world()
+    join(w, "alice", 1001)
+    bob = join(w, "ALICE", 1002)
+    assert w.inbox[bob][-1]["t"] == "error"
+    assert w.inbox[bob][-1]["code"] == "nick-taken"
+
+
+def test_lines_reach_the_room_in_order_and_history_is_bounded() -> None:
+    """Lines go to the others in the sender's order; a late joiner gets only the last
+    history_lines of them, marked as history."""
+    w = world(history_lines=3)
+    alice = join(w, "alice", 1001)
+    bob = join(w, "bob", 1002)
+    for i in range(5):
+        w.send(alice, t="say", text=f"line {i}", id=f"{i:016x}")
+    w.settle()
+    assert [m["text"] for m in w.inbox[bob] if m["t"] == "say"] == [f"line {i}" for i in range(5)]
+    carol = join(w, "carol", 1003)
+    history = [m for m in w.inbox[carol] if m["t"] == "say"]
+    assert [m["text"] for m in history] == ["line 2", "line 3", "line 4"]
+    assert all(m["history"] is True for m in history)
+    assert not [m for m in w.inbox[alice] if m["t"] == "say"], "never echoed"
+
+
+def test_every_line_arrives_once_in_order_over_a_lossy_network() -> None:
+    """With 20% loss, duplication and reordering between every member and the
+    server, each member sees every other member's lines exactly once, in order."""
+    w = world(LossyNetwork(seed=7, loss=0.2, duplicate=0.05, delay_s=0.01, jitter_s=0.03))
+    members = [join(w, nick, 1001 + i) for i, nick in enumerate(("alice", "bob", "carol"))]
+    w.run(lambda: all(any(m["t"] == "welcome" for m in w.inbox[a]) for a in members), 30)
+    for i in range(30):
+        for n, addr in enumerate(members):
+            w.send(addr, t="say", text=f"{n}:{i}", id=f"{n:08x}{i:08x}")
+    expected = {n: [f"{n}:{i}" for i in range(30)] for n in range(3)}
+
+    def seen(addr: Any, n: int) -> list[str]:
+        return [m["text"] for m in w.inbox[addr] if m["t"] == "say" and m["text"][0] == str(n)]
+
+    def all_seen() -> bool:
+        return all(
+            seen(a, n) == expected[n]
+            for n, sender in enumerate(members)
+            for a in members
+            if a != sender
+        )
+
+    w.run(all_seen, 120)
+    for n, addr in enumerate(members):
+        assert seen(addr, n) == [], "never echoed"
+
+
+def test_private_message_to_an_absent_nick_is_an_error_to_the_sender() -> None:
+    """/msg to nobody is an error back, not a silent drop; /msg to someone reaches
+    only them."""
+    w = world()
+    alice, bob, carol = join(w, "alice", 1001), join(w, "bob", 1002), join(w, "carol", 1003)
+    w.send(alice, t="msg", to="nobody", text="hi", id="000000000000000a")
+    w.settle()
+    assert w.inbox[alice][-1]["code"] == "no-such-nick"
+    w.send(alice, t="msg", to="bob", text="psst", id="000000000000000b")
+    w.settle()
+    psst = {"t": "msg", "from": "alice", "text": "psst", "id": "000000000000000b"}
+    assert w.inbox[bob][-1] == psst
+    assert not [m for m in w.inbox[carol] if m["t"] == "msg"]
+
+
+def test_a_silent_member_times_out_and_the_room_is_told() -> None:
+    """A member that falls silent is dropped after idle_timeout; the others see a
+    part notice with reason timeout and the log says who and from where."""
+    w = world(idle_timeout_s=15.0)
+    alice = join(w, "alice", 1001)
+    bob = join(w, "bob", 1002)
+    w.cut.add(alice)
+    w.advance(20.0)
+    assert {"t": "part", "room": "lobby", "nick": "alice", "reason": "timeout"} in w.inbox[bob]
+    [timeout] = [e for e in w.log if e.kind == "timeout"]
+    assert (timeout.nick, timeout.addr) == ("alice", alice)
+
+
+def test_beyond_the_member_limit_a_handshake_gets_silence_and_one_log_entry() -> None:
+    """Beyond max_members, an authentic handshake is answered with nothing at all,
+    however often it is retried; the refusal is logged once, not once per datagram."""
+    w = world(max_members=1)
+    join(w, "alice", 1001)
+    second = join(w, "second", 1002)
+    w.advance(20.0)
+    assert not w.clients[second].connected
+    assert all(addr != second for _, addr in w.written)
+    assert kinds(w).count("server-full") == 1
+    assert w.server.take_drops()["server-full"] >= 3, "every retry is counted"
+
+
+def test_refused_addresses_are_counted_and_logged_once_per_address() -> None:
+    """A datagram from an address the allow/deny lists refuse is not answered; each
+    address is logged once a minute, and at most a few lines a minute in all,
+    because source addresses cost nothing to forge."""
+    w = world()
+    for _ in range(3):
+        w.server.address_refused(("127.0.0.99", 4000), w.now)
+    for i in range(500):
+        w.server.address_refused((f"127.0.{i // 200}.{i % 200 + 1}", 4000), w.now)
+    w.flush()
+    refusals = [e for e in w.log if e.kind == "address-refused"]
+    assert refusals[0].addr == ("127.0.0.99", 4000)
+    assert len(refusals) == REFUSAL_LOG_MAX_LINES
+    assert w.server.take_drops() == {"address-refused": 503}
+    assert w.written == []
+    w.advance(61.0)
+    w.server.address_refused(("127.0.0.99", 4000), w.now)
+    assert [e.kind for e in w.server.take_log()] == ["address-refused"], "a minute later"
+
+
+def test_rejected_datagrams_are_counted_by_reason_not_logged() -> None:
+    """Garbage is dropped silently and counted; take_drops() gives the counts since
+    the last call."""
+    w = world()
+    for i in range(100):
+        w.datagram(bytes([i % 5]) * (i + 1), ("127.0.0.1", 2000 + i))
+    assert w.written == [] and w.log == []
+    drops = w.server.take_drops()
+    assert sum(drops.values()) == 100
+    assert w.server.take_drops() == {}, "nothing new"
+
+
+def test_shutdown_tells_every_member_and_closes_their_sessions() -> None:
+    """On shutdown every member gets a shutdown message and, once it acknowledged
+    it, its session is closed; `done` then says the server has finished."""
+    w = world()
+    alice, bob = join(w, "alice", 1001), join(w, "bob", 1002)
+    w.server.shutdown(w.now)
+    w.run(lambda: w.server.done, SHUTDOWN_LINGER_S / 2)  # acknowledged: no need to wait
+    w.settle()
+    for addr in (alice, bob):
+        assert w.inbox[addr][-1]["t"] == "shutdown"
+        ended = [e for e in w.client_events[addr] if isinstance(e, events.SessionEnded)]
+        assert [e.reason for e in ended] == ["closed"]
+    assert not [e for e in w.log if e.kind in ("leave", "timeout")], "no notices after shutdown"
+
+
+def test_shutdown_waits_at_most_the_linger_time_for_silent_members() -> None:
+    """A member that never acknowledges the notice delays shutdown by at most
+    SHUTDOWN_LINGER_S; then its session is closed anyway."""
+    w = world()
+    alice = join(w, "alice", 1001)
+    w.cut.add(alice)
+    start = w.now
+    w.server.shutdown(w.now)
+    w.run(lambda: w.server.done, SHUTDOWN_LINGER_S + 0.5)
+    assert start + SHUTDOWN_LINGER_S <= w.now <= start + SHUTDOWN_LINGER_S + 0.01
+    w.flush()
+    assert len(w.server.endpoint) == 0, "every session closed"
+
+
+def test_a_session_that_never_says_hello_is_closed_and_frees_its_slot() -> None:
+    """A key holder that completes handshakes but never says hello cannot hold member
+    slots: its session is closed HELLO_DEADLINE_S after the handshake."""
+    w = world(max_members=1)
+    squatter = join(w, "unused", 1001, hello=False)
+    assert w.clients[squatter].connected
+    w.advance(HELLO_DEADLINE_S + 1)
+    ended = [e for e in w.client_events[squatter] if isinstance(e, events.SessionEnded)]
+    assert [e.reason for e in ended] == ["closed"]
+    member = join(w, "member", 1002)
+    assert w.inbox[member][0] == {"t": "welcome", "nick": "member", "room": "lobby"}
+
+
+def test_shutdown_leaves_no_timer_behind() -> None:
+    """Once shutdown has finished, nothing of the chat is still scheduled (hello
+    deadlines included)."""
+    w = world()
+    join(w, "alice", 1001)
+    join(w, "nobody-yet", 1002, hello=False)
+    w.server.shutdown(w.now)
+    w.run(lambda: w.server.done, 2)
+    assert w.server.get_timer() is None
+
+
+def test_a_member_that_moves_is_logged_with_both_addresses() -> None:
+    """When a member's datagrams start coming from a new address (NAT rebinding),
+    replies follow it and the log names the member, the old and the new address."""
+    w = world()
+    alice = join(w, "alice", 1001)
+    bob = join(w, "bob", 1002)
+    moved = ("127.0.0.1", 2001)
+    client = w.clients.pop(alice)
+    w.clients[moved], w.inbox[moved], w.client_events[moved] = client, [], []
+    w.send(moved, t="say", text="from my new port", id="00000000000000aa")
+    w.settle()
+    w.send(bob, t="say", text="welcome back", id="00000000000000bb")
+    w.settle()
+    assert [m["text"] for m in w.inbox[moved] if m["t"] == "say"] == ["welcome back"]
+    [roamed] = [e for e in w.log if e.kind == "roamed"]
+    assert (roamed.nick, roamed.old_addr, roamed.addr) == ("alice", alice, moved)

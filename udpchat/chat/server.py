@@ -1,0 +1,260 @@
+"""ChatServer: the whole chat server, sans-IO, as ChatClient is the whole client.
+
+It owns the protocol core (a ServerEndpoint) and the chat rules (ChatRules) and adds
+the server's own policy: the hello deadline, the shutdown wait, what to do with a
+member whose send queue is full, and which refusals are worth a log line. A
+transport adapter (udpchat.daemon.udp) only moves bytes and keeps one timer::
+
+    server = ChatServer(psk, ServerSettings(...))
+    server.receive_datagram(data, addr, now)   # or address_refused(addr, now)
+    server.datagrams_to_send(now) -> [(data, addr), ...]
+    server.get_timer() -> float | None         # call handle_timer(now) then
+    server.take_log() -> [LogEvent, ...]       # names and addresses, never text
+    server.take_drops() -> {reason: count}     # for a periodic summary
+    server.shutdown(now)                       # then wait for server.done
+
+Time is always an argument (Unix seconds). Nothing that arrives makes these methods
+raise; an exception that escapes is a bug, for the adapter to log with its traceback.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from udpchat.chat.messages import DEFAULT_ROOM
+from udpchat.chat.rules import Action, ChatRules, Close, LogEvent, Send
+from udpchat.core import events
+from udpchat.core.endpoint import QueueFull, ServerEndpoint, UnknownSession
+from udpchat.core.limits import ProtocolConfig
+
+SHUTDOWN_TEXT = "stopped by its operator"
+#: A session that has not said a valid hello this long after its handshake is closed
+#: (it would otherwise hold a member slot without being a member).
+HELLO_DEADLINE_S = 10.0
+#: On shutdown, wait at most this long for members to acknowledge the notice.
+SHUTDOWN_LINGER_S = 1.0
+#: A refused source address is logged at most once per this many seconds ...
+REFUSAL_LOG_INTERVAL_S = 60.0
+#: ... and this many such addresses are remembered (bounded: sources can be spoofed) ...
+REFUSAL_LOG_MAX_ADDRESSES = 1024
+#: ... and, since spoofed sources are endless, at most this many refusal lines are
+#: written per interval in all; the rest only count in the periodic summary.
+REFUSAL_LOG_MAX_LINES = 10
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the operator sets (the daemon's [server] section), in the core's units."""
+
+    history_lines: int = 50
+    max_members: int = 256
+    idle_timeout_s: float = 30.0
+    handshake_rate: float = 20.0
+    handshake_burst: int = 5
+    default_room: str = DEFAULT_ROOM
+
+    def protocol_config(self) -> ProtocolConfig:
+        """The core's timers and limits, with the operator's settings applied."""
+        return ProtocolConfig(
+            session_expiry_s=self.idle_timeout_s,
+            # A silent peer must end its session before any message gives up on it.
+            give_up_s=max(60.0, 2 * self.idle_timeout_s),
+            handshake_rate_per_s=self.handshake_rate,
+            handshake_burst=self.handshake_burst,
+        )
+
+
+class RefusalLog:
+    """Decides which refusals get a log line: once per address per interval, and at
+    most a few lines per interval in all (source addresses cost nothing to forge)."""
+
+    def __init__(self) -> None:
+        self._by_host: OrderedDict[str, float] = OrderedDict()  # host -> last logged
+        self._lines: list[float] = []  # times of the latest lines
+
+    def should_log(self, host: str, now: float) -> bool:
+        last = self._by_host.get(host)
+        if last is not None and last + REFUSAL_LOG_INTERVAL_S > now:
+            return False
+        self._lines = [t for t in self._lines if t + REFUSAL_LOG_INTERVAL_S > now]
+        if len(self._lines) >= REFUSAL_LOG_MAX_LINES:
+            return False
+        self._lines.append(now)
+        self._by_host[host] = now
+        self._by_host.move_to_end(host)
+        while len(self._by_host) > REFUSAL_LOG_MAX_ADDRESSES:
+            self._by_host.popitem(last=False)
+        return True
+
+
+class ChatServer:
+    """The chat server for every session of one daemon (see module docstring)."""
+
+    def __init__(
+        self,
+        psk: bytes,
+        settings: ServerSettings = ServerSettings(),
+        protocol: ProtocolConfig | None = None,
+    ) -> None:
+        """`protocol` overrides the core's timers derived from `settings` (tests use
+        shorter ones than an operator may set)."""
+        self.settings = settings
+        self.protocol = protocol or settings.protocol_config()
+        self.endpoint = ServerEndpoint(psk, self.protocol, settings.max_members)
+        self.rules = ChatRules(
+            history_lines=settings.history_lines,
+            max_members=settings.max_members,
+            default_room=settings.default_room,
+        )
+        self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
+        self._log: list[LogEvent] = []
+        self._refusals = RefusalLog()
+        # Sessions that have not said hello yet, by deadline: insertion order is
+        # deadline order, since every deadline is now + HELLO_DEADLINE_S.
+        self._hello_due: OrderedDict[bytes, float] = OrderedDict()
+        self._held: list[bytes] | None = None  # shutting down: sessions to close last
+        self._shutdown_deadline: float | None = None
+        self.done = False  # shutdown finished: every session closed
+
+    # -- input -----------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: events.Address, now: float) -> None:
+        self.endpoint.receive_datagram(data, addr, now)
+        self._pump(now)
+
+    def address_refused(self, addr: events.Address, now: float) -> None:
+        """A datagram from an address the operator's allow/deny lists refuse."""
+        self._drops["address-refused"] += 1
+        self._refusal(LogEvent("address-refused", None, addr), now)
+
+    def handle_timer(self, now: float) -> None:
+        self.endpoint.handle_timer(now)
+        while self._hello_due:
+            session_id, due = next(iter(self._hello_due.items()))
+            if due > now:
+                break
+            del self._hello_due[session_id]
+            if self.rules.nick_of(session_id) is None:
+                self._close(session_id, now)
+        self._pump(now)
+
+    def shutdown(self, now: float) -> None:
+        """Tell every member the server is going away; close each session once it has
+        acknowledged that (or SHUTDOWN_LINGER_S has passed). `done` says when."""
+        if self._held is not None:
+            return
+        self._held = []
+        self._hello_due.clear()
+        self._shutdown_deadline = now + SHUTDOWN_LINGER_S
+        self.rules.shutdown(SHUTDOWN_TEXT, now)
+        self._pump(now)
+
+    # -- output ----------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, events.Address]]:
+        return self.endpoint.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        if self.done:
+            return None
+        deadlines = [self.endpoint.get_timer(), self._shutdown_deadline]
+        if self._hello_due:
+            deadlines.append(next(iter(self._hello_due.values())))
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def take_log(self) -> list[LogEvent]:
+        """What happened that is worth a log line, in order; the list is emptied."""
+        out, self._log = self._log, []
+        return out
+
+    def take_drops(self) -> dict[str, int]:
+        """Datagrams dropped without answer since the last call, by reason."""
+        counts = Counter(self.endpoint.stats.take())
+        counts.update(self._drops)
+        self._drops.clear()
+        return dict(counts)
+
+    # -- the pump: core events -> rules -> actions -> core ---------------------------
+
+    def _pump(self, now: float) -> None:
+        while True:
+            event = self.endpoint.next_event()
+            if event is not None:
+                self._on_event(event, now)
+            actions = self.rules.take_actions()
+            for action in actions:
+                self._do(action, now)
+            if event is None and not actions:
+                break
+        if self._held is not None and not self.done:
+            self._finish_shutdown(now)
+
+    def _on_event(self, event: events.Event, now: float) -> None:
+        if isinstance(event, events.MessageReceived):
+            self.rules.message_received(event.session_id, event.payload, now)
+        elif isinstance(event, events.SessionStarted):
+            if self._held is None:
+                self._hello_due[event.session_id] = now + HELLO_DEADLINE_S
+            self.rules.session_started(event.session_id, event.addr, now)
+        elif isinstance(event, events.SessionEnded):
+            self._hello_due.pop(event.session_id, None)
+            self.rules.session_ended(event.session_id, event.reason, now)
+        elif isinstance(event, events.SessionRoamed):
+            self.rules.session_roamed(event.session_id, event.new_addr)
+            nick = self.rules.nick_of(event.session_id)
+            self._log.append(LogEvent("roamed", nick, event.new_addr, old_addr=event.old_addr))
+        elif isinstance(event, events.HandshakeRefused):
+            self._refusal(LogEvent("server-full", None, event.addr), now)
+        # MessageDelivered, MessageNotDelivered, SessionRekeyed: nothing to do; a
+        # member's lines are the member's to re-send.
+
+    def _do(self, action: Action, now: float) -> None:
+        if isinstance(action, Send):
+            try:
+                self.endpoint.send(action.session_id, action.payload, now)
+            except UnknownSession:
+                pass  # it ended while the rules were still answering it
+            except QueueFull:
+                # A member that acknowledges nothing while its queue overflows is gone
+                # in all but name; closing it tells the room instead of growing memory.
+                nick = self.rules.nick_of(action.session_id)
+                addr = self._address_of(action.session_id)
+                self._log.append(LogEvent("queue-full", nick, addr))
+                self._close(action.session_id, now)
+        elif isinstance(action, Close):
+            if self._held is not None:
+                self._held.append(action.session_id)  # after the notice is acknowledged
+            else:
+                self._close(action.session_id, now)
+        else:
+            self._log.append(action)
+
+    def _close(self, session_id: bytes, now: float) -> None:
+        try:
+            self.endpoint.close_session(session_id, now)
+        except UnknownSession:
+            pass
+
+    def _address_of(self, session_id: bytes) -> events.Address:
+        try:
+            return self.endpoint.session_address(session_id)
+        except KeyError:
+            return None
+
+    def _refusal(self, entry: LogEvent, now: float) -> None:
+        addr = entry.addr
+        host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        if self._refusals.should_log(host, now):
+            self._log.append(entry)
+
+    def _finish_shutdown(self, now: float) -> None:
+        assert self._held is not None and self._shutdown_deadline is not None
+        if now < self._shutdown_deadline and not all(self.endpoint.is_idle(s) for s in self._held):
+            return
+        for session_id in self._held:
+            self._close(session_id, now)
+        self._held.clear()
+        while self.endpoint.next_event() is not None:
+            pass  # the closes' aftermath: after the notice, nothing more is said
+        self.done = True

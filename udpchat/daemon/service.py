@@ -1,0 +1,112 @@
+"""The chat daemon as a twistd service: binds the UDP port, announces where clients
+connect, handles SIGTERM, logs a periodic summary of dropped datagrams, and on stop
+says goodbye to every member before releasing the port."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from udpchat.chat.server import ChatServer
+from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.netinfo import listening_addresses
+from udpchat.daemon.udp import ChatProtocol, settings_of
+
+log = Logger(namespace="udpchat")
+
+
+class ChatService(Service):
+    """Binds the UDP port at start; at stop, says goodbye and releases it."""
+
+    def __init__(self, config: ServerConfig, psk: bytes, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._reactor: Any = reactor  # IReactorTime + IReactorUDP
+        self.config = config
+        server = ChatServer(psk, settings_of(config))
+        self.protocol = ChatProtocol(server, config.address_allowed, reactor)
+        self._port: Any = None
+        self._summary = LoopingCall(self.log_rejections)
+        self._summary.clock = reactor
+
+    def startService(self) -> None:
+        config = self.config
+        try:
+            self._port = self._reactor.listenUDP(
+                config.port, self.protocol, interface=config.interface
+            )
+        except error.CannotListenError as exc:
+            where = f"{config.interface or '*'}:{config.port}"
+            print(
+                f"udpchat: cannot listen on {where}: {exc.socketError}; fix: stop what uses "
+                f"the port or set another [server] port in {config.path}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1) from None
+        super().startService()
+        # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
+        # for this line may stop the daemon at once.
+        self._reactor.callWhenRunning(self._announce)
+        self._summary.start(self.config.log_rejects_interval, now=False)
+
+    def _announce(self) -> None:
+        # twistd's own SIGTERM handler makes the process die by the signal after a
+        # clean shutdown; a stop that was asked for and went well is exit status 0.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        config = self.config
+        port = self._port.getHost().port
+        addresses = listening_addresses(config.interface)
+        for address in addresses:
+            shown = f"[{address}]" if ":" in address else address
+            log.info("Clients can connect to {address}:{port}", address=shown, port=port)
+        if not addresses:
+            log.info(
+                "Could not list this machine's addresses; clients connect to its name "
+                "or address, port {port}",
+                port=port,
+            )
+        log.info(
+            "Listening on UDP {interface}:{port}; pre-shared key: {key} "
+            "(every client needs a copy)",
+            interface=config.interface or "*",
+            port=port,
+            key=str(config.key_file),
+        )
+
+    def _on_sigterm(self, number: int, frame: object) -> None:
+        log.info("Received SIGTERM: telling members and shutting down")
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def log_rejections(self) -> None:
+        """One summary line of what was dropped since the last one (never per datagram)."""
+        counts = self.protocol.take_drops()
+        if counts:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+            log.info(
+                "Dropped {total} datagrams without answer ({reasons})",
+                total=sum(counts.values()),
+                reasons=reasons,
+            )
+
+    def stopService(self) -> Deferred[object]:
+        super().stopService()
+        if self._summary.running:
+            self._summary.stop()
+        self.log_rejections()
+        done = self.protocol.shutdown()
+
+        def stop_listening(_: object) -> object:
+            port, self._port = self._port, None
+            return None if port is None else port.stopListening()
+
+        return done.addCallback(stop_listening)

@@ -1,0 +1,154 @@
+"""The daemon's UDP adapter: one DatagramProtocol over the sans-IO ChatServer.
+
+It checks allow/deny, feeds datagrams in, writes what comes out, keeps one reactor
+timer at the server's next deadline and turns the server's log entries into log
+lines. Every chat rule and timer policy lives in udpchat.chat.server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from udpchat.chat.rules import LogEvent
+from udpchat.chat.server import ChatServer, ServerSettings
+from udpchat.daemon.config import ServerConfig
+
+#: An unexpected exception (a bug) is logged with its traceback at most once per this
+#: many seconds; the others are counted as "internal-error" in the summary.
+TRACEBACK_LOG_INTERVAL_S = 60.0
+
+log = Logger(namespace="udpchat")
+
+_TEXTS = {
+    "join": "{nick} joined {room} from {addr}",
+    "leave": "{nick} left ({detail}) from {addr}",
+    "timeout": "{nick} timed out at {addr}",
+    "rename": "{detail} is now known as {nick} ({addr})",
+    "move": "{nick} moved from {detail} to {room}",
+    "takeover": "{nick} reconnected from {addr}",
+    "refused": "Refused a hello from {addr}: {detail}",
+    "roamed": "Session of {nick} moved from {old} to {addr}",
+    "address-refused": "Refused {addr}: its address is not allowed by allow/deny "
+    "(silently; logged once a minute)",
+    "server-full": "Refused {addr}: the member limit ({limit}) is reached "
+    "(silently; logged once a minute)",
+    "queue-full": "Closing the session of {nick} at {addr}: its send queue is full",
+}
+
+
+def settings_of(config: ServerConfig) -> ServerSettings:
+    return ServerSettings(
+        history_lines=config.history_lines,
+        max_members=config.max_members,
+        idle_timeout_s=config.idle_timeout,
+        handshake_rate=config.handshake_rate,
+        handshake_burst=config.handshake_burst,
+    )
+
+
+def format_addr(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)
+
+
+class ChatProtocol(DatagramProtocol):
+    """The UDP face of the chat server (see module docstring)."""
+
+    noisy = False  # the service logs what matters, in the operator's words
+
+    def __init__(self, server: ChatServer, allowed: Callable[[str], bool], clock: Any) -> None:
+        self.server = server
+        self._allowed = allowed
+        self._clock: Any = clock  # IReactorTime (zope interfaces are opaque to mypy)
+        self._timer: Any = None  # the one IDelayedCall
+        self._timer_at: float | None = None
+        self._internal_errors = 0
+        self._send_errors = 0
+        self._traceback_logged_at: float | None = None
+        self._stopped: Deferred[None] | None = None
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        now = self._clock.seconds()
+        try:
+            if self._allowed(addr[0]):
+                self.server.receive_datagram(data, addr, now)
+            else:
+                self.server.address_refused(addr, now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        try:
+            self.server.handle_timer(now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
+
+    def shutdown(self) -> Deferred[None]:
+        """Say goodbye (see ChatServer.shutdown); fires once every session is closed."""
+        self._stopped = Deferred()
+        now = self._clock.seconds()
+        try:
+            self.server.shutdown(now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
+        return self._stopped
+
+    def take_drops(self) -> dict[str, int]:
+        drops = self.server.take_drops()
+        if self._internal_errors:
+            drops["internal-error"] = self._internal_errors
+        if self._send_errors:
+            drops["send-error"] = self._send_errors
+        self._internal_errors = self._send_errors = 0
+        return drops
+
+    def _bug(self, now: float) -> None:
+        # A bug must cost one datagram or one tick, never the daemon or its timer.
+        self._internal_errors += 1
+        last = self._traceback_logged_at
+        if last is None or last + TRACEBACK_LOG_INTERVAL_S <= now:
+            self._traceback_logged_at = now
+            log.failure("Internal error while handling chat traffic (a bug in udpchat)")
+
+    def _service(self, now: float) -> None:
+        transport: Any = self.transport  # IUDPTransport (opaque to mypy)
+        for data, addr in self.server.datagrams_to_send(now):
+            if transport is not None:
+                try:
+                    transport.write(data, addr)
+                except OSError:
+                    self._send_errors += 1  # UDP may lose it; the core retransmits
+        for entry in self.server.take_log():
+            self._log(entry)
+        self._reschedule(self.server.get_timer(), now)
+        if self.server.done and self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    def _reschedule(self, at: float | None, now: float) -> None:
+        if self._timer is not None and self._timer.active():
+            if at == self._timer_at:
+                return
+            self._timer.cancel()
+        self._timer, self._timer_at = None, at
+        if at is not None:
+            self._timer = self._clock.callLater(max(0.0, at - now), self._on_timer)
+
+    def _log(self, entry: LogEvent) -> None:
+        log.info(
+            _TEXTS[entry.kind],
+            nick=entry.nick, room=entry.room, detail=entry.detail,
+            addr=format_addr(entry.addr), old=format_addr(entry.old_addr),
+            limit=self.server.settings.max_members,
+        )  # fmt: skip
