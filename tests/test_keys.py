@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.logger import capturedLogs, formatEvent
 
+from udpchat.core.wire import psk_raw
 from udpchat.keys import (
     KeyFileError,
     KeyFileNotFound,
     create_key,
-    decode_key,
     ensure_key,
     keygen_main,
     load_key,
@@ -36,27 +36,27 @@ def write_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
     return path
 
 
-# --- decode_key -------------------------------------------------------------------------
+# --- psk_raw: the one decoder of a key, shared by key files and the protocol core ------
 
 
-def test_decode_key_returns_the_32_raw_bytes_of_a_fernet_key() -> None:
-    """decode_key turns Fernet.generate_key()'s 44-char form into its 32 raw bytes."""
+def test_psk_raw_returns_the_32_raw_bytes_of_a_fernet_key() -> None:
+    """psk_raw turns Fernet.generate_key()'s 44-char form into its 32 raw bytes."""
     key = Fernet.generate_key()
-    assert decode_key(key) == base64.urlsafe_b64decode(key)
-    assert len(decode_key(key)) == 32
+    assert psk_raw(key) == base64.urlsafe_b64decode(key)
+    assert len(psk_raw(key)) == 32
 
 
 @given(st.binary(min_size=32, max_size=32))
-def test_decode_key_round_trips_any_32_bytes(raw: bytes) -> None:
+def test_psk_raw_round_trips_any_32_bytes(raw: bytes) -> None:
     """Every 32-byte key, URL-safe base64 encoded, decodes back to itself."""
-    assert decode_key(base64.urlsafe_b64encode(raw)) == raw
+    assert psk_raw(base64.urlsafe_b64encode(raw)) == raw
 
 
 @given(st.binary(max_size=64).filter(lambda b: len(b) != 32))
-def test_decode_key_rejects_other_lengths(raw: bytes) -> None:
+def test_psk_raw_rejects_other_lengths(raw: bytes) -> None:
     """A key that does not encode exactly 32 bytes is rejected."""
     with pytest.raises(ValueError):
-        decode_key(base64.urlsafe_b64encode(raw))
+        psk_raw(base64.urlsafe_b64encode(raw))
 
 
 @pytest.mark.parametrize(
@@ -67,10 +67,10 @@ def test_decode_key_rejects_other_lengths(raw: bytes) -> None:
         b"!" * 44,
     ],
 )
-def test_decode_key_rejects_non_canonical_or_foreign_alphabets(text: bytes) -> None:
+def test_psk_raw_rejects_non_canonical_or_foreign_alphabets(text: bytes) -> None:
     """Only the canonical URL-safe spelling is a key, so a mangled copy fails loudly."""
     with pytest.raises(ValueError):
-        decode_key(text)
+        psk_raw(text)
 
 
 # --- load_key ---------------------------------------------------------------------------

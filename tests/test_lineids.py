@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat.chat.lineids import RecentIds, new_line_id
+from udpchat.chat.lineids import HEX_ID_RE, RecentIds, new_line_id
 from udpchat.chat.messages import Say
 
 
@@ -16,9 +14,25 @@ def test_new_line_ids_are_16_lowercase_hex_digits_and_differ() -> None:
     """A line id is 64 random bits as 16 lowercase hex digits, valid in a message;
     ids drawn one after the other do not repeat."""
     ids = [new_line_id() for _ in range(1000)]
-    assert all(re.fullmatch(r"[0-9a-f]{16}", line_id) for line_id in ids)
+    assert all(HEX_ID_RE.fullmatch(line_id) for line_id in ids)
     assert len(set(ids)) == len(ids)
     assert Say("x", ids[0]).line_id == ids[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("0123456789abcdef", True),
+        ("0123456789ABCDEF", False),  # lowercase only: one id, one spelling
+        ("0123456789abcde", False),
+        ("0123456789abcdef0", False),
+        ("0123456789abcdeg", False),
+    ],
+)
+def test_hex_id_form_is_exactly_16_lowercase_hex_digits(text: str, valid: bool) -> None:
+    """HEX_ID_RE, the form of line ids and client ids, matches 16 lowercase hex digits
+    and nothing else."""
+    assert bool(HEX_ID_RE.fullmatch(text)) is valid
 
 
 def test_recent_ids_tell_new_from_seen() -> None:

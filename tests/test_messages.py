@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from udpchat.chat.lineids import HEX_ID_RE
 from udpchat.chat.messages import (
-    APP_MAX_BYTES,
     ERROR_CODES,
     NICK_MAX_CHARS,
     PART_REASONS,
@@ -51,14 +51,14 @@ from udpchat.chat.messages import (
     valid_room,
     who_chunks,
 )
-from udpchat.core import limits
+from udpchat.core.limits import MAX_PAYLOAD_BYTES
 
 # --- strategies ----------------------------------------------------------------------
 
 NICK_RE = r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,23}"
 nicks = st.from_regex(NICK_RE, fullmatch=True)
 rooms = st.from_regex(r"[a-z0-9_-]{1,24}", fullmatch=True)
-client_ids = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)
+client_ids = st.from_regex(HEX_ID_RE, fullmatch=True)
 line_ids = client_ids  # the same form
 ID = "0123456789abcdef"  # a line id
 texts = st.text(
@@ -169,9 +169,15 @@ def decode_any(data: bytes) -> None:
 # --- the wire form -------------------------------------------------------------------
 
 
-def test_app_max_bytes_equals_the_cores_max_payload() -> None:
-    """One application message must fit one payload of the protocol core."""
-    assert APP_MAX_BYTES == limits.MAX_PAYLOAD_BYTES
+def test_a_message_may_fill_exactly_one_core_payload() -> None:
+    """One application message must fit one payload of the protocol core: a message of
+    exactly MAX_PAYLOAD_BYTES decodes, one byte more is "too-long"."""
+    data = encode(Who())
+    padded = data + b" " * (MAX_PAYLOAD_BYTES - len(data))  # JSON allows the blanks
+    assert decode_client(padded) == Who()
+    with pytest.raises(MessageError) as info:
+        decode_client(padded + b" ")
+    assert info.value.code == "too-long"
 
 
 def test_encode_is_compact_utf8_json_with_t_first() -> None:
@@ -287,7 +293,7 @@ def test_largest_server_message_fits_one_payload() -> None:
     """The largest server->client message (a replayed line: 400 bytes of text that JSON
     escapes to twice its size, nick and room at their maximum, the nick made of
     escaped characters too, the line id, the longest float repr as ts) fits
-    APP_MAX_BYTES: 981 bytes."""
+    MAX_PAYLOAD_BYTES: 981 bytes."""
     text = '"\\' * (TEXT_MAX_BYTES // 2)
     assert len(text.encode()) == TEXT_MAX_BYTES
     nick = "\\" * NICK_MAX_CHARS
@@ -296,29 +302,29 @@ def test_largest_server_message_fits_one_payload() -> None:
     assert len(repr(ts)) == 23
     for msg in (SayOut(room, nick, text, ID, ts), MeOut(room, nick, text, ID, ts)):
         data = encode(msg)
-        assert len(data) <= APP_MAX_BYTES
+        assert len(data) <= MAX_PAYLOAD_BYTES
         assert decode_server(data) == msg
     assert len(encode(SayOut(room, nick, text, ID, ts))) == 981
-    assert len(encode(PrivateMsgIn(nick, text, ID))) <= APP_MAX_BYTES
-    assert len(encode(PrivateMsg(nick, text, ID))) <= APP_MAX_BYTES
-    assert len(encode(Error("already-there", text))) <= APP_MAX_BYTES
+    assert len(encode(PrivateMsgIn(nick, text, ID))) <= MAX_PAYLOAD_BYTES
+    assert len(encode(PrivateMsg(nick, text, ID))) <= MAX_PAYLOAD_BYTES
+    assert len(encode(Error("already-there", text))) <= MAX_PAYLOAD_BYTES
 
 
 @settings(max_examples=300)
 @given(client_messages)
 def test_client_messages_roundtrip(msg: Message) -> None:
-    """Every valid client message encodes within APP_MAX_BYTES and decodes to itself."""
+    """Every valid client message encodes within MAX_PAYLOAD_BYTES and decodes to itself."""
     data = encode(msg)
-    assert len(data) <= APP_MAX_BYTES
+    assert len(data) <= MAX_PAYLOAD_BYTES
     assert decode_client(data) == msg
 
 
 @settings(max_examples=300)
 @given(server_messages)
 def test_server_messages_roundtrip(msg: Message) -> None:
-    """Every valid server message encodes within APP_MAX_BYTES and decodes to itself."""
+    """Every valid server message encodes within MAX_PAYLOAD_BYTES and decodes to itself."""
     data = encode(msg)
-    assert len(data) <= APP_MAX_BYTES
+    assert len(data) <= MAX_PAYLOAD_BYTES
     assert decode_server(data) == msg
 
 
@@ -351,7 +357,7 @@ def test_server_messages_roundtrip(msg: Message) -> None:
         (with_id(b'{"t":"say","text":"\\ud800"}'), "bad-message"),  # lone surrogate
         (with_id(raw({"t": "say", "text": "x" * 401})), "too-long"),
         (with_id(raw({"t": "say", "text": "é" * 201})), "too-long"),  # 402 bytes, 201 chars
-        (with_id(b'{"t":"say","text":"' + b"x" * 1000 + b'"}'), "too-long"),  # > APP_MAX_BYTES
+        (with_id(b'{"t":"say","text":"' + b"x" * 1000 + b'"}'), "too-long"),  # > MAX_PAYLOAD_BYTES
         (b'{"t":"nick","nick":"9lives"}', "bad-nick"),
         (b'{"t":"nick","nick":"-dash"}', "bad-nick"),
         (b'{"t":"nick","nick":"a b"}', "bad-nick"),
@@ -483,14 +489,14 @@ def test_text_error_explains_what_is_wrong() -> None:
 @settings(max_examples=100)
 @given(rooms, st.lists(nicks, max_size=300))
 def test_who_chunks_fit_and_keep_every_nick_in_order(room: str, names: list[str]) -> None:
-    """who_chunks splits any member list into messages that each fit APP_MAX_BYTES,
+    """who_chunks splits any member list into messages that each fit MAX_PAYLOAD_BYTES,
     all flagged more=true but the last, together holding every nick in order."""
     chunks = who_chunks(room, names)
     assert chunks
     assert [c.more for c in chunks] == [True] * (len(chunks) - 1) + [False]
     assert [n for c in chunks for n in c.nicks] == names
     for chunk in chunks:
-        assert len(encode(chunk)) <= APP_MAX_BYTES
+        assert len(encode(chunk)) <= MAX_PAYLOAD_BYTES
         assert chunk.room == room
 
 
@@ -514,5 +520,5 @@ def test_rooms_chunks_fit_and_keep_every_room(counts: list[tuple[str, int]]) -> 
     assert [c.more for c in chunks] == [True] * (len(chunks) - 1) + [False]
     assert [tuple(r) for c in chunks for r in c.rooms] == counts
     for chunk in chunks:
-        assert len(encode(chunk)) <= APP_MAX_BYTES
+        assert len(encode(chunk)) <= MAX_PAYLOAD_BYTES
         assert decode_server(encode(chunk)) == chunk

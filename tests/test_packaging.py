@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -137,3 +138,24 @@ def test_ci_tests_an_installed_package() -> None:
     """Under CI (.ci/run) the packaging tests above must run, not skip: udpchat is
     installed non-editably in the test environment."""
     assert installed_distribution() is not None
+
+
+def test_ci_runs_lint_format_and_type_checks_with_pinned_tools(repo_root: Path) -> None:
+    """.ci/run runs ruff, the format check and mypy (on udpchat and on tests) before
+    pytest, and the test extra pins ruff and mypy, so that a new release of either
+    cannot fail CI on unchanged code."""
+    script = (repo_root / ".ci" / "run").read_text()
+    checks = [
+        "ruff check udpchat tests",
+        "ruff format --check udpchat tests",
+        "mypy udpchat",
+        "mypy tests",
+    ]
+    positions = [script.find(check) for check in checks]
+    assert all(position > script.find("pip install --quiet '.[test]'") for position in positions)
+    assert all(position < script.find("pytest ||") for position in positions)
+    setup = configparser.ConfigParser()
+    setup.read(repo_root / "setup.cfg")
+    extra = setup["options.extras_require"]["test"].split()
+    for tool in ("ruff", "mypy"):
+        assert any(line.startswith(f"{tool}==") for line in extra), tool

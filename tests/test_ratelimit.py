@@ -127,26 +127,32 @@ def test_limiter_refills() -> None:
 
 def test_limiter_eviction_bound_and_lru_order() -> None:
     """At most max_entries buckets are kept; the least recently used goes first."""
-    limiter = AddressRateLimiter(rate_per_s=1, burst=1, max_entries=3)
+    evicted: list[None] = []
+    limiter = AddressRateLimiter(
+        rate_per_s=1, burst=1, max_entries=3, on_evict=lambda: evicted.append(None)
+    )
     for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
         assert limiter.allow(host, 0.0)
     assert not limiter.allow("10.0.0.1", 0.0)  # touch: .1 is now most recent
     assert limiter.allow("10.0.0.4", 0.0)  # evicts .2, the least recent
     assert len(limiter) == 3
-    assert limiter.evictions == 1
+    assert len(evicted) == 1  # reported: an early eviction is a sign of a flood
     assert not limiter.allow("10.0.0.1", 0.0)  # .1 kept its empty bucket
     assert limiter.allow("10.0.0.2", 0.0)  # .2 was forgotten: fresh bucket
 
 
 def test_limiter_forgets_idle_full_buckets() -> None:
-    """Buckets that have refilled are dropped without counting as evictions."""
-    limiter = AddressRateLimiter(rate_per_s=10, burst=2, max_entries=100)
+    """Buckets that have refilled are dropped without being reported as evictions."""
+    evicted: list[None] = []
+    limiter = AddressRateLimiter(
+        rate_per_s=10, burst=2, max_entries=100, on_evict=lambda: evicted.append(None)
+    )
     for i in range(10):
         limiter.allow(f"10.0.0.{i}", 0.0)
     for step in range(10):
         limiter.allow("10.9.9.9", 10.0 + step)
     assert len(limiter) == 1
-    assert limiter.evictions == 0
+    assert evicted == []
 
 
 @settings(max_examples=200)
@@ -182,36 +188,42 @@ def test_limiter_single_host_budget(gaps: list[float]) -> None:
 def test_expiring_set_refuses_duplicate_until_expiry() -> None:
     """A key is refused while remembered and accepted again once its TTL passed."""
     seen = BoundedExpiringSet(max_entries=10, ttl_s=5.0)
-    assert seen.add(b"k", 0.0)
-    assert not seen.add(b"k", 4.9)
+    assert seen.add_evicting(b"k", 0.0)
+    assert not seen.add_evicting(b"k", 4.9)
     assert seen.contains(b"k", 4.9)
     assert not seen.contains(b"k", 5.0)
-    assert seen.add(b"k", 5.0)
+    assert seen.add_evicting(b"k", 5.0)
 
 
-def test_expiring_set_full_refuses_new_keys() -> None:
-    """When full of unexpired keys, new keys are refused (not old ones forgotten)."""
-    seen = BoundedExpiringSet(max_entries=2, ttl_s=10.0)
-    assert seen.add("a", 0.0)
-    assert seen.add("b", 1.0)
-    assert seen.is_full(2.0)
-    assert not seen.add("c", 2.0)
-    assert not seen.contains("c", 2.0)  # refused because full, not a replay
-    assert not seen.add("a", 2.0)  # "a" is still remembered
-    assert seen.add("c", 10.0)  # "a" expired, making room
-    assert not seen.is_full(11.0)
+def test_expiring_set_full_forgets_the_oldest_and_reports_it() -> None:
+    """When full of unexpired keys, a new key is still taken: the oldest key is
+    forgotten early, and on_evict is called for it (a sign of a flood)."""
+    evicted: list[None] = []
+    seen = BoundedExpiringSet(max_entries=2, ttl_s=10.0, on_evict=lambda: evicted.append(None))
+    assert seen.add_evicting("a", 0.0)
+    assert seen.add_evicting("b", 1.0)
+    assert not seen.add_evicting("b", 2.0)  # a repeat takes no room and evicts nothing
+    assert evicted == []
+    assert seen.add_evicting("c", 2.0)
+    assert len(evicted) == 1 and len(seen) == 2
+    assert not seen.contains("a", 2.0)  # the oldest went
+    assert seen.contains("b", 2.0) and seen.contains("c", 2.0)
+    assert seen.add_evicting("d", 11.5)  # "b" expired at 11: room without evicting
+    assert len(evicted) == 1
 
 
 def test_expiring_set_prunes_in_insertion_order() -> None:
     """Expired keys are pruned from the front, so the set shrinks over time."""
-    seen = BoundedExpiringSet(max_entries=100, ttl_s=1.0)
+    evicted: list[None] = []
+    seen = BoundedExpiringSet(max_entries=100, ttl_s=1.0, on_evict=lambda: evicted.append(None))
     for i in range(50):
-        seen.add(i, i * 0.1)
+        seen.add_evicting(i, i * 0.1)
     assert len(seen) == 10  # at 4.9, only keys 40..49 are younger than 1 s
-    seen.add("late", 5.55)  # keys up to 45 (expiring by 5.5) are gone too
+    seen.add_evicting("late", 5.55)  # keys up to 45 (expiring by 5.5) are gone too
     assert len(seen) == 4 + 1
     assert not seen.contains(45, 5.55)
     assert seen.contains(46, 5.55)
+    assert evicted == []  # expiry is not eviction
 
 
 @pytest.mark.parametrize(("entries", "ttl"), [(0, 1.0), (1, 0.0), (1, -1.0)])
@@ -227,19 +239,29 @@ def test_expiring_set_rejects_bad_parameters(entries: int, ttl: float) -> None:
     st.lists(st.tuples(st.integers(0, 20), st.floats(0, 2)), max_size=300),
 )
 def test_expiring_set_model(max_entries: int, events: list[tuple[int, float]]) -> None:
-    """add() matches a plain dict model, and size never exceeds max_entries."""
+    """add_evicting() and contains() match a plain dict model (oldest key first out
+    when full), size never exceeds max_entries, and every early eviction is reported."""
     ttl = 3.0
-    seen = BoundedExpiringSet(max_entries=max_entries, ttl_s=ttl)
-    model: dict[int, float] = {}
+    evicted: list[None] = []
+    seen = BoundedExpiringSet(
+        max_entries=max_entries, ttl_s=ttl, on_evict=lambda: evicted.append(None)
+    )
+    model: dict[int, float] = {}  # insertion order is expiry order
+    evictions = 0
     now = 0.0
     for key, gap in events:
         now += gap
         model = {k: e for k, e in model.items() if e > now}
-        if key in model or len(model) >= max_entries:
+        if key in model:
             expected = False
         else:
+            while len(model) >= max_entries:
+                del model[next(iter(model))]
+                evictions += 1
             model[key] = now + ttl
             expected = True
-        assert seen.add(key, now) == expected
+        assert seen.contains(key, now) == (not expected)
+        assert seen.add_evicting(key, now) == expected
         assert len(seen) <= max_entries
         assert len(seen) == len(model)
+        assert len(evicted) == evictions

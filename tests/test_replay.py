@@ -92,8 +92,7 @@ def _run(sequence: list[tuple[int, bool]]) -> list[int]:
     window = ReplayWindow()
     failures = []
     for number, (counter, expected) in enumerate(sequence, start=1):
-        predicted = window.check(counter)
-        if window.accept(counter) != expected or predicted != expected:
+        if window.accept(counter) != expected:
             failures.append(number)
     return failures
 
@@ -118,34 +117,34 @@ def test_wireguard_bulk_sequences(sequence: list[tuple[int, bool]]) -> None:
     assert _run(sequence) == []
 
 
-def test_highest_tracks_maximum_accepted() -> None:
-    """`highest` is None until something is accepted, then the largest counter."""
+def test_window_follows_the_highest_accepted_counter() -> None:
+    """The window ends WINDOW_SIZE below the largest counter accepted so far: a
+    smaller counter, or a rejected one past REJECT_AFTER_MESSAGES, does not move it."""
     window = ReplayWindow()
-    assert window.highest is None
-    window.accept(5)
-    window.accept(3)
-    assert window.highest == 5
-    window.accept(RAM)
-    assert window.highest == 5
+    top = 3 * WINDOW_BITS
+    assert window.accept(top)
+    assert window.accept(top - 100)
+    assert not window.accept(RAM)
+    assert not window.accept(top - WINDOW_SIZE - 1)
+    assert window.accept(top - WINDOW_SIZE)
 
 
-def test_check_does_not_mark() -> None:
-    """check() predicts acceptance but leaves the window as it was."""
+def test_rejected_replay_changes_nothing() -> None:
+    """A replayed counter is refused every time, and refusing it marks nothing new."""
     window = ReplayWindow()
-    assert window.check(7)
-    assert window.check(7)
-    assert window.highest is None
     assert window.accept(7)
-    assert not window.check(7)
+    assert not window.accept(7)
+    assert not window.accept(7)
+    assert window.accept(6) and window.accept(8)
 
 
 @pytest.mark.parametrize("counter", [-1, -(2**64), RAM, 2**64 - 1, 2**64, 2**80])
 def test_out_of_range_counters_rejected(counter: int) -> None:
     """Negative counters and counters at or past REJECT_AFTER_MESSAGES never pass."""
     window = ReplayWindow()
-    assert not window.check(counter)
     assert not window.accept(counter)
-    assert window.highest is None
+    assert not window.accept(counter)
+    assert window.accept(0)  # the rejected counter did not slide the window
 
 
 def test_jump_far_ahead_clears_whole_ring() -> None:
@@ -197,7 +196,7 @@ def _counter_runs(draw: st.DrawFn) -> list[int]:
 @settings(max_examples=300)
 @given(_counter_runs())
 def test_matches_specification_model(counters: list[int]) -> None:
-    """On any sequence, accept() and check() agree with the set-based specification.
+    """On any sequence, accept() agrees with the set-based specification.
 
     This covers: no counter accepted twice; any counter more than WINDOW_SIZE
     below the highest seen is rejected; every fresh counter within the window
@@ -206,9 +205,7 @@ def test_matches_specification_model(counters: list[int]) -> None:
     window, model = ReplayWindow(), _ModelWindow()
     for counter in counters:
         expected = model.accept(counter)
-        assert window.check(counter) == expected, counter
         assert window.accept(counter) == expected, counter
-        assert window.highest == model.highest
 
 
 @settings(max_examples=300)
@@ -225,12 +222,10 @@ def test_no_counter_accepted_twice(counters: list[int]) -> None:
 def test_too_old_always_rejected(counters: list[int], lag: int) -> None:
     """A counter more than WINDOW_SIZE below the highest accepted never passes."""
     window = ReplayWindow()
-    for counter in counters:
-        window.accept(counter)
-    if window.highest is None:
+    accepted = [counter for counter in counters if window.accept(counter)]
+    if not accepted:
         return
-    old = window.highest - WINDOW_SIZE - lag
-    assert not window.check(old)
+    old = max(accepted) - WINDOW_SIZE - lag
     assert not window.accept(old)
 
 

@@ -9,8 +9,6 @@ ever contains key material.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import errno
 import os
 import stat
@@ -20,8 +18,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-KEY_RAW_BYTES = 32
-KEY_B64_CHARS = 44
+from udpchat.core.wire import PSK_B64_CHARS, psk_raw
+
 # A valid file is 45 bytes; reading a little more is enough to tell "too long" apart
 # without slurping a huge file someone pointed us at by mistake.
 MAX_KEY_FILE_BYTES = 4096
@@ -37,23 +35,6 @@ class KeyFileError(Exception):
 
 class KeyFileNotFound(KeyFileError):
     """The key file does not exist (the daemon may then create one)."""
-
-
-def decode_key(b64: bytes) -> bytes:
-    """Return the 32 raw bytes of a base64 key; raise ValueError if it is not one.
-
-    Only the canonical encoding is accepted, so one key has exactly one spelling and a
-    mangled copy on a client fails loudly instead of silently differing.
-    """
-    if len(b64) != KEY_B64_CHARS:
-        raise ValueError(f"expected {KEY_B64_CHARS} characters, got {len(b64)}")
-    try:
-        raw = base64.b64decode(b64, altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not URL-safe base64") from exc
-    if len(raw) != KEY_RAW_BYTES or base64.urlsafe_b64encode(raw) != b64:
-        raise ValueError(f"does not encode exactly {KEY_RAW_BYTES} bytes")
-    return raw
 
 
 def _mode_problem(mode: int) -> str | None:
@@ -105,11 +86,11 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
         os.close(fd)
     key = data.strip(b" \t\r\n")
     try:
-        decode_key(key)
+        psk_raw(key)
     except ValueError:
         # Deliberately no detail from the content: a near-miss would leak key bytes.
         raise KeyFileError(
-            f"key file {name} is corrupt (it must hold one key: {KEY_B64_CHARS} characters of "
+            f"key file {name} is corrupt (it must hold one key: {PSK_B64_CHARS} characters of "
             f"URL-safe base64); make a new one with: {KEYGEN_HINT} --force {name} "
             f"(and give clients a copy)"
         ) from None

@@ -5,8 +5,13 @@ and shown once. Sans-IO, apart from the operating system's random generator.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import deque
+
+#: The form of a line id, and of a client id (same form, never the same value):
+#: 16 lowercase hex digits. Match with ``fullmatch``.
+HEX_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
 def new_line_id() -> str:

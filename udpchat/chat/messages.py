@@ -15,11 +15,15 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Final, NamedTuple, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias, TypeVar, get_args
 
-# Equals the protocol core's MAX_PAYLOAD_BYTES: one message is one datagram payload,
-# never split, so every encoded message must fit in it.
-APP_MAX_BYTES: Final = 1000
+from udpchat.chat.lineids import HEX_ID_RE
+from udpchat.core.limits import MAX_PAYLOAD_BYTES
+
+# One message is one datagram payload, never split, so every encoded message must fit
+# in MAX_PAYLOAD_BYTES. APP_MAX_BYTES is its old name, kept until the tests that still
+# import it (test_chat, test_client_commands) import MAX_PAYLOAD_BYTES instead.
+APP_MAX_BYTES: Final = MAX_PAYLOAD_BYTES
 TEXT_MAX_BYTES: Final = 400
 NICK_MAX_CHARS: Final = 24
 ROOM_MAX_CHARS: Final = 24
@@ -43,8 +47,6 @@ PART_REASONS: Final = frozenset({"part", "quit", "timeout", "shutdown"})
 _NICK_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_[]\\^{}|`")
 _NICK_CHARS = _NICK_FIRST | frozenset("0123456789-")
 _ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
-_CLIENT_ID_RE = re.compile(r"[0-9a-f]{16}")
-_LINE_ID_RE = re.compile(r"[0-9a-f]{16}")  # the client id's form, never its value
 
 
 class MessageError(ValueError):
@@ -140,7 +142,7 @@ def _check_text(text: object) -> None:
 
 
 def _check_line_id(line_id: object) -> None:
-    if not isinstance(line_id, str) or not _LINE_ID_RE.fullmatch(line_id):
+    if not isinstance(line_id, str) or not HEX_ID_RE.fullmatch(line_id):
         raise MessageError("bad-message", '"id" must be 16 lowercase hex digits')
 
 
@@ -175,7 +177,7 @@ class Hello:
     def __post_init__(self) -> None:
         _check_nick(self.nick)
         _check_room(self.room)
-        if not isinstance(self.client, str) or not _CLIENT_ID_RE.fullmatch(self.client):
+        if not isinstance(self.client, str) or not HEX_ID_RE.fullmatch(self.client):
             raise MessageError("bad-message", '"client" must be 16 lowercase hex digits')
 
 
@@ -484,7 +486,7 @@ def _plain(value: object) -> object:
 
 
 def encode(msg: Message) -> bytes:
-    """The wire form of ``msg``; MessageError("too-long") if it exceeds APP_MAX_BYTES."""
+    """The wire form of ``msg``; MessageError("too-long") if it exceeds MAX_PAYLOAD_BYTES."""
     obj: dict[str, object] = {"t": msg.TYPE}
     for f in fields(msg):
         value = getattr(msg, f.name)
@@ -495,7 +497,7 @@ def encode(msg: Message) -> bytes:
         else:
             obj[f.metadata.get("json", f.name)] = _plain(value)
     data = _dumps(obj)
-    if len(data) > APP_MAX_BYTES:
+    if len(data) > MAX_PAYLOAD_BYTES:
         raise MessageError("too-long", f"message too long: {len(data)} bytes")
     return data
 
@@ -534,7 +536,7 @@ def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _ts(obj: Mapping[str, Any]) -> float | None:
+def _ts(obj: Mapping[str, Any], key: str) -> float | None:
     if "ts" not in obj and "history" not in obj:
         return None
     if "ts" not in obj or obj.get("history") is not True:
@@ -550,93 +552,69 @@ def _room_count(entry: object) -> RoomCount:
     return RoomCount(entry[0], entry[1])
 
 
+def _nicks(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    return tuple(_list(obj, key))
+
+
+def _room_counts(obj: Mapping[str, Any], key: str) -> tuple[RoomCount, ...]:
+    return tuple(_room_count(entry) for entry in _list(obj, key))
+
+
+_Read: TypeAlias = Callable[[Mapping[str, Any], str], Any]
+
+#: How a JSON value is read for a field, by the field's annotation (a string, as
+#: ``from __future__ import annotations`` leaves it). Each reader checks the JSON type;
+#: the message's __post_init__ checks the value.
+_READERS: Final[dict[str, _Read]] = {
+    "str": _str,
+    "bool": _bool,
+    "float | None": _ts,
+    "tuple[str, ...]": _nicks,
+    "tuple[RoomCount, ...]": _room_counts,
+}
+
+
 class _Schema(NamedTuple):
     keys: frozenset[str]
     optional: frozenset[str]
     build: Callable[[Mapping[str, Any]], Message]
 
 
-def _schema(
-    build: Callable[[Mapping[str, Any]], Message], *keys: str, optional: Sequence[str] = ()
-) -> _Schema:
+def _schema(cls: type[Message]) -> _Schema:
+    """The JSON keys of ``cls`` and how to build it, read off its dataclass fields the
+    way ``encode`` writes them: a field's JSON key is its "json" metadata or its name,
+    and the optional ``ts`` travels with "history": true."""
+    keys: set[str] = set()
+    optional: set[str] = set()
+    readers: list[tuple[str, str, _Read]] = []
+    for f in fields(cls):
+        key = f.metadata.get("json", f.name)
+        if f.name == "ts":
+            optional |= {"ts", "history"}
+        else:
+            keys.add(key)
+        readers.append((f.name, key, _READERS[str(f.type)]))
+
+    def build(obj: Mapping[str, Any]) -> Message:
+        # Fields are read in declaration order, so the first bad one is reported.
+        return cls(**{name: read(obj, key) for name, key, read in readers})
+
     return _Schema(frozenset(keys), frozenset(optional), build)
 
 
-_CLIENT_SCHEMAS: Final[dict[str, _Schema]] = {
-    "hello": _schema(
-        lambda o: Hello(_str(o, "nick"), _str(o, "room"), _str(o, "client")),
-        "nick",
-        "room",
-        "client",
-    ),
-    "say": _schema(lambda o: Say(_str(o, "text"), _str(o, "id")), "text", "id"),
-    "me": _schema(lambda o: Me(_str(o, "text"), _str(o, "id")), "text", "id"),
-    "msg": _schema(
-        lambda o: PrivateMsg(_str(o, "to"), _str(o, "text"), _str(o, "id")), "to", "text", "id"
-    ),
-    "nick": _schema(lambda o: Nick(_str(o, "nick")), "nick"),
-    "join": _schema(lambda o: Join(_str(o, "room")), "room"),
-    "part": _schema(lambda o: Part()),
-    "who": _schema(lambda o: Who()),
-    "rooms": _schema(lambda o: Rooms()),
-    "bye": _schema(lambda o: Bye()),
-}
+def _schemas(union: object) -> dict[str, _Schema]:
+    return {cls.TYPE: _schema(cls) for cls in get_args(union)}
 
-_SERVER_SCHEMAS: Final[dict[str, _Schema]] = {
-    "welcome": _schema(lambda o: Welcome(_str(o, "nick"), _str(o, "room")), "nick", "room"),
-    "say": _schema(
-        lambda o: SayOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _str(o, "id"), _ts(o)),
-        "room",
-        "nick",
-        "text",
-        "id",
-        optional=("ts", "history"),
-    ),
-    "me": _schema(
-        lambda o: MeOut(_str(o, "room"), _str(o, "nick"), _str(o, "text"), _str(o, "id"), _ts(o)),
-        "room",
-        "nick",
-        "text",
-        "id",
-        optional=("ts", "history"),
-    ),
-    "msg": _schema(
-        lambda o: PrivateMsgIn(_str(o, "from"), _str(o, "text"), _str(o, "id")),
-        "from",
-        "text",
-        "id",
-    ),
-    "join": _schema(lambda o: JoinNotice(_str(o, "room"), _str(o, "nick")), "room", "nick"),
-    "part": _schema(
-        lambda o: PartNotice(_str(o, "room"), _str(o, "nick"), _str(o, "reason")),
-        "room",
-        "nick",
-        "reason",
-    ),
-    "nick": _schema(lambda o: NickNotice(_str(o, "old"), _str(o, "new")), "old", "new"),
-    "who": _schema(
-        lambda o: WhoList(_str(o, "room"), tuple(_list(o, "nicks")), _bool(o, "more")),
-        "room",
-        "nicks",
-        "more",
-    ),
-    "rooms": _schema(
-        lambda o: RoomList(
-            tuple(_room_count(entry) for entry in _list(o, "rooms")), _bool(o, "more")
-        ),
-        "rooms",
-        "more",
-    ),
-    "error": _schema(lambda o: Error(_str(o, "code"), _str(o, "text")), "code", "text"),
-    "shutdown": _schema(lambda o: Shutdown(_str(o, "text")), "text"),
-}
+
+_CLIENT_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ClientMessage)
+_SERVER_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ServerMessage)
 
 
 def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError("bad-message", "a message is bytes")
-    if len(data) > APP_MAX_BYTES:
-        raise MessageError("too-long", f"message longer than {APP_MAX_BYTES} bytes")
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise MessageError("too-long", f"message longer than {MAX_PAYLOAD_BYTES} bytes")
     try:
         source = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
@@ -678,12 +656,12 @@ _T = TypeVar("_T")
 
 
 def _chunks(items: Sequence[_T], overhead: int, size: Callable[[_T], int]) -> list[list[_T]]:
-    """Split ``items`` greedily so that overhead + items + commas <= APP_MAX_BYTES."""
+    """Split ``items`` greedily so that overhead + items + commas <= MAX_PAYLOAD_BYTES."""
     chunks: list[list[_T]] = [[]]
     used = overhead
     for item in items:
         cost = size(item) + (1 if chunks[-1] else 0)
-        if chunks[-1] and used + cost > APP_MAX_BYTES:
+        if chunks[-1] and used + cost > MAX_PAYLOAD_BYTES:
             chunks.append([])
             used = overhead
             cost = size(item)
@@ -694,7 +672,7 @@ def _chunks(items: Sequence[_T], overhead: int, size: Callable[[_T], int]) -> li
 
 def who_chunks(room: str, nicks: Sequence[str]) -> list[WhoList]:
     """The "who" answer for ``room``: as many messages as needed, each encoding to at
-    most APP_MAX_BYTES, all but the last with more=True. Never empty."""
+    most MAX_PAYLOAD_BYTES, all but the last with more=True. Never empty."""
     overhead = len(encode(WhoList(room, (), more=False)))  # "false" outweighs "true"
     parts = _chunks(nicks, overhead, lambda nick: len(_dumps(nick)))
     return [WhoList(room, tuple(part), more=i < len(parts) - 1) for i, part in enumerate(parts)]

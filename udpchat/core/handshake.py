@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from udpchat.core import wire
+from udpchat.core.stats import DropReason
 from udpchat.core.wire import Init, Malformed, Response, SessionKeys
 
 ZERO_TAG = bytes(wire.RESUME_TAG_BYTES)
@@ -28,7 +29,7 @@ FERNET_MAX_CLOCK_SKEW_S = 60
 class HandshakeRejected(Exception):
     """A handshake message failed a check; `reason` names it for the drop counters."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: DropReason) -> None:
         super().__init__(reason)
         self.reason = reason
 

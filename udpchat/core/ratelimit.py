@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 # Float slack so that, e.g., 0.05 s at 20/s refills exactly one token even when
 # the subtraction of two timestamps lands a hair below 0.05.
@@ -102,17 +102,24 @@ class AddressRateLimiter:
     sources arrived in between, each of which got its own burst anyway: at
     most one extra burst per ``max_entries`` new sources. Refusing new
     sources instead would let a spoofed flood lock out every honest newcomer.
-    ``evictions`` counts such early evictions (a sign of a flood).
+    Such an early eviction is a sign of a flood: ``on_evict`` (if given) is
+    called once for each, so the owner can count it where the operator sees it.
     """
 
-    def __init__(self, rate_per_s: float = 20.0, burst: int = 5, max_entries: int = 4096) -> None:
+    def __init__(
+        self,
+        rate_per_s: float = 20.0,
+        burst: int = 5,
+        max_entries: int = 4096,
+        on_evict: Callable[[], None] | None = None,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
         TokenBucket(rate_per_s, burst)  # validate the parameters once, here
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_entries = max_entries
-        self.evictions = 0
+        self._on_evict = on_evict
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
@@ -126,7 +133,8 @@ class AddressRateLimiter:
         if bucket is None:
             if len(self._buckets) >= self.max_entries:
                 self._buckets.popitem(last=False)
-                self.evictions += 1
+                if self._on_evict is not None:
+                    self._on_evict()
             bucket = TokenBucket(self.rate_per_s, self.burst, now)
             self._buckets[key] = bucket
         else:
@@ -149,61 +157,50 @@ class BoundedExpiringSet:
 
     Meant for the handshake replay cache: add a handshake's identifier only
     after the handshake message has authenticated (otherwise anyone could
-    fill the cache), and drop the handshake when :meth:`add` returns False.
+    fill the cache), and drop a handshake whose identifier it ``contains``.
 
-    When the set is full of unexpired keys, :meth:`add` refuses *new* keys too,
-    while :meth:`add_evicting` forgets the oldest instead. The handshake replay
-    cache uses the latter: a replay that slips through after an early eviction
-    only gets a half-open session its sender cannot use, whereas refusing would
-    let one busy key holder lock every newcomer out.
+    When the set is full of unexpired keys, :meth:`add_evicting` forgets the
+    oldest key to make room for the new one rather than refusing it: a replay
+    that slips through after an early eviction only gets a half-open session its
+    sender cannot use, whereas refusing would let one busy key holder lock every
+    newcomer out. Such an early eviction is a sign of a flood: ``on_evict`` (if
+    given) is called once for each.
 
     Expiry times are ``now + ttl_s`` with ``now`` non-decreasing, so insertion
     order is expiry order and expired keys are pruned from the front in O(1)
     amortised time.
     """
 
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
+    def __init__(
+        self, max_entries: int, ttl_s: float, on_evict: Callable[[], None] | None = None
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
         self.max_entries = max_entries
         self.ttl_s = ttl_s
+        self._on_evict = on_evict
         self._expiry: OrderedDict[Hashable, float] = OrderedDict()
-        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def add(self, key: Hashable, now: float) -> bool:
-        """Remember ``key`` until ``now + ttl_s``; False if present or the set is full."""
-        self._prune(now)
-        expiry = self._expiry.get(key)
-        if expiry is not None:
-            if expiry > now:
-                return False
-            # Expired but not yet pruned (only if ``now`` went backwards once).
-            del self._expiry[key]
-        if len(self._expiry) >= self.max_entries:
-            return False
-        self._expiry[key] = now + self.ttl_s
-        return True
-
     def add_evicting(self, key: Hashable, now: float) -> bool:
-        """Like :meth:`add`, but when full forget the oldest key instead of refusing.
+        """Remember ``key`` until ``now + ttl_s``; False if it is remembered already.
 
-        For a cache whose misses are harmless enough (a replayed handshake that slips
-        through creates only a half-open session its sender cannot use), staying open
-        to new keys beats letting one busy key holder lock everyone out.
+        When full, the oldest key is forgotten to make room (see the class docstring).
         """
         self._prune(now)
         expiry = self._expiry.get(key)
         if expiry is not None and expiry > now:
             return False
+        # An expired key still here (only if ``now`` went backwards once) starts afresh.
         self._expiry.pop(key, None)
         while len(self._expiry) >= self.max_entries:
             self._expiry.popitem(last=False)
-            self.evictions += 1
+            if self._on_evict is not None:
+                self._on_evict()
         self._expiry[key] = now + self.ttl_s
         return True
 
@@ -211,11 +208,6 @@ class BoundedExpiringSet:
         """Whether ``key`` was added and has not expired by ``now``."""
         expiry = self._expiry.get(key)
         return expiry is not None and expiry > now
-
-    def is_full(self, now: float) -> bool:
-        """Whether :meth:`add` at ``now`` would refuse any new key for lack of room."""
-        self._prune(now)
-        return len(self._expiry) >= self.max_entries
 
     def _prune(self, now: float) -> None:
         """Forget keys from the front (oldest first) whose expiry has passed."""

@@ -60,25 +60,6 @@ class ReplayWindow:
         # One more than the highest counter accepted so far; 0 = none yet.
         self._top = 0
 
-    @property
-    def highest(self) -> int | None:
-        """The highest counter accepted so far, or None before the first."""
-        return self._top - 1 if self._top else None
-
-    def check(self, counter: int) -> bool:
-        """Return whether :meth:`accept` would accept ``counter``; change nothing.
-
-        Use this to drop obvious replays cheaply *before* spending work on
-        decryption; it is only a hint, :meth:`accept` decides.
-        """
-        shifted = self._shifted(counter)
-        if shifted is None:
-            return False
-        if shifted > self._top:
-            return True
-        word = self._ring[(shifted >> _WORD_SHIFT) & _RING_MASK]
-        return not (word >> (shifted & _BIT_MASK)) & 1
-
     def accept(self, counter: int) -> bool:
         """Mark ``counter`` as seen; return False if it must be dropped.
 

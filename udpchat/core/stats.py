@@ -3,28 +3,69 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal, TypeAlias
+
+#: Every reason the core counts a dropped datagram under; the daemon's log line shows
+#: them as written here. mypy checks each `DropStats.drop(...)` and
+#: `HandshakeRejected(...)` against this list.
+DropReason: TypeAlias = Literal[
+    # cheap checks before any crypto (endpoint)
+    "too-large",
+    "short",
+    "bad-length",
+    "unknown-type",
+    "unknown-session",
+    "server-full",
+    "session-exists",
+    "internal-error",
+    # handshakes (handshake, endpoint, session)
+    "bad-token",
+    "bad-point",
+    "bad-handshake",
+    "stale-handshake",
+    "future-handshake",
+    "unbound-response",
+    "unexpected-response",
+    "replayed-handshake",
+    "rate-limited",
+    "stale-rekey",
+    "bad-resume",
+    "pending-evicted",
+    # data datagrams of a session (session)
+    "unknown-epoch",
+    "retired-key",
+    "key-expired",
+    "header-mismatch",
+    "bad-frame",
+    "replay",
+    "message-rate",
+    "beyond-window",
+    # a bounded table forgot an entry early: a sign of a flood (core/ratelimit.py)
+    "rate-limiter-evicted",
+    "handshake-cache-evicted",
+]
 
 
 class DropStats:
     """Counts dropped datagrams by reason; cheap enough for the per-datagram path."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[DropReason] = Counter()
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: DropReason) -> None:
         self._counts[reason] += 1
 
-    def __getitem__(self, reason: str) -> int:
+    def __getitem__(self, reason: DropReason) -> int:
         return self._counts[reason]
 
     def total(self) -> int:
         return sum(self._counts.values())
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self._counts)
+        return {reason: count for reason, count in self._counts.items()}
 
     def take(self) -> dict[str, int]:
         """Return the counts since the last take() and start again from zero."""
-        counts = dict(self._counts)
+        counts: dict[str, int] = {reason: n for reason, n in self._counts.items()}
         self._counts.clear()
         return counts

@@ -7,6 +7,7 @@ normative description of the same layouts.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import struct
@@ -31,6 +32,10 @@ FRAME_ACK = 0x02
 FRAME_PING = 0x03
 FRAME_CLOSE = 0x04
 
+#: A pre-shared key is 32 random bytes, written as a Fernet key: 44 characters of
+#: URL-safe base64 (what Fernet.generate_key() returns).
+PSK_RAW_BYTES = 32
+PSK_B64_CHARS = 44
 SESSION_ID_BYTES = 8
 PUBLIC_KEY_BYTES = 32
 RESUME_TAG_BYTES = 16
@@ -65,10 +70,21 @@ def fernet_key(raw32: bytes) -> Fernet:
 
 
 def psk_raw(psk: bytes) -> bytes:
-    """The 32 raw bytes of a pre-shared key given as a Fernet key (urlsafe base64)."""
-    raw = base64.urlsafe_b64decode(psk)
-    if len(raw) != 32:
-        raise ValueError("a udpchat key is 32 bytes in urlsafe base64")
+    """The 32 raw bytes of a pre-shared key given as a Fernet key (URL-safe base64, 44
+    characters); raise ValueError if it is not one.
+
+    Only the canonical encoding is accepted, so one key has exactly one spelling and a
+    mangled copy on a client fails loudly instead of silently differing. udpchat.keys
+    uses this to check key files: the file and the core agree on what a key is.
+    """
+    if len(psk) != PSK_B64_CHARS:
+        raise ValueError(f"expected {PSK_B64_CHARS} characters, got {len(psk)}")
+    try:
+        raw = base64.b64decode(psk, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not URL-safe base64") from exc
+    if len(raw) != PSK_RAW_BYTES or base64.urlsafe_b64encode(raw) != psk:
+        raise ValueError(f"does not encode exactly {PSK_RAW_BYTES} bytes")
     return raw
 
 

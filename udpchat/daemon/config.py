@@ -14,27 +14,13 @@ import math
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SECTION = "server"
-# Keys of [server] and their defaults, as they would be written in the file.
-DEFAULTS: dict[str, str] = {
-    "interface": "",
-    "port": "12345",
-    "key_file": "chat.key",
-    "history_lines": "50",
-    "idle_timeout": "30",
-    "max_members": "256",
-    "allow": "",
-    "deny": "",
-    "log_rejects_interval": "60",
-    "handshake_rate": "20",
-    "handshake_burst": "5",
-}
 # History is sent to a joiner as one message per line, all queued at once: it must fit
 # the session's send queue (64 + 1024 messages) with room for what else is going on.
 MAX_HISTORY_LINES = 500
@@ -76,6 +62,22 @@ class ServerConfig:
         if self.allow and not any(addr in net for net in self.allow):
             return False
         return not any(addr in net for net in self.deny)
+
+
+def _ini_text(value: object) -> str:
+    """A default as it is written in the INI file (etc/chat.ini): 30.0 is "30"."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+# Keys of [server] and their defaults, as they would be written in the file. Derived
+# from ServerConfig so that each default is written once; `path` is not a key.
+DEFAULTS: dict[str, str] = {
+    f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name != "path"
+}
 
 
 T = TypeVar("T")
