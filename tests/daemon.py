@@ -140,7 +140,7 @@ class ChatClient:
                 self.core.receive_datagram(data, time.time())
 
     def wait_for(
-        self, predicate: Any, timeout: float = 10.0, also: tuple[ChatClient, ...] = ()
+        self, predicate: Any, timeout: float = 10.0, also: tuple[Any, ...] = ()
     ) -> dict[str, Any]:
         """Poll (this client and `also`) until a received message satisfies `predicate`."""
         deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpchat.chat.messages import (
-    APP_MAX_BYTES,
+    MAX_PAYLOAD_BYTES,
     Bye,
     ClientMessage,
     Error,
@@ -80,7 +80,7 @@ class Chat:
         for action in self.server.take_actions():
             if isinstance(action, Send):
                 assert action.session_id not in self.closed, "sent after its close"
-                assert len(action.payload) <= APP_MAX_BYTES
+                assert len(action.payload) <= MAX_PAYLOAD_BYTES
                 self.inbox[action.session_id].append(decode_server(action.payload))
             elif isinstance(action, Close):
                 self.closed.append(action.session_id)

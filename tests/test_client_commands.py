@@ -121,6 +121,6 @@ def test_parse_never_crashes_and_results_encode(line: str) -> None:
         assert str(exc)
         return
     if isinstance(action, messages.Hello | messages.Say | messages.Me | messages.PrivateMsg):
-        assert len(messages.encode(action)) <= messages.APP_MAX_BYTES
+        assert len(messages.encode(action)) <= messages.MAX_PAYLOAD_BYTES
     elif action is not None and not isinstance(action, LocalHelp | LocalQuit):
         messages.encode(action)

@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -183,7 +184,7 @@ def test_hostile_server_cannot_inject_escapes() -> None:
 def test_no_control_character_survives_formatting(nick: str, room: str, text: str) -> None:
     """Property: whatever the strings, plain output has no control characters at all."""
     for cls in (messages.SayOut, messages.MeOut):
-        item = object.__new__(cls)
+        item: Any = object.__new__(cls)
         for name, value in (("room", room), ("nick", nick), ("text", text), ("ts", None)):
             object.__setattr__(item, name, value)
         line = format_item(item, PLAIN, now=NOW)

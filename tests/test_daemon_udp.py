@@ -13,12 +13,12 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.fernet import Fernet
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
 from udpchat.chat.server import ChatServer
 from udpchat.core import events
@@ -108,9 +108,9 @@ def logged() -> Any:
         if event.get("log_namespace") == "udpchat" and event.get("log_level") >= LogLevel.info:
             lines.append(formatEvent(event))
 
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     yield lines
-    globalLogPublisher.removeObserver(observer)
+    globalLogPublisher.removeObserver(cast(ILogObserver, observer))
 
 
 def test_member_events_become_log_lines_in_the_operators_words(logged: list[str]) -> None:
@@ -150,10 +150,11 @@ def test_rejected_datagrams_are_summarised_not_logged_one_by_one(logged: list[st
     clock = Clock()
     config = ServerConfig(path=Path("/test/chat.ini"))
     service = ChatService(config, PSK, reactor=clock)
-    service.protocol.transport = RecordingTransport()  # type: ignore[assignment]
+    transport = RecordingTransport()
+    service.protocol.transport = transport  # type: ignore[assignment]
     for i in range(100):
         service.protocol.datagramReceived(bytes([i % 5]) * (i + 1), ("127.0.0.1", 2000 + i))
-    assert service.protocol.transport.written == []  # type: ignore[attr-defined]
+    assert transport.written == []
     assert logged == []
     service.log_rejections()
     assert len(logged) == 1 and "Dropped 100 datagrams without answer" in logged[0]
@@ -199,12 +200,12 @@ def test_a_bug_costs_one_datagram_and_one_traceback_a_minute(logged: list[str]) 
         real(data, addr, now)
 
     world.server.server.receive_datagram = broken  # type: ignore[method-assign]
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
         for _ in range(3):
             world.server.datagramReceived(b"x", ("127.0.0.1", 9))
     finally:
-        globalLogPublisher.removeObserver(observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
     assert len(errors) == 1 and "a bug" in str(errors[0]["log_failure"].value)
     assert world.server.take_drops()["internal-error"] == 3
     assert world.clock.getDelayedCalls(), "the timer is still set"

@@ -3,8 +3,8 @@
 Every message type is a frozen dataclass that validates itself when built, so an
 invalid message can be neither encoded nor decoded. ``decode_client`` (what a server
 reads) and ``decode_server`` (what a client reads) are strict: anything that is not
-exactly one of the messages in docs/CONTRACTS.md raises :class:`MessageError` and
-nothing else. Sans-IO: no sockets, no clock.
+exactly one of the messages in docs/PROTOCOL.md section 7 raises
+:class:`MessageError` and nothing else. Sans-IO: no sockets, no clock.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from udpchat.chat.lineids import HEX_ID_RE
 from udpchat.core.limits import MAX_PAYLOAD_BYTES
 
 # One message is one datagram payload, never split, so every encoded message must fit
-# in MAX_PAYLOAD_BYTES. APP_MAX_BYTES is its old name, kept until the tests that still
-# import it (test_chat, test_client_commands) import MAX_PAYLOAD_BYTES instead.
-APP_MAX_BYTES: Final = MAX_PAYLOAD_BYTES
+# in MAX_PAYLOAD_BYTES.
 TEXT_MAX_BYTES: Final = 400
 NICK_MAX_CHARS: Final = 24
 ROOM_MAX_CHARS: Final = 24
@@ -74,7 +72,7 @@ def nick_error(nick: str) -> str | None:
 
 
 def valid_nick(nick: str) -> bool:
-    """True if ``nick`` is a valid nick (1..24 chars, see CONTRACTS.md)."""
+    """True if ``nick`` is a valid nick (1..24 chars, see docs/PROTOCOL.md 7.2)."""
     return nick_error(nick) is None
 
 

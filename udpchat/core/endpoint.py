@@ -103,12 +103,15 @@ class ServerEndpoint(_Endpoint):
         self._timer_order = itertools.count()
         # A replayed message 1 is caught here while it is still fresh enough to pass.
         self._seen_ephemerals = BoundedExpiringSet(
-            config.handshake_cache_max, config.handshake_ttl_s + FERNET_MAX_CLOCK_SKEW_S
+            config.handshake_cache_max,
+            config.handshake_ttl_s + FERNET_MAX_CLOCK_SKEW_S,
+            on_evict=lambda: self.stats.drop("handshake-cache-evicted"),
         )
         self._handshake_limiter = AddressRateLimiter(
             config.handshake_rate_per_s,
             config.handshake_burst,
             config.rate_limiter_max_addresses,
+            on_evict=lambda: self.stats.drop("rate-limiter-evicted"),
         )
 
     def __len__(self) -> int:

@@ -17,7 +17,6 @@ DropReason: TypeAlias = Literal[
     "unknown-session",
     "server-full",
     "session-exists",
-    "internal-error",
     # handshakes (handshake, endpoint, session)
     "bad-token",
     "bad-point",
@@ -40,10 +39,14 @@ DropReason: TypeAlias = Literal[
     "replay",
     "message-rate",
     "beyond-window",
-    # a bounded table forgot an entry early: a sign of a flood (core/ratelimit.py)
+    # not a dropped datagram: a bounded table forgot an entry early, a sign of a
+    # flood (core/ratelimit.py); counted here so that the operator sees it
     "rate-limiter-evicted",
     "handshake-cache-evicted",
 ]
+
+#: The reasons above that count evictions, not datagrams.
+EVICTIONS: frozenset[str] = frozenset({"rate-limiter-evicted", "handshake-cache-evicted"})
 
 
 class DropStats:
@@ -57,12 +60,6 @@ class DropStats:
 
     def __getitem__(self, reason: DropReason) -> int:
         return self._counts[reason]
-
-    def total(self) -> int:
-        return sum(self._counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return {reason: count for reason, count in self._counts.items()}
 
     def take(self) -> dict[str, int]:
         """Return the counts since the last take() and start again from zero."""

@@ -15,6 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer
+from udpchat.core.stats import EVICTIONS
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol, settings_of
@@ -90,12 +91,19 @@ class ChatService(Service):
     def log_rejections(self) -> None:
         """One summary line of what was dropped since the last one (never per datagram)."""
         counts = self.protocol.take_drops()
+        evictions = {r: counts.pop(r) for r in EVICTIONS & counts.keys()}
         if counts:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
             log.info(
                 "Dropped {total} datagrams without answer ({reasons})",
                 total=sum(counts.values()),
                 reasons=reasons,
+            )
+        if evictions:
+            # Bounded tables forgetting entries early: someone is flooding handshakes.
+            log.warn(
+                "Handshake flood: {evictions}",
+                evictions=", ".join(f"{r}: {n}" for r, n in sorted(evictions.items())),
             )
 
     def stopService(self) -> Deferred[object]:
