@@ -71,7 +71,9 @@ class Net:
 
         rules.message_received = seen  # type: ignore[method-assign]
 
-    def client(self, nick: str, room: str = "lobby", start: bool = True, **kw: object) -> Peer:
+    def client(
+        self, nick: str, room: str = "lobby", start: bool = True, addresses: int = 1, **kw: object
+    ) -> Peer:
         n = len(self.peers) + 1
         chat = ChatClient(
             ClientEndpoint(self.psk, self.config),
@@ -83,7 +85,7 @@ class Net:
         peer = Peer(chat, (f"10.0.0.{n}", 40000 + n))
         self.peers.append(peer)
         if start:
-            chat.start(self.now)
+            chat.start(self.now, addresses=addresses)
         return peer
 
     def _delivered(self, peer: Peer, to_peer: bool = False) -> bool:

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the repo root, how to run twistd in a subprocess, a PSK file."""
+"""Shared pytest fixtures: the repo root, how to run twistd in a subprocess, a PSK file;
+and the hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import settings
+
+# Property tests: no per-example deadline (a slow example on a loaded 2-core CI machine
+# is not a bug, and a deadline makes such runs flaky), and 100 examples each, which
+# keeps the whole suite fast. HYPOTHESIS_PROFILE=thorough searches ten times as hard
+# (e.g. nightly, or after changing a parser). Tests that need other numbers say so.
+settings.register_profile("udpchat", deadline=None, max_examples=100)
+settings.register_profile("thorough", settings.get_profile("udpchat"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "udpchat"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from udpchat.chat.messages import (
@@ -661,7 +661,6 @@ client_actions = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), client_actions), max_size=40))
 def test_any_sequence_of_input_never_raises(
     steps: list[tuple[int, ClientMessage | bytes | str]],

@@ -406,3 +406,72 @@ def test_lossy_network_keeps_order_and_exactly_once(loss: float) -> None:
     assert [line for line in bob.lines if line.startswith("<alice>")] == [
         f"<alice> {text}" for text in lines
     ]
+
+
+# --- which server address, and the pump ------------------------------------------------
+
+
+def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
+    """With several server addresses, a handshake not answered within fallback_after_s
+    sends the next attempt to the next address, and after the last one round again
+    to the first; the client stays connecting meanwhile."""
+    net = Net()
+    net.up = False
+    alice = net.client("alice", addresses=3, fallback_after_s=3.0)
+    assert alice.chat.address_index == 0
+    seen = []
+    for _ in range(4):
+        net.run(3.01)
+        seen.append(alice.chat.address_index)
+    assert seen == [1, 2, 0, 1]
+    assert alice.chat.state is State.CONNECTING
+
+
+def test_session_lost_while_connecting_moves_on_to_the_next_address() -> None:
+    """Without a fallback time, an attempt whose session ends before it ever started
+    (its handshake unanswered until the session expired) also counts as failed: the
+    next attempt goes to the next address."""
+    net = Net()
+    net.up = False
+    alice = net.client("alice", addresses=2)
+    net.run_until(lambda: alice.chat.address_index == 1, timeout=FAST.session_expiry_s + 1)
+    assert alice.chat.state is State.WAITING
+
+
+def test_a_session_that_started_keeps_its_address() -> None:
+    """Once connected, the address stays the same, also when that session is later
+    lost: the address answered, so the reconnect goes there first."""
+    net = Net()
+    alice = net.client("alice", addresses=2, fallback_after_s=3.0)
+    net.run_until(lambda: alice.chat.connected)
+    net.up = False
+    net.run_until(lambda: alice.chat.state is State.WAITING, timeout=FAST.session_expiry_s + 2)
+    assert alice.chat.address_index == 0
+
+
+def test_the_pump_is_never_re_entered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handling events never calls back into the pump loop that is handling them: a
+    pipe-mode client whose input ended while connected says bye from within the one
+    pump loop (the end of input and the bye are one pass, not a nested one)."""
+    depth = [0, 0]  # current, deepest
+    pump = client_session.ChatClient._pump  # noqa: SLF001 - observed, not replaced
+
+    def counted(self: client_session.ChatClient, now: float) -> None:
+        depth[0] += 1
+        depth[1] = max(depth)
+        try:
+            pump(self, now)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(client_session.ChatClient, "_pump", counted)
+    net = Net()
+    alice, bob = net.client("alice", pipe=True), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.submit(alice, "last words")
+    alice.chat.finish(net.now)
+    net.run_until(lambda: alice.chat.done)
+    net.run(1)
+    assert alice.chat.exit_code == 0
+    assert bob.lines[-2:] == ["<alice> last words", "-!- alice has left lobby (quit)"]
+    assert depth[1] == 1

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 from daemon import Daemon
 
-from udpchat.client.cli import default_key_path, nick_from_login
+from udpchat.client.cli import (
+    TESTING_SHORT_IDLE_ENV,
+    build_parser,
+    client_protocol_config,
+    default_key_path,
+    nick_from_login,
+)
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
 
@@ -268,3 +274,31 @@ def test_pipe_mode_exit_status_1_when_a_line_is_refused(
     )
     assert result.returncode == 1
     assert "!!! unknown command /nosuchcommand" in result.stdout
+
+
+def test_idle_timeout_sets_the_session_expiry_and_keeps_give_up_longer() -> None:
+    """--idle-timeout (default 30 s) becomes the core's session expiry; lines give up
+    no sooner than 60 s and always after the session would have expired, as on the
+    server, so a silent server ends the session (and lines are resent) first."""
+    assert build_parser({}).parse_args(["h"]).idle_timeout == 30
+    assert build_parser({}).parse_args(["h", "--idle-timeout", "90"]).idle_timeout == 90
+    default = client_protocol_config(30)
+    assert (default.session_expiry_s, default.give_up_s) == (30, 60)
+    long = client_protocol_config(90)
+    assert (long.session_expiry_s, long.give_up_s) == (90, 180)
+
+
+def test_idle_timeout_below_15_s_only_for_the_test_suite(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Below 15 s one lost server keepalive (every 10 s) would end an idle session, so
+    --idle-timeout refuses it; only the test suite's variable lowers the floor (to
+    1 s)."""
+    with pytest.raises(SystemExit):
+        build_parser({}).parse_args(["h", "--idle-timeout", "14.9"])
+    assert "must be 15..3600 seconds" in capsys.readouterr().err
+    testing = build_parser({TESTING_SHORT_IDLE_ENV: "1"})
+    assert testing.parse_args(["h", "--idle-timeout", "3"]).idle_timeout == 3
+    with pytest.raises(SystemExit):
+        testing.parse_args(["h", "--idle-timeout", "0.5"])
+    assert client_protocol_config(3).give_up_s == 60

@@ -20,7 +20,9 @@ from typing import IO
 
 import pytest
 from daemon import Daemon
-from udpproxy import PERFECT, Impairment, UDPProxy
+from udpproxy import PERFECT, Counts, Impairment, UDPProxy
+
+from udpchat.client.cli import TESTING_SHORT_IDLE_ENV
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
 #: A history line as pipe mode prints it: "[HH:MM] <nick> text".
@@ -153,12 +155,12 @@ def clients() -> Iterator[Callable[..., PipeClient]]:
 
 
 def start_pair(
-    clients: Callable[..., PipeClient], port: int, key: Path, env: dict[str, str]
+    clients: Callable[..., PipeClient], port: int, key: Path, env: dict[str, str], *args: str
 ) -> tuple[PipeClient, PipeClient]:
-    """bob, then alice, both in lobby and each seen by the other."""
-    bob = clients(port, key, "bob", env)
+    """bob, then alice (both with ``args``), in lobby and each seen by the other."""
+    bob = clients(port, key, "bob", env, *args)
     bob.wait_for("-!- bob has joined lobby", timeout=40)
-    alice = clients(port, key, "alice", env)
+    alice = clients(port, key, "alice", env, *args)
     alice.wait_for("-!- alice has joined lobby", timeout=40)
     bob.wait_for("-!- alice has joined lobby")
     return alice, bob
@@ -266,20 +268,33 @@ def test_private_message_to_nobody_fails_the_script(
 # --- a lossy network ---------------------------------------------------------------------
 
 LOSSY = Impairment(loss=0.2, duplicate=0.05, reorder=0.2, delay_s=(0.01, 0.05))
+#: While joining: the same, but nothing lost. A lost handshake datagram only costs the
+#: client's handshake retry (1 s, then 2 s, 4 s ...), which made this test spend ~8 of
+#: its ~10 s joining; joining through loss is specified in memory by
+#: test_client_chatclient.py::test_lossy_network_keeps_order_and_exactly_once.
+JOINING = Impairment(duplicate=0.05, reorder=0.2, delay_s=(0.01, 0.05))
+
+
+def since(now: Counts, before: Counts) -> Counts:
+    """What happened in one direction between two snapshots."""
+    return Counts(**{name: value - getattr(before, name) for name, value in vars(now).items()})
 
 
 def test_lossy_network_every_line_arrives_exactly_once_in_order(
     daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:
-    """Through a network that loses 20% of the datagrams each way, duplicates 5% and
-    holds back 20% by 10-50 ms (so later ones overtake them), two scripts talking at
-    once each see every line of the other exactly once and in order, never their
-    own, no error; the session rides it out; both exit 0 once everything is
-    acknowledged."""
+    """Once two scripts have joined (through a network that duplicates and reorders),
+    the network also loses 20% of the datagrams each way, duplicates 5% and holds back
+    20% by 10-50 ms (so later ones overtake them): talking at once, each sees every
+    line of the other exactly once and in order, never their own, no error; the
+    session rides it out; both exit 0 once everything is acknowledged."""
     with UDPProxy(
-        daemon.address, to_server=LOSSY, to_client=LOSSY, seed=20240611, max_lifetime_s=100
+        daemon.address, to_server=JOINING, to_client=JOINING, seed=20240611, max_lifetime_s=100
     ) as proxy:
         alice, bob = start_pair(clients, proxy.port, daemon.key_file, env)
+        joined = proxy.to_server, proxy.to_client
+        proxy.impair("to_server", LOSSY)
+        proxy.impair("to_client", LOSSY)
         from_alice = [f"alice line {i}" for i in range(200)]
         from_bob = [f"bob line {i}" for i in range(100)]
         for i, line in enumerate(from_alice):  # one at a time: many small datagrams
@@ -293,7 +308,7 @@ def test_lossy_network_every_line_arrives_exactly_once_in_order(
         bob.end_input()
         assert alice.proc.wait(60) == 0, alice.lines
         assert bob.proc.wait(60) == 0, bob.lines
-        up, down = proxy.to_server, proxy.to_client
+        up, down = since(proxy.to_server, joined[0]), since(proxy.to_client, joined[1])
     assert bob.said("alice") == from_alice
     assert alice.said("bob") == from_bob
     for client in (alice, bob):
@@ -301,7 +316,7 @@ def test_lossy_network_every_line_arrives_exactly_once_in_order(
         assert not [line for line in client.lines if line.startswith("!!!")]
         assert not [line for line in client.lines if "reconnect" in line]
         assert client.stderr == []
-    for counts in (up, down):  # the network really was that bad, both ways
+    for counts in (up, down):  # the network really was that bad, both ways, once joined
         assert counts.dropped >= 0.1 * counts.received, counts
         assert counts.duplicated > 0, counts
         assert counts.reordered > 0, counts
@@ -309,11 +324,22 @@ def test_lossy_network_every_line_arrives_exactly_once_in_order(
 
 # --- the daemon goes away and comes back ----------------------------------------------------
 
-#: The client core ends a session after this much silence from the server (the
-#: protocol's session_expiry_s; udpchat-client has no option to shorten it), and only
-#: that tells it about a daemon killed with SIGKILL: the new daemon answers datagrams
-#: of sessions it does not know with silence.
-CLIENT_SESSION_EXPIRY_S = 30
+#: The client ends a session after this much silence from the server, and only that
+#: tells it about a daemon killed with SIGKILL: the new daemon answers datagrams of
+#: sessions it does not know with silence. The default (30 s) would make these tests
+#: wait half a minute, so the clients that must notice a dead daemon run with
+#: --idle-timeout 3, allowed below its floor of 15 s by the test-only variable (the
+#: floor guards idle sessions against a lost 10 s server keepalive; these clients are
+#: never idle that long before the daemon dies).
+CLIENT_IDLE_S = 3
+SHORT_IDLE = ("--idle-timeout", str(CLIENT_IDLE_S))
+
+
+@pytest.fixture
+def short_idle_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` where udpchat-client accepts an --idle-timeout below 15 s."""
+    env[TESTING_SHORT_IDLE_ENV] = "1"
+    return env
 
 
 def start_again(daemon: Daemon) -> int:
@@ -329,14 +355,15 @@ def start_again(daemon: Daemon) -> int:
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 def test_clients_reconnect_to_a_restarted_daemon(
-    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient], kill: bool
+    daemon: Daemon, short_idle_env: dict[str, str], clients: Callable[..., PipeClient], kill: bool
 ) -> None:
     """When the daemon stops (SIGTERM: members are told; SIGKILL: silence, noticed
-    when the session expires) and starts again on the same port with the same key,
-    both clients say so, reconnect on their own and rejoin under the same nick; a
-    line typed during the outage arrives exactly once; no line is shown twice; the
-    scripts end normally (exit 0)."""
-    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    when the session expires after the client's --idle-timeout) and starts again on
+    the same port with the same key, both clients say so, reconnect on their own and
+    rejoin under the same nick; a line typed during the outage arrives exactly once;
+    no line is shown twice; the scripts end normally (exit 0)."""
+    env = short_idle_env
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env, *SHORT_IDLE)
     alice.type("before", "/who")
     alice.wait_for("-!- Users in lobby: alice bob")
     bob.wait_for("<alice> before")
@@ -354,7 +381,7 @@ def test_clients_reconnect_to_a_restarted_daemon(
     alice.type("during the outage")
     time.sleep(0.5)  # the outage: the line above has nowhere to go
     assert start_again(daemon) == (-signal.SIGKILL if kill else 0)
-    expiry = CLIENT_SESSION_EXPIRY_S + 15 if kill else 15
+    expiry = CLIENT_IDLE_S + 15 if kill else 15
     for client in (alice, bob):
         client.wait_for("-!- reconnected", timeout=expiry)
         if kill:
@@ -377,17 +404,19 @@ def test_clients_reconnect_to_a_restarted_daemon(
 
 
 def test_line_relayed_just_before_a_sigkill_is_shown_once(
-    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+    daemon: Daemon, short_idle_env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:
     """The crash window: the daemon relays alice's line to bob and is SIGKILLed before
     its acknowledgement reaches alice (made certain here by cutting the way back to
     alice first). Alice sends the line again, under the same line id, once she is
     reconnected to the restarted daemon, which remembers nothing and relays it to bob
     again; bob's client recognises the id and shows the line exactly once."""
+    env = short_idle_env
     with UDPProxy(daemon.address, max_lifetime_s=150) as proxy:
-        bob = clients(daemon.port, daemon.key_file, "bob", env)  # not behind the proxy
+        # bob is not behind the proxy
+        bob = clients(daemon.port, daemon.key_file, "bob", env, *SHORT_IDLE)
         bob.wait_for("-!- bob has joined lobby", timeout=40)
-        alice = clients(proxy.port, daemon.key_file, "alice", env)
+        alice = clients(proxy.port, daemon.key_file, "alice", env, *SHORT_IDLE)
         alice.wait_for("-!- alice has joined lobby", timeout=40)
         bob.wait_for("-!- alice has joined lobby")
         alice.type("before")
@@ -405,7 +434,7 @@ def test_line_relayed_just_before_a_sigkill_is_shown_once(
         proxy.blackhole = True
         proxy.impair("to_client", PERFECT)
         assert start_again(daemon) == -signal.SIGKILL
-        bob.wait_for("-!- reconnected", timeout=CLIENT_SESSION_EXPIRY_S + 15)
+        bob.wait_for("-!- reconnected", timeout=CLIENT_IDLE_S + 15)
         alice.wait_for("-!- connection to server lost; reconnecting", timeout=15)
         proxy.blackhole = False
         alice.wait_for("-!- reconnected", timeout=30)
@@ -428,21 +457,24 @@ def test_line_relayed_just_before_a_sigkill_is_shown_once(
 def test_network_outage_members_time_out_and_come_back(
     server_folder: Path,
     subprocess_env: dict[str, str],
-    env: dict[str, str],
+    short_idle_env: dict[str, str],
     clients: Callable[..., PipeClient],
 ) -> None:
     """When the network between two members and the daemon goes dead for longer than
-    the daemon's idle_timeout (15 s) and the client's session expiry (30 s): the rest
-    of the room sees them leave with "(timeout)", then join again; each client says
-    it lost the connection and reconnected; a line typed during the outage arrives
+    the daemon's idle_timeout (15 s, its minimum) and the clients' --idle-timeout (here
+    3 s): the rest of the room sees them leave with "(timeout)", then join again; each
+    client says it lost the connection and reconnected; a line typed during the outage arrives
     exactly once; lines from before are not shown again (the history the daemon
     replays on rejoin is recognised); in pipe mode nobody sees their own lines."""
+    env = short_idle_env
     daemon = Daemon(server_folder, subprocess_env, idle_timeout=15).start()
     proxy = UDPProxy(daemon.address, max_lifetime_s=100).start()
     try:
-        carol = clients(daemon.port, daemon.key_file, "carol", env)  # not behind the proxy
+        # carol is not behind the proxy, and idle while the others are cut off: she
+        # keeps the default --idle-timeout, which rides out the 10 s server keepalive.
+        carol = clients(daemon.port, daemon.key_file, "carol", env)
         carol.wait_for("-!- carol has joined lobby")
-        alice, bob = start_pair(clients, proxy.port, daemon.key_file, env)
+        alice, bob = start_pair(clients, proxy.port, daemon.key_file, env, *SHORT_IDLE)
         carol.wait_for("-!- alice has joined lobby")
         alice.type("one", "two", "/who")
         alice.wait_for("-!- Users in lobby: alice bob carol")
@@ -457,7 +489,7 @@ def test_network_outage_members_time_out_and_come_back(
         carol.wait_for("-!- bob has left lobby (timeout)", timeout=5)
         assert time.monotonic() - cut_at >= 10  # idle_timeout, not sooner
         for client in (alice, bob):
-            client.wait_for("-!- connection to server lost; reconnecting", timeout=40)
+            client.wait_for("-!- connection to server lost; reconnecting", timeout=15)
         proxy.blackhole = False
 
         for client in (alice, bob):
@@ -478,7 +510,7 @@ def test_network_outage_members_time_out_and_come_back(
         for member in (bob, carol):
             for text in ("one", "two", "during the outage", "after"):
                 assert saw(member.lines, "alice", text) == 1, (text, member.lines)
-        assert time.monotonic() - cut_at < CLIENT_SESSION_EXPIRY_S + 30
+        assert time.monotonic() - cut_at < 15 + 30  # the daemon's idle_timeout dominates
     finally:
         proxy.stop()
         daemon.kill()
@@ -533,8 +565,20 @@ def test_setup_mistake_is_one_line_and_status_2(
         (["127.0.0.1", "--port", "0"], "argument --port: port must be 1..65535"),
         (["127.0.0.1", "--bogus"], "unrecognized arguments: --bogus"),
         (["127.0.0.1", "--key"], "argument --key: expected one argument"),
+        (["127.0.0.1", "--idle-timeout", "3"], "--idle-timeout: must be 15..3600 seconds"),
+        (["127.0.0.1", "--idle-timeout", "nan"], "--idle-timeout: must be 15..3600 seconds"),
+        (["127.0.0.1", "--idle-timeout", "x"], "--idle-timeout: not a number of seconds"),
     ],
-    ids=["no-host", "port-not-a-number", "port-zero", "unknown-option", "key-without-path"],
+    ids=[
+        "no-host",
+        "port-not-a-number",
+        "port-zero",
+        "unknown-option",
+        "key-without-path",
+        "idle-timeout-too-short",
+        "idle-timeout-nan",
+        "idle-timeout-not-a-number",
+    ],
 )
 def test_usage_error_ends_with_one_clear_line_and_status_2(
     env: dict[str, str], args: list[str], needle: str

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from udpchat.chat.lineids import HEX_ID_RE
@@ -310,7 +310,6 @@ def test_largest_server_message_fits_one_payload() -> None:
     assert len(encode(Error("already-there", text))) <= MAX_PAYLOAD_BYTES
 
 
-@settings(max_examples=300)
 @given(client_messages)
 def test_client_messages_roundtrip(msg: Message) -> None:
     """Every valid client message encodes within MAX_PAYLOAD_BYTES and decodes to itself."""
@@ -319,7 +318,6 @@ def test_client_messages_roundtrip(msg: Message) -> None:
     assert decode_client(data) == msg
 
 
-@settings(max_examples=300)
 @given(server_messages)
 def test_server_messages_roundtrip(msg: Message) -> None:
     """Every valid server message encodes within MAX_PAYLOAD_BYTES and decodes to itself."""
@@ -402,7 +400,6 @@ def test_decode_server_rejects(obj: dict[str, Any]) -> None:
         decode_server(raw(obj))
 
 
-@settings(max_examples=500)
 @given(st.binary(max_size=1200))
 @example(b"\xed\xa0\x80")  # UTF-8-encoded surrogate
 def test_arbitrary_bytes_raise_only_message_error(data: bytes) -> None:
@@ -410,7 +407,6 @@ def test_arbitrary_bytes_raise_only_message_error(data: bytes) -> None:
     decode_any(data)
 
 
-@settings(max_examples=500)
 @given(json_values | message_like)
 def test_arbitrary_json_raises_only_message_error(obj: Any) -> None:
     """No JSON value, even one shaped like a message, raises anything but MessageError."""
@@ -486,7 +482,6 @@ def test_text_error_explains_what_is_wrong() -> None:
 # --- chunked lists -------------------------------------------------------------------
 
 
-@settings(max_examples=100)
 @given(rooms, st.lists(nicks, max_size=300))
 def test_who_chunks_fit_and_keep_every_nick_in_order(room: str, names: list[str]) -> None:
     """who_chunks splits any member list into messages that each fit MAX_PAYLOAD_BYTES,
@@ -512,7 +507,6 @@ def test_who_chunks_are_full_before_starting_a_new_one() -> None:
             encode(grown)
 
 
-@settings(max_examples=100)
 @given(st.lists(st.tuples(rooms, st.integers(1, 10**6)), max_size=300))
 def test_rooms_chunks_fit_and_keep_every_room(counts: list[tuple[str, int]]) -> None:
     """rooms_chunks splits the room list the same way."""

@@ -81,12 +81,13 @@ class ChatClient:
         # and /quit means "end of input": deliver everything first, like EOF.
         self.pipe = pipe
         # With several server addresses, a handshake not answered within this time is
-        # retried (the UDP glue then tries the next address).
+        # given up and the next address is tried (see address_index).
         self.fallback_after_s = fallback_after_s
         self.state = State.IDLE
         self.failures = 0  # lines refused locally or not delivered: pipe exit status
         self.fatal = False  # the server refused us for good (e.g. no free nick)
-        self.failed_attempts = 0  # connection attempts that never started (total)
+        self._addresses = 1  # how many addresses the server has (set by start)
+        self._address_index = 0
         self._rng = rng or random.Random()
         self._outbox = Outbox()
         self._output: list[Item] = []
@@ -130,6 +131,14 @@ class ChatClient:
         """Whether a pipe should feed more lines now (backpressure, far below the cap)."""
         return self._outbox.has_room_for_input() and not self._draining
 
+    @property
+    def address_index(self) -> int:
+        """Which of the server's addresses (0-based, in the order given to ``start``)
+        the current connection attempt goes to: the next one after each attempt that
+        never started (handshake unanswered within fallback_after_s, or its session
+        lost while still connecting), round again after the last."""
+        return self._address_index
+
     def take_output(self) -> list[Item]:
         """What to show since the last call, in order."""
         out, self._output = self._output, []
@@ -142,8 +151,12 @@ class ChatClient:
         self.failures += 1
         self._output.append(Problem(text))
 
-    def start(self, now: float) -> None:
-        """Connect for the first time."""
+    def start(self, now: float, addresses: int = 1) -> None:
+        """Connect for the first time; the server has ``addresses`` addresses to try
+        in turn (see address_index)."""
+        if addresses < 1:
+            raise ValueError("the server needs at least one address")
+        self._addresses = addresses
         self._last_progress = now
         self._connect(now)
 
@@ -186,12 +199,7 @@ class ChatClient:
 
     def quit(self, now: float) -> None:
         """Leave now: say bye after what is queued (if connected) and close."""
-        if self.state is State.READY:
-            self._outbox.add(messages.Bye(), None, now)
-            self.state = State.QUITTING
-            self._quit_deadline = now + QUIT_TIMEOUT_S
-        elif self.state is not State.QUITTING:
-            self._give_up(now, "not sent")
+        self._begin_quit(now)
         self._pump(now)
 
     def finish(self, now: float) -> None:
@@ -217,7 +225,7 @@ class ChatClient:
             self._reconnect_at = None
             self._connect(now)
         if self._attempt_deadline is not None and self._attempt_deadline <= now:
-            self.failed_attempts += 1
+            self._attempt_failed()
             self._connect(now)
         if self._quit_deadline is not None and self._quit_deadline <= now:
             self._give_up(now, "not delivered")
@@ -245,13 +253,26 @@ class ChatClient:
         if self.fallback_after_s is not None:
             self._attempt_deadline = now + self.fallback_after_s
 
+    def _attempt_failed(self) -> None:
+        """The connection attempt never started: the next one goes to the next address."""
+        self._address_index = (self._address_index + 1) % self._addresses
+
+    def _begin_quit(self, now: float) -> None:
+        """Queue bye (if connected) or stop at once; the caller pumps."""
+        if self.state is State.READY:
+            self._outbox.add(messages.Bye(), None, now)
+            self.state = State.QUITTING
+            self._quit_deadline = now + QUIT_TIMEOUT_S
+        elif self.state is not State.QUITTING:
+            self._give_up(now, "not sent")
+
     def _drain_deadline(self) -> float:
         return self._last_progress + DRAIN_IDLE_TIMEOUT_S
 
     def _session_lost(self, reason: str, now: float) -> None:
         """The current session ended on its own: reconnect with backoff."""
         if self.state is State.CONNECTING:
-            self.failed_attempts += 1
+            self._attempt_failed()
         elif self.state in (State.READY, State.JOINING):
             why = {
                 "closed": "server closed the connection",
@@ -299,7 +320,7 @@ class ChatClient:
         """Send queued lines if the session is ready; True if something changed."""
         idle = self._outbox.empty
         if self._draining and idle and self.state is State.READY:
-            self.quit(now)
+            self._begin_quit(now)  # the pump loop that called us sends the bye
             return True
         if self._draining and idle and self.state in (State.CONNECTING, State.WAITING):
             self._give_up(now, "not delivered")  # nothing to deliver, nobody to tell

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from udpchat.chat import messages
+from udpchat.core.limits import ProtocolConfig
 from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
 
 PROG = "udpchat-client"
@@ -27,6 +28,17 @@ EXIT_FAILED = 1
 ADDRESS_FALLBACK_S = 3.0
 #: On SIGINT/SIGTERM, how long the front end may take to write its last lines.
 SHUTDOWN_FLUSH_S = 1.0
+#: --idle-timeout: how long the server may stay silent before the session counts as
+#: lost. Bounded like the server's idle_timeout: an idle server sends a keepalive
+#: every 10 s, so below 15 s one lost keepalive would already end a healthy session.
+IDLE_TIMEOUT_DEFAULT_S = 30.0
+IDLE_TIMEOUT_MIN_S = 15.0
+IDLE_TIMEOUT_MAX_S = 3600.0
+#: For the test suite only: with this set to 1, --idle-timeout accepts down to
+#: IDLE_TIMEOUT_TESTING_MIN_S, so end-to-end tests can wait out a dead server in
+#: seconds (they keep their sessions busy, so the 10 s server keepalive does not matter).
+TESTING_SHORT_IDLE_ENV = "UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT"
+IDLE_TIMEOUT_TESTING_MIN_S = 1.0
 
 DESCRIPTION = """\
 Encrypted group chat over UDP: connect to the udpchat server on HOST.
@@ -91,7 +103,37 @@ def _port(text: str) -> int:
     return port
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _idle_timeout(minimum_s: float) -> Any:
+    """An argparse type: seconds, minimum_s..IDLE_TIMEOUT_MAX_S."""
+
+    def parse(text: str) -> float:
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not minimum_s <= seconds <= IDLE_TIMEOUT_MAX_S:
+            raise argparse.ArgumentTypeError(
+                f"must be {minimum_s:g}..{IDLE_TIMEOUT_MAX_S:g} seconds, not {text}"
+            )
+        return seconds
+
+    return parse
+
+
+def client_protocol_config(idle_timeout_s: float) -> ProtocolConfig:
+    """The core's timers for a client whose server may be silent ``idle_timeout_s``."""
+    return ProtocolConfig(
+        session_expiry_s=idle_timeout_s,
+        # As the server does: a silent server must end the session before any line
+        # gives up on it (that would report it undelivered instead of resending it).
+        give_up_s=max(60.0, 2 * idle_timeout_s),
+    )
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    testing = env.get(TESTING_SHORT_IDLE_ENV) == "1"
+    idle_min_s = IDLE_TIMEOUT_TESTING_MIN_S if testing else IDLE_TIMEOUT_MIN_S
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
@@ -106,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
         "--room", metavar="ROOM", default=messages.DEFAULT_ROOM, help="room to start in"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        type=_idle_timeout(idle_min_s),
+        default=IDLE_TIMEOUT_DEFAULT_S,
+        help=(
+            "after this long without a word from the server the connection counts as"
+            f" lost and the client reconnects (default {IDLE_TIMEOUT_DEFAULT_S:g},"
+            f" {IDLE_TIMEOUT_MIN_S:g}..{IDLE_TIMEOUT_MAX_S:g})"
+        ),
     )
     return parser
 
@@ -129,17 +182,24 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(f"{exc}{hint}")
     except KeyFileError as exc:
         fail(str(exc))
-    sys.exit(run(args.host, args.port, psk, nick, room))
+    sys.exit(run(args.host, args.port, psk, nick, room, args.idle_timeout))
 
 
-def run(host: str, port: int, psk: bytes, nick: str, room: str) -> int:
+def run(
+    host: str,
+    port: int,
+    psk: bytes,
+    nick: str,
+    room: str,
+    idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+) -> int:
     """Resolve, connect and chat until done; return the exit status."""
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     with ExitStack() as cleanup:
-        runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive)
+        runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s)
         reactor.callWhenRunning(runner.start)
         reactor.run()
     # The terminal is restored here (ExitStack); only now may errors be printed.
@@ -172,12 +232,14 @@ class Runner:
         nick: str,
         room: str,
         interactive: bool,
+        idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
         self.host, self.port, self.psk = host, port, psk
         self.nick, self.room = nick, room
         self.interactive = interactive
+        self.idle_timeout_s = idle_timeout_s
         self.exit_code = 0
         self.errors: list[str] = []
         self.chat: Any = None
@@ -235,7 +297,7 @@ class Runner:
             return
         fallback = ADDRESS_FALLBACK_S if len(servers) > 1 else None
         self.chat = ChatClient(
-            ClientEndpoint(self.psk),
+            ClientEndpoint(self.psk, client_protocol_config(self.idle_timeout_s)),
             self.nick,
             self.room,
             pipe=not self.interactive,

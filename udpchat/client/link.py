@@ -64,8 +64,8 @@ class _Socket(DatagramProtocol):
 class ChatLink:
     """Runs one ChatClient over UDP for one front end (see module docstring).
 
-    ``servers`` are the resolved addresses of the server, tried in turn while a
-    handshake is not answered (e.g. "localhost" as ::1, then 127.0.0.1).
+    ``servers`` are the resolved addresses of the server; the ChatClient decides which
+    one each connection attempt goes to (e.g. "localhost" as ::1, then 127.0.0.1).
     """
 
     def __init__(
@@ -82,14 +82,12 @@ class ChatLink:
         self.reactor = reactor
         self.front = front
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
-        self._server_index = 0
-        self._failed_seen = 0
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
 
     @property
     def server(self) -> tuple[int, Address]:
-        return self.servers[self._server_index]
+        return self.servers[self.chat.address_index]
 
     def now(self) -> float:
         return float(self.reactor.seconds())
@@ -109,7 +107,7 @@ class ChatLink:
         self.servers = [s for s in self.servers if s[0] in self._ports]
         if not self.servers:
             raise problems[0]
-        self.chat.start(self.now())
+        self.chat.start(self.now(), addresses=len(self.servers))
         self.pump()
 
     # --- inputs ------------------------------------------------------------------
@@ -155,12 +153,6 @@ class ChatLink:
         if self._finished:
             return
         now = self.now()
-        if self.chat.failed_attempts != self._failed_seen:
-            # The handshake went unanswered: try the next address of the server.
-            self._server_index = (
-                self._server_index + self.chat.failed_attempts - self._failed_seen
-            ) % len(self.servers)
-            self._failed_seen = self.chat.failed_attempts
         family, addr = self.server
         for datagram in self.chat.datagrams_to_send(now):
             try:
