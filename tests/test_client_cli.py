@@ -16,12 +16,12 @@ import pytest
 from daemon import Daemon
 
 from udpchat.client.cli import (
-    TESTING_SHORT_IDLE_ENV,
     build_parser,
     client_protocol_config,
     default_key_path,
     nick_from_login,
 )
+from udpchat.core.limits import TESTING_SHORT_IDLE_ENV
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
 

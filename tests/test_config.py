@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from udpchat.core.limits import TESTING_SHORT_IDLE_ENV
 from udpchat.daemon.config import DEFAULTS, ConfigError, ServerConfig, load_config
 
 
@@ -311,3 +312,18 @@ def test_twistd_with_a_bad_config_exits_with_one_line_and_no_traceback(
     assert len(lines) == 1
     assert lines[0].startswith("udpchat: bad.ini: ") and expected in lines[0]
     assert not (tmp_path / "chat.key").exists()
+
+
+def test_the_test_suite_alone_may_set_a_short_idle_timeout(tmp_path: Path) -> None:
+    """With UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT=1 in the environment (the end-to-end
+    tests set it for the daemons they start), idle_timeout goes down to 1 s; without
+    it, 15 s is the minimum."""
+    path = tmp_path / "chat.ini"
+    path.write_text("[server]\nidle_timeout = 3\n")
+    testing = {TESTING_SHORT_IDLE_ENV: "1"}
+    assert load_config(path, environ=testing).idle_timeout == 3.0
+    with pytest.raises(ConfigError, match="from 15 to 3600"):
+        load_config(path, environ={})
+    path.write_text("[server]\nidle_timeout = 0.5\n")
+    with pytest.raises(ConfigError, match="from 1 to 3600"):
+        load_config(path, environ=testing)

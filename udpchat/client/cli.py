@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from udpchat.chat import messages
-from udpchat.core.limits import ProtocolConfig
+from udpchat.core.limits import (
+    IDLE_TIMEOUT_MAX_S,
+    IDLE_TIMEOUT_MIN_S,
+    ProtocolConfig,
+    idle_timeout_floor_s,
+)
 from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
 
 PROG = "udpchat-client"
@@ -29,16 +34,8 @@ ADDRESS_FALLBACK_S = 3.0
 #: On SIGINT/SIGTERM, how long the front end may take to write its last lines.
 SHUTDOWN_FLUSH_S = 1.0
 #: --idle-timeout: how long the server may stay silent before the session counts as
-#: lost. Bounded like the server's idle_timeout: an idle server sends a keepalive
-#: every 10 s, so below 15 s one lost keepalive would already end a healthy session.
+#: lost; bounded like the daemon's idle_timeout (udpchat.core.limits).
 IDLE_TIMEOUT_DEFAULT_S = 30.0
-IDLE_TIMEOUT_MIN_S = 15.0
-IDLE_TIMEOUT_MAX_S = 3600.0
-#: For the test suite only: with this set to 1, --idle-timeout accepts down to
-#: IDLE_TIMEOUT_TESTING_MIN_S, so end-to-end tests can wait out a dead server in
-#: seconds (they keep their sessions busy, so the 10 s server keepalive does not matter).
-TESTING_SHORT_IDLE_ENV = "UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT"
-IDLE_TIMEOUT_TESTING_MIN_S = 1.0
 
 DESCRIPTION = """\
 Encrypted group chat over UDP: connect to the udpchat server on HOST.
@@ -132,8 +129,7 @@ def client_protocol_config(idle_timeout_s: float) -> ProtocolConfig:
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
-    testing = env.get(TESTING_SHORT_IDLE_ENV) == "1"
-    idle_min_s = IDLE_TIMEOUT_TESTING_MIN_S if testing else IDLE_TIMEOUT_MIN_S
+    idle_min_s = idle_timeout_floor_s(env)
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,

@@ -6,12 +6,32 @@ exercise rekeys, expiry and give-up quickly on a fake clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: No datagram udpchat sends is larger than this (fits any path MTU >= 1280).
 MAX_DATAGRAM_BYTES = 1200
 #: Largest application message (one reliable message, one datagram, never split).
 MAX_PAYLOAD_BYTES = 1000
+
+#: The idle timeout (session expiry) an operator or user may set, daemon and client
+#: alike. Peers send a keepalive every 10 s (keepalive_s), so below 15 s one lost
+#: keepalive would already end a healthy idle session.
+IDLE_TIMEOUT_MIN_S = 15.0
+IDLE_TIMEOUT_MAX_S = 3600.0
+#: For the test suite only: with this environment variable set to "1", the daemon's
+#: idle_timeout and the client's --idle-timeout accept down to
+#: IDLE_TIMEOUT_TESTING_MIN_S, so end-to-end tests wait out a dead peer in seconds
+#: (their sessions are kept busy, so the 10 s keepalive does not matter there).
+TESTING_SHORT_IDLE_ENV = "UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT"
+IDLE_TIMEOUT_TESTING_MIN_S = 1.0
+
+
+def idle_timeout_floor_s(environ: Mapping[str, str]) -> float:
+    """The lowest idle timeout allowed under ``environ`` (see TESTING_SHORT_IDLE_ENV)."""
+    if environ.get(TESTING_SHORT_IDLE_ENV) == "1":
+        return IDLE_TIMEOUT_TESTING_MIN_S
+    return IDLE_TIMEOUT_MIN_S
 
 
 @dataclass(frozen=True)

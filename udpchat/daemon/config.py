@@ -13,10 +13,12 @@ import ipaddress
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
+
+from udpchat.core.limits import IDLE_TIMEOUT_MAX_S, idle_timeout_floor_s
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -235,8 +237,14 @@ def _read_ini(name: str) -> configparser.RawConfigParser:
     return parser
 
 
-def load_config(path: str | os.PathLike[str]) -> ServerConfig:
-    """Read and validate the daemon's INI file; raise ConfigError (one line) on mistakes."""
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Read and validate the daemon's INI file; raise ConfigError (one line) on mistakes.
+
+    ``environ`` (default os.environ) is read only for the test suite's
+    UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT (udpchat.core.limits)."""
+    idle_min_s = idle_timeout_floor_s(os.environ if environ is None else environ)
     name = os.fspath(path)
     parser = _read_ini(name)
     for section in parser.sections():
@@ -270,7 +278,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         key_file=key_file,
         history_lines=reader.integer("history_lines", 0, MAX_HISTORY_LINES),
         # Clients send a keepalive every 10 s: below 15 s idle members would expire.
-        idle_timeout=reader.number("idle_timeout", "seconds", 15, 3600),
+        idle_timeout=reader.number("idle_timeout", "seconds", idle_min_s, IDLE_TIMEOUT_MAX_S),
         max_members=reader.integer("max_members", 1),
         allow=_parse_networks(reader, "allow"),
         deny=_parse_networks(reader, "deny"),
