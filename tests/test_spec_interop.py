@@ -20,7 +20,9 @@ def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
     try:
         yield d
     finally:
-        d.stop()
+        # Killed, not stopped: the spec clients no longer listen, so a graceful stop
+        # would only wait out the shutdown linger (tests/test_daemon.py covers it).
+        d.kill()
 
 
 def joined_pair(daemon: Daemon) -> tuple[SpecClient, ChatClient]:
