@@ -45,6 +45,8 @@ from fanout_servers import (
     cpu_seconds,
     ensure_ncat,
     rss_mb,
+    udp_buffer_drops,
+    udp_socket_drops,
     start_ncat,
     start_udpchat,
 )
@@ -170,6 +172,7 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
         window = (t0 + args.warmup, t0 + args.warmup + args.seconds)
         client.window = window
         drivers.go(t0)
+        kernel_drops = udp_buffer_drops()
         time.sleep(max(0.0, window[0] - time.monotonic()))
         server_cpu0, client_cpu0 = cpu_seconds(server.pid), cpu_seconds(client.pid)
         time.sleep(max(0.0, window[1] - time.monotonic()))
@@ -180,6 +183,8 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
             for line in drivers.wait_line("{", args.stragglers + 60)
         ]  # fmt: skip
         client_tally = client.tally()
+        kernel_drops = udp_buffer_drops() - kernel_drops
+        server_drops = udp_socket_drops(server.port) if target == "udpchat" else 0
     finally:
         for part in (drivers, client, server):
             if part is not None:
@@ -223,7 +228,8 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
         "client_lines": client_tally["window_deliveries"],
         "client_p50_ms": percentile(client_tally["latencies_ms"], 0.5),
         "client_rss_mb": client_rss,
-        "errors": errors,
+        "errors": errors, "udp_rcvbuf_drops": kernel_drops,
+        "server_socket_drops": server_drops,
         "wall_s": time.monotonic() - began,
     }  # fmt: skip
 
@@ -283,6 +289,13 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
     for row in rows:
         if row["errors"]:
             out.append(f"{row['target']} errors seen by members: {row['errors']}")
+        if row["udp_rcvbuf_drops"] or row["server_socket_drops"]:
+            out.append(
+                f"{row['target']}: the kernel dropped {row['udp_rcvbuf_drops']} UDP datagrams "
+                "for full receive buffers from 'go' to the end (all sockets); the daemon's "
+                f"socket dropped {row['server_socket_drops']} since it opened (joins "
+                "included). Lost datagrams wait for a retransmission timeout (>= 200 ms)."
+            )
     return "\n".join(out + notes)
 
 

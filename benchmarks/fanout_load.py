@@ -314,6 +314,10 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
     for member in members:
         for error in member.errors:
             errors[error] = errors.get(error, 0) + 1
+        if isinstance(member, UdpMember):  # datagrams the member's core dropped
+            for reason, count in member.core.stats.as_dict().items():
+                key = f"client core drop: {reason}"
+                errors[key] = errors.get(key, 0) + count
     return {
         "sent": {str(m.sender): m.seq for m in senders},
         "received": tally.per_sender(),

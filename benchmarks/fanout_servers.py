@@ -42,6 +42,23 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def udp_buffer_drops() -> int:
+    """Datagrams the kernel dropped for full socket receive buffers (all UDP sockets
+    of the machine: /proc/net/snmp Udp RcvbufErrors)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    header, values = [pair for pair in zip(lines, lines[1:]) if pair[0][0] == "Udp:"][0]
+    return int(values[header.index("RcvbufErrors")])
+
+
+def udp_socket_drops(port: int) -> int:
+    """Datagrams dropped at the UDP socket bound to `port` (/proc/net/udp "drops")."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}"):
+            return int(fields[-1])
+    return 0
+
+
 def free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
