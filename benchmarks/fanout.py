@@ -289,10 +289,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
     for row in rows:
         if row["errors"]:
             out.append(f"{row['target']} errors seen by members: {row['errors']}")
-        if row["udp_rcvbuf_drops"] or row["server_socket_drops"]:
+        if row["target"] == "udpchat" and (row["udp_rcvbuf_drops"] or row["server_socket_drops"]):
             out.append(
                 f"{row['target']}: the kernel dropped {row['udp_rcvbuf_drops']} UDP datagrams "
-                "for full receive buffers from 'go' to the end (all sockets); the daemon's "
+                "for full receive buffers from 'go' to the end (every socket of the machine); the "
+                "daemon's "
                 f"socket dropped {row['server_socket_drops']} since it opened (joins "
                 "included). Lost datagrams wait for a retransmission timeout (>= 200 ms)."
             )
