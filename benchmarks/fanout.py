@@ -45,10 +45,10 @@ from fanout_servers import (
     cpu_seconds,
     ensure_ncat,
     rss_mb,
-    udp_buffer_drops,
-    udp_socket_drops,
     start_ncat,
     start_udpchat,
+    udp_buffer_drops,
+    udp_socket_drops,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -264,6 +264,10 @@ def mean_of(rows: list[dict[str, Any]], target: str, key: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def ratio(mine: float, theirs: float) -> float:
+    return mine / theirs if theirs else float("nan")  # e.g. no CPU tick in a short run
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str]) -> str:
     out = [
         f"load: {args.receivers} receivers + {args.senders} senders x {args.rate:g} lines/s, "
@@ -274,7 +278,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, notes: list[str
     targets = {r["target"] for r in rows}
     if {"udpchat", "ncat"} <= targets:
         ratios = ", ".join(
-            f"{k} {mean_of(rows, 'udpchat', k) / mean_of(rows, 'ncat', k):.2f}"
+            f"{k} {ratio(mean_of(rows, 'udpchat', k), mean_of(rows, 'ncat', k)):.2f}"
             for k in RATIO_KEYS
         )
         out.append(f"ratios udpchat/ncat: {ratios}")
@@ -324,8 +328,9 @@ def plot(args: argparse.Namespace, targets: list[str], env: dict[str, str]) -> l
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for target in targets:
         mine = [r for r in rows if r["target"] == target]
-        axes.plot([r["receivers"] + r["senders"] for r in mine],
-                  [r["server_us_per_delivery"] for r in mine], marker="o", label=target)  # fmt: skip
+        sizes = [r["receivers"] + r["senders"] for r in mine]
+        costs = [r["server_us_per_delivery"] for r in mine]
+        axes.plot(sizes, costs, marker="o", label=target)
     axes.set_xlabel("room size (members)")
     axes.set_ylabel("server CPU µs per delivered line")
     axes.set_title(f"{args.senders} senders x {args.rate:g} lines/s")
@@ -348,7 +353,8 @@ def idle_sessions(count: int, args: argparse.Namespace, env: dict[str, str]) -> 
             baseline = rss_mb(server.pid)
             shares: list[list[Any]] = [[] for _ in range(args.drivers)]
             for index in range(count):
-                spec = {"index": index, "source": source_address(index), "room": f"r{index // 10}"}
+                room = f"r{index // 10}"  # one big room would cost N^2 join notices
+                spec = {"index": index, "source": source_address(index), "room": room}
                 shares[index % args.drivers].append(spec)
             setup_s = 60.0 + count * 0.02
             common = {

@@ -46,7 +46,8 @@ def udp_buffer_drops() -> int:
     """Datagrams the kernel dropped for full socket receive buffers (all UDP sockets
     of the machine: /proc/net/snmp Udp RcvbufErrors)."""
     lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    header, values = [pair for pair in zip(lines, lines[1:]) if pair[0][0] == "Udp:"][0]
+    pairs = zip(lines, lines[1:], strict=False)
+    header, values = next(pair for pair in pairs if pair[0][0] == "Udp:")
     return int(values[header.index("RcvbufErrors")])
 
 
