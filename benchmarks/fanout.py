@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -412,8 +413,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def stop_on_signal(number: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {number}")  # so the finally blocks kill children
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)  # even when started with SIGINT ignored
     env = dict(os.environ)
     checkout = str(HERE.parent)  # this checkout's udpchat and twisted/plugins first
     env["PYTHONPATH"] = os.pathsep.join(p for p in (checkout, env.get("PYTHONPATH")) if p)
