@@ -94,8 +94,10 @@ def alice(tmp_path: Path, daemon: Daemon, subprocess_env: dict[str, str]) -> Ite
         f"export {env} TERM=xterm-256color\n"
         f"stty -a > {tmp_path}/stty.before\n"
         f"{command}\n"
-        f"echo EXIT=$?\n"
+        "status=$?\n"
+        # EXIT= shows only once stty.after is written: the tests read it right away.
         f"stty -a > {tmp_path}/stty.after\n"
+        "echo EXIT=$status\n"
         "sleep 60\n"
     )
     pane = Pane(tmp_path, script)

@@ -123,6 +123,8 @@ def test_load_key_refuses_a_file_open_to_group_or_others(
         b"not a key at all, just some words that are long...",
         b"\xff\xfe" * 22,
     ],
+    # Named, not shown: random keys would give every pytest-xdist worker other ids.
+    ids=["empty", "newline", "short", "one-too-long", "two-keys", "words", "not-utf8"],
 )
 def test_load_key_corrupt_file_names_it_suggests_keygen_and_hides_content(
     tmp_path: Path, content: bytes
