@@ -97,6 +97,29 @@ def test_exactly_one_timer_is_scheduled() -> None:
         assert len(reactor.getDelayedCalls()) == 1
 
 
+def test_a_bug_costs_one_datagram_is_shown_once_and_keeps_the_timer() -> None:
+    """An exception escaping the ChatClient (a bug in udpchat) is caught by the link:
+    the user is shown it once a minute at most, it is counted, and the client and its
+    one timer go on."""
+    link, reactor = make_link([V4])
+    front = link.front
+    assert isinstance(front, Front)
+
+    def broken(data: bytes, now: float) -> None:
+        raise RuntimeError("a bug")
+
+    link.chat.receive_datagram = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        link.datagram_received(b"x", V4[1])
+    problems = [i for i in front.items if "internal error" in str(i)]
+    assert len(problems) == 1 and "RuntimeError: a bug" in str(problems[0])
+    assert link.internal_errors == 3
+    assert len(reactor.getDelayedCalls()) == 1
+    reactor.advance(61)
+    link.datagram_received(b"x", V4[1])
+    assert len([i for i in front.items if "internal error" in str(i)]) == 2
+
+
 def test_unanswered_handshake_moves_on_to_the_next_address() -> None:
     """When the first server address does not answer within the fallback time, the
     handshake moves on to the next address (the client still connecting), and after

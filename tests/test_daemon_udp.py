@@ -24,8 +24,8 @@ from udpchat.chat.server import ChatServer
 from udpchat.core import events
 from udpchat.core.endpoint import ClientEndpoint
 from udpchat.daemon.config import ServerConfig
-from udpchat.daemon.service import ChatService
-from udpchat.daemon.udp import ChatProtocol, settings_of
+from udpchat.daemon.service import ChatService, settings_of
+from udpchat.daemon.udp import ChatProtocol
 
 PSK = Fernet.generate_key()
 START = 1_800_000_000.0

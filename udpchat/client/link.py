@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 
 from udpchat.client.chatclient import ChatClient
-from udpchat.client.display import Item
+from udpchat.client.display import Item, Problem
 
 Address = tuple[str, int]
+#: A bug (an exception escaping the ChatClient) is shown at most once per this long.
+BUG_SHOW_INTERVAL_S = 60.0
 
 
 class FrontEnd(Protocol):
@@ -84,6 +86,8 @@ class ChatLink:
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
+        self.internal_errors = 0  # exceptions that escaped the ChatClient (bugs)
+        self._bug_shown_at: float | None = None
 
     @property
     def server(self) -> tuple[int, Address]:
@@ -118,7 +122,10 @@ class ChatLink:
         # server's port from any address. The core authenticates every datagram.
         if addr[1] != self.server[1][1]:
             return
-        self.chat.receive_datagram(datagram, self.now())
+        try:
+            self.chat.receive_datagram(datagram, self.now())
+        except Exception as exc:
+            self._bug(exc)
         self.pump()
 
     def submit(self, lines: Sequence[str]) -> None:
@@ -143,8 +150,23 @@ class ChatLink:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.chat.handle_timer(self.now())
+        try:
+            self.chat.handle_timer(self.now())
+        except Exception as exc:
+            self._bug(exc)
         self.pump()
+
+    def _bug(self, exc: Exception) -> None:
+        """An exception escaped the sans-IO client: a bug in udpchat. It costs this
+        datagram or this tick, never the client or its timer; the user is told (at
+        most once a minute) with the exception, so that it can be reported."""
+        self.internal_errors += 1
+        now = self.now()
+        if self._bug_shown_at is None or self._bug_shown_at + BUG_SHOW_INTERVAL_S <= now:
+            self._bug_shown_at = now
+            if self.front is not None:
+                what = f"{type(exc).__name__}: {exc}"
+                self.front.update([Problem(f"internal error (a bug in udpchat): {what}")])
 
     # --- outputs -----------------------------------------------------------------
 

@@ -14,13 +14,24 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from udpchat.chat.server import ChatServer
+from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import EVICTIONS
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.netinfo import listening_addresses
-from udpchat.daemon.udp import ChatProtocol, settings_of
+from udpchat.daemon.udp import ChatProtocol
 
 log = Logger(namespace="udpchat")
+
+
+def settings_of(config: ServerConfig) -> ServerSettings:
+    """The chat server's settings from the operator's [server] section."""
+    return ServerSettings(
+        history_lines=config.history_lines,
+        max_members=config.max_members,
+        idle_timeout_s=config.idle_timeout,
+        handshake_rate=config.handshake_rate,
+        handshake_burst=config.handshake_burst,
+    )
 
 
 class ChatService(Service):

@@ -15,8 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from udpchat.chat.rules import LogEvent
-from udpchat.chat.server import ChatServer, ServerSettings
-from udpchat.daemon.config import ServerConfig
+from udpchat.chat.server import ChatServer
 
 #: An unexpected exception (a bug) is logged with its traceback at most once per this
 #: many seconds; the others are counted as "internal-error" in the summary.
@@ -39,16 +38,6 @@ _TEXTS = {
     "(silently; logged once a minute)",
     "queue-full": "Closing the session of {nick} at {addr}: its send queue is full",
 }
-
-
-def settings_of(config: ServerConfig) -> ServerSettings:
-    return ServerSettings(
-        history_lines=config.history_lines,
-        max_members=config.max_members,
-        idle_timeout_s=config.idle_timeout,
-        handshake_rate=config.handshake_rate,
-        handshake_burst=config.handshake_burst,
-    )
 
 
 def format_addr(addr: Any) -> str:
