@@ -153,7 +153,8 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
     client: RealClient | None = None
     try:
         if target == "udpchat":
-            server = start_udpchat(workdir, env, max_members=members + 10)
+            profile = None if args.profile is None else Path(args.profile) / "daemon.prof"
+            server = start_udpchat(workdir, env, max_members=members + 10, profile=profile)
         else:
             server = start_ncat(max_conns=members + 10)
         shares = plan_members(receivers, senders, args.drivers, real_client=True)
@@ -165,7 +166,10 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
             "hard_deadline_s": setup_s + args.warmup + args.seconds + args.stragglers + 60,
         }  # fmt: skip
         drivers = Drivers([{**common, "members": share} for share in shares if share], env)
-        client = RealClient(target, server, real_index, env)
+        client_profile = None
+        if args.profile is not None and target == "udpchat":
+            client_profile = Path(args.profile) / "client.prof"
+        client = RealClient(target, server, real_index, env, profile=client_profile)
         drivers.wait_line("ready", setup_s)
         client.wait_ready(setup_s)
         time.sleep(SETTLE_S)
@@ -399,6 +403,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default="udpchat,ncat", help="comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per target")
     parser.add_argument("--json", metavar="FILE", help="save the numbers as JSON")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="write cProfile stats of the udpchat daemon (daemon.prof, via twistd --profile)"
+        " and of the real client (client.prof) into DIR; their CPU figures then include"
+        " the profiler's overhead",
+    )
     parser.add_argument("--plot", metavar="PNG", help="server CPU per delivery vs room size")
     parser.add_argument("--plot-sizes", default="10,50,100,200", help="receivers for --plot")
     parser.add_argument("--idle-sessions", type=int, metavar="N", help="idle-memory mode")

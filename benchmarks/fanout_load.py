@@ -315,7 +315,7 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
         for error in member.errors:
             errors[error] = errors.get(error, 0) + 1
         if isinstance(member, UdpMember):  # datagrams the member's core dropped
-            for reason, count in member.core.stats.as_dict().items():
+            for reason, count in member.core.stats.take().items():
                 key = f"client core drop: {reason}"
                 errors[key] = errors.get(key, 0) + count
     return {

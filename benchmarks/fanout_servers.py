@@ -92,9 +92,12 @@ class Server:
             self.log.close()
 
 
-def start_udpchat(folder: Path, env: dict[str, str], max_members: int) -> Server:
+def start_udpchat(
+    folder: Path, env: dict[str, str], max_members: int, profile: Path | None = None
+) -> Server:
     """`twistd -n udpchat` with a benchmark config: no history, a high handshake rate
-    (the real client and the idle mode come from few addresses), a long idle timeout."""
+    (the real client and the idle mode come from few addresses), a long idle timeout.
+    With `profile`, twistd writes cProfile stats there when it stops."""
     from cryptography.fernet import Fernet
 
     key_file = folder / "chat.key"
@@ -112,8 +115,11 @@ def start_udpchat(folder: Path, env: dict[str, str], max_members: int) -> Server
     config.write_text("[server]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
     log_file = folder / f"daemon-{port}.log"
     log = open(log_file, "wb")  # noqa: SIM115 - closed by Server.kill
+    profiling = [] if profile is None else [
+        f"--profile={profile}", "--profiler=cprofile", "--savestats",
+    ]  # fmt: skip
     proc = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "udpchat", "--config", str(config)],
+        [*TWISTD, "-n", "--pidfile=", *profiling, "udpchat", "--config", str(config)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
     )  # fmt: skip
     server = Server(proc, port, key_file.read_bytes().strip().decode(), key_file, log)
@@ -178,12 +184,14 @@ class RealClient:
     index: int
     env: dict[str, str]
     window: tuple[float, float] = (float("inf"), float("inf"))
+    profile: Path | None = None  # udpchat only: cProfile stats written here at exit
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.target == "udpchat":
+            profiling = [] if self.profile is None else ["-m", "cProfile", "-o", str(self.profile)]
             command = [
-                sys.executable, "-c", "from udpchat.client.cli import main; main()",
+                sys.executable, *profiling, "-m", "udpchat.client.cli",
                 "127.0.0.1", "--port", str(self.server.port), "--key", str(self.server.key_file),
                 "--nick", f"m{self.index}",
             ]  # fmt: skip

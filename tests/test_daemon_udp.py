@@ -31,12 +31,17 @@ PSK = Fernet.generate_key()
 START = 1_800_000_000.0
 
 
+class RecordingSocket:
+    def __init__(self, written: list[tuple[bytes, Any]]) -> None:
+        self.sendto = lambda data, addr: written.append((data, addr))
+
+
 class RecordingTransport:
+    """A UDP port whose socket records what is sent (the adapter writes to it)."""
+
     def __init__(self) -> None:
         self.written: list[tuple[bytes, Any]] = []
-
-    def write(self, data: bytes, addr: Any) -> None:
-        self.written.append((data, addr))
+        self.socket = RecordingSocket(self.written)
 
 
 class World:
@@ -80,7 +85,8 @@ class World:
                     if addr not in silent:
                         self.server.datagramReceived(data, addr)
                         moved = True
-            written, self.transport.written = self.transport.written, []
+            written = list(self.transport.written)
+            self.transport.written.clear()
             for data, addr in written:
                 if addr in self.clients and addr not in silent:
                     self.clients[addr].receive_datagram(data, now)

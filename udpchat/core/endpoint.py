@@ -246,15 +246,24 @@ class ServerEndpoint(_Endpoint):
     # -- timers ------------------------------------------------------------------
 
     def _touch(self, session: Session) -> None:
+        """Something changed: flush the session and look at its deadline, once, in the
+        next datagrams_to_send (not on every message: that was the hot path)."""
         self._dirty[session.session_id] = None
-        self._schedule(session)
 
     def _schedule(self, session: Session) -> None:
+        """Make the heap hold the session's next deadline, or an earlier one.
+
+        A deadline that moved later (a keepalive or expiry pushed back by traffic)
+        keeps its earlier entry: that entry fires early, handle_timer finds nothing
+        due and reschedules. One early wake-up per interval is far cheaper than a
+        heap push on every datagram."""
         session_id = session.session_id
         deadline = session.next_deadline()
+        scheduled = self._scheduled.get(session_id)
         if deadline is None:
-            self._scheduled.pop(session_id, None)
-        elif deadline != self._scheduled.get(session_id):
+            if scheduled is not None:
+                del self._scheduled[session_id]
+        elif scheduled is None or deadline < scheduled:
             self._scheduled[session_id] = deadline
             heapq.heappush(self._timers, (deadline, next(self._timer_order), session_id))
 
@@ -264,6 +273,9 @@ class ServerEndpoint(_Endpoint):
         return self._sessions.get(entry[2])
 
     def get_timer(self) -> float | None:
+        for session_id in self._dirty:  # normally none: datagrams_to_send clears them
+            if (session := self._sessions.get(session_id)) is not None:
+                self._schedule(session)
         while self._timers and self._current(self._timers[0]) is None:
             heapq.heappop(self._timers)  # superseded: lazy deletion keeps this O(log n)
         return self._timers[0][0] if self._timers else None
@@ -278,6 +290,7 @@ class ServerEndpoint(_Endpoint):
         for session in due:
             session.handle_timer(now)
             self._touch(session)
+            self._schedule(session)  # now, even if nothing is flushed before get_timer
 
 
 class ClientEndpoint(_Endpoint):

@@ -72,6 +72,7 @@ class SendQueue:
         self._next_seq = 0
         self._waiting: deque[Outgoing] = deque()
         self._in_flight: dict[int, Outgoing] = {}  # seq -> message, in seq order
+        self._lost = 0  # messages in _in_flight marked lost (due for retransmission)
         self._backoff = 0
         self.rto_at: float | None = None
 
@@ -92,20 +93,20 @@ class SendQueue:
         return oldest + self._config.send_window
 
     def due(self, now: float) -> Iterator[Outgoing]:
-        """Messages to transmit now: retransmissions first, then new ones in the window."""
-        for message in self._in_flight.values():
-            if message.lost:
+        """Messages to transmit now: retransmissions first, then new ones in the window.
+        Each one yielded must be passed to sent() or unsend() before the next."""
+        if self._lost:  # rare: only after a loss; otherwise no walk over the window
+            for message in [m for m in self._in_flight.values() if m.lost]:
                 yield message
         end = self._window_end()
         while self._waiting and self._waiting[0].seq < end:
             message = self._waiting.popleft()
             self._in_flight[message.seq] = message
+            self._lost += 1  # in flight and due: sent() or unsend() settles it
             yield message
 
     def has_due(self, now: float) -> bool:
-        if self._waiting and self._waiting[0].seq < self._window_end():
-            return True
-        return any(m.lost for m in self._in_flight.values())
+        return self._lost > 0 or bool(self._waiting and self._waiting[0].seq < self._window_end())
 
     def _rto(self) -> float:
         return min(self.rtt.rto * 2**self._backoff, self._config.max_rto_s)
@@ -116,13 +117,17 @@ class SendQueue:
             message.first_sent = now
         message.last_sent = now
         message.transmissions += 1
-        message.lost = False
+        if message.lost:
+            message.lost = False
+            self._lost -= 1
         if self.rto_at is None:
             self.rto_at = now + self._rto()
 
     def unsend(self, message: Outgoing) -> None:
         """A message taken from due() did not fit the datagram: it stays due."""
-        message.lost = True
+        if not message.lost:
+            message.lost = True
+            self._lost += 1
 
     def on_timer(self, now: float) -> None:
         """The RTO fired: everything in flight is lost; back off."""
@@ -130,37 +135,69 @@ class SendQueue:
             return
         for message in self._in_flight.values():
             message.lost = True
+        self._lost = len(self._in_flight)
         if self._rto() < self._config.max_rto_s:
             self._backoff += 1
         self.rto_at = None  # re-armed by the retransmissions
 
     def on_ack(self, ack: Ack, now: float) -> list[Outgoing]:
-        """Remove acknowledged messages; take an RTT sample (Karn: first sends only)."""
-        acked = [m for seq, m in self._in_flight.items() if _covered(seq, ack)]
+        """Remove acknowledged messages; take an RTT sample (Karn: first sends only).
+
+        Costs what it acknowledges, not the window: the cumulative part is taken from
+        the front (in_flight is in sequence order) and each SACK range is looked up.
+        """
+        in_flight = self._in_flight
+        acked: list[Outgoing] = []
+        for seq in in_flight:
+            if seq >= ack.cumulative:
+                break
+            acked.append(in_flight[seq])
+        for start, end in ack.ranges:
+            if end - start > len(in_flight):
+                acked.extend(m for s, m in in_flight.items() if start <= s < end)
+            else:
+                acked.extend(in_flight[s] for s in range(start, end) if s in in_flight)
         if not acked:
             return acked
         newest_clean: Outgoing | None = None
         newest_sent = 0.0
+        highest = -1
         for message in acked:
-            del self._in_flight[message.seq]
+            if in_flight.pop(message.seq, None) is None:
+                continue  # named twice (overlapping ranges)
+            if message.lost:
+                self._lost -= 1
             newest_sent = max(newest_sent, message.last_sent)
+            highest = max(highest, message.seq)
             if message.transmissions == 1:
                 newest_clean = message
         if newest_clean is not None:
             self.rtt.sample(now - newest_clean.last_sent)
         self._backoff = 0
+        # Lost: sent before something now acknowledged, and older than 9/8 RTT. Only
+        # messages below the highest acknowledged can be; in_flight is in seq order.
         threshold = 1.125 * (self.rtt.srtt or self.rtt.rto)
-        for message in self._in_flight.values():
-            if message.last_sent < newest_sent and message.last_sent + threshold <= now:
+        for seq, message in in_flight.items():
+            if seq > highest:
+                break
+            if (
+                not message.lost
+                and message.last_sent < newest_sent
+                and message.last_sent + threshold <= now
+            ):
                 message.lost = True
-        self.rto_at = now + self._rto() if self._in_flight else None
+                self._lost += 1
+        self.rto_at = now + self._rto() if in_flight else None
         return acked
 
     def given_up(self, now: float) -> bool:
-        give_up = self._config.give_up_s
-        return any(
-            m.first_sent is not None and m.first_sent + give_up <= now
-            for m in self._in_flight.values()
+        # Messages are first sent in sequence order, so the oldest in flight (the
+        # first) is the first to reach give_up_s.
+        first = next(iter(self._in_flight.values()), None)
+        return (
+            first is not None
+            and first.first_sent is not None
+            and first.first_sent + self._config.give_up_s <= now
         )
 
     def drain(self) -> list[Outgoing]:
@@ -168,6 +205,7 @@ class SendQueue:
         rest = list(self._in_flight.values()) + list(self._waiting)
         self._in_flight.clear()
         self._waiting.clear()
+        self._lost = 0
         self.rto_at = None
         return rest
 
@@ -183,12 +221,6 @@ class SendQueue:
     @property
     def idle(self) -> bool:
         return not self._in_flight and not self._waiting
-
-
-def _covered(seq: int, ack: Ack) -> bool:
-    if seq < ack.cumulative:
-        return True
-    return any(start <= seq < end for start, end in ack.ranges)
 
 
 class ReceiveBuffer:

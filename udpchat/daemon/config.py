@@ -55,6 +55,8 @@ class ServerConfig:
         An IPv4 client seen through a dual-stack "::" socket arrives as ::ffff:a.b.c.d;
         it is matched as the IPv4 address so that IPv4 CIDRs keep working.
         """
+        if not self.allow and not self.deny:
+            return True  # the default; parsing the address showed in busy profiles
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

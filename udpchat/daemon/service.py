@@ -5,6 +5,7 @@ says goodbye to every member before releasing the port."""
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -32,6 +33,22 @@ def settings_of(config: ServerConfig) -> ServerSettings:
         handshake_rate=config.handshake_rate,
         handshake_burst=config.handshake_burst,
     )
+
+
+#: Socket buffers the daemon asks for. A line to a room of N members leaves as N
+#: datagrams at once and their acknowledgements come back together: with the default
+#: (about 208 KiB) a busy room overflowed the receive buffer, and every datagram the
+#: kernel dropped waited a retransmission timeout (200 ms or more). The kernel caps
+#: the request at net.core.rmem_max / wmem_max.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _enlarge_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass  # the default still works, only bursts are lost sooner
 
 
 class ChatService(Service):
@@ -65,6 +82,7 @@ class ChatService(Service):
                 flush=True,
             )
             raise SystemExit(1) from None
+        _enlarge_buffers(self._port.socket)
         super().startService()
         # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
         # for this line may stop the daemon at once.
