@@ -164,6 +164,7 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
             "rate": rate, "line_bytes": args.line_bytes, "total_senders": senders,
             "warmup_s": args.warmup, "seconds": args.seconds, "stragglers_s": args.stragglers,
             "hard_deadline_s": setup_s + args.warmup + args.seconds + args.stragglers + 60,
+            "room_keys": args.room_keys == "on",
         }  # fmt: skip
         drivers = Drivers([{**common, "members": share} for share in shares if share], env)
         client_profile = None
@@ -403,6 +404,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default="udpchat,ncat", help="comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per target")
     parser.add_argument("--json", metavar="FILE", help="save the numbers as JSON")
+    parser.add_argument(
+        "--room-keys",
+        choices=("on", "off"),
+        default="on",
+        help="whether the load drivers negotiate room keys (PROTOCOL.md 11); off measures"
+        " the per-member path that version-1 clients get (the real client always asks)",
+    )
     parser.add_argument(
         "--profile",
         metavar="DIR",

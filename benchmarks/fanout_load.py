@@ -92,6 +92,8 @@ class UdpMember:
         self.sock.connect((plan["host"], plan["port"]))
         self.sock.setblocking(False)
         self.core = ClientEndpoint(plan["psk"].encode())
+        self.room_keys_wanted = bool(plan.get("room_keys", True))
+        self.room_keys: dict[int, Any] = {}  # key id -> Fernet (extension "room-keys")
         self.joined = False
         self.started = False
         self.scheduled: float | None = None
@@ -137,10 +139,23 @@ class UdpMember:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, events.MessageReceived):
                 payload = event.payload
+                if event.sealed:  # a room message sealed once for the whole room
+                    from udpchat.chat.roomkeys import open_sealed
+
+                    payload = open_sealed(self.room_keys, payload)
                 if b"FB" in payload:
                     tally.add(self.index, payload, time.monotonic())
                 elif not self.joined and b'"welcome"' in payload:
                     self.joined = True
+                    if self.room_keys_wanted:
+                        self.core.send(b'{"t":"caps","room-keys":true}', now)
+                elif payload == b'{"t":"caps","room-keys":true}':
+                    self.core.use_envelopes()  # acks as ENVELOPEs: an HMAC, not Fernet
+                elif payload.startswith(b'{"t":"room-key"'):
+                    from cryptography.fernet import Fernet
+
+                    key = json.loads(payload)
+                    self.room_keys[key["id"]] = Fernet(key["key"])
                 elif b'"error"' in payload:
                     self.errors.append(payload.decode(errors="replace")[:120])
             elif isinstance(event, events.SessionEnded):

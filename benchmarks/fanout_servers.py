@@ -233,6 +233,12 @@ class RealClient:
         }  # fmt: skip
 
     def kill(self) -> None:
+        if self.proc.poll() is None and self.profile is not None and self.proc.stdin:
+            self.proc.stdin.close()  # end of input: it exits by itself and saves its profile
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

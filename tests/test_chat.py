@@ -39,7 +39,7 @@ from udpchat.chat.messages import (
     decode_server,
     encode,
 )
-from udpchat.chat.rules import LINE_IDS_KEPT, ChatRules, Close, LogEvent, Send
+from udpchat.chat.rules import LINE_IDS_KEPT, Broadcast, ChatRules, Close, LogEvent, Send
 
 _fresh = itertools.count(1 << 60)
 
@@ -82,6 +82,12 @@ class Chat:
                 assert action.session_id not in self.closed, "sent after its close"
                 assert len(action.payload) <= MAX_PAYLOAD_BYTES
                 self.inbox[action.session_id].append(decode_server(action.payload))
+            elif isinstance(action, Broadcast):
+                assert len(action.payload) <= MAX_PAYLOAD_BYTES
+                for sid, _ in action.members:
+                    if sid != action.skip:
+                        assert sid not in self.closed, "sent after its close"
+                        self.inbox[sid].append(decode_server(action.payload))
             elif isinstance(action, Close):
                 self.closed.append(action.session_id)
             else:

@@ -93,8 +93,8 @@ def test_local_errors_send_nothing() -> None:
     server; each is reported and counted as a failure."""
     net = Net()
     alice = net.client("alice", pipe=True)
-    net.run_until(lambda: alice.chat.connected)
-    sent = len(net.server_seen)
+    net.run_until(lambda: alice.chat.connected and alice.chat.room_keys_active)
+    sent = len(net.server_seen)  # hello and caps
     net.submit(alice, "/bogus", "x" * 401, "/nick 1bad")
     net.run(1)
     assert len(net.server_seen) == sent

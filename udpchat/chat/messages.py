@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final, NamedTuple, TypeAlias, TypeVar, get_args
@@ -45,6 +44,10 @@ PART_REASONS: Final = frozenset({"part", "quit", "timeout", "shutdown"})
 _NICK_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_[]\\^{}|`")
 _NICK_CHARS = _NICK_FIRST | frozenset("0123456789-")
 _ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
+#: A Fernet key as Fernet.generate_key() writes it: 32 bytes, URL-safe base64, 44
+#: characters (the last is "=", the one before it one of the 16 that end 32 bytes).
+_FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=")
+_BAD_TEXT_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class MessageError(ValueError):
@@ -111,13 +114,16 @@ def text_error(text: str) -> str | None:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > TEXT_MAX_BYTES:
         return f"line too long: {size} bytes, the limit is {TEXT_MAX_BYTES}"
-    for char in text:
-        category = unicodedata.category(char)
-        if category == "Cc":  # C0, DEL and C1: newlines, terminal escapes, ...
-            return f"line contains a control character (U+{ord(char):04X})"
-        if category == "Cs":  # only reachable through a JSON "\ud800" escape
-            return f"line contains an unpaired surrogate (U+{ord(char):04X})"
-    return None
+    # One regex search instead of a category lookup per character (the hot path of
+    # every line a client shows): C0, DEL and C1 are exactly Unicode's "Cc", and
+    # surrogates ("Cs") only arrive through a JSON "\ud800" escape.
+    bad = _BAD_TEXT_CHAR.search(text)
+    if bad is None:
+        return None
+    char = bad.group()
+    if "\ud800" <= char <= "\udfff":
+        return f"line contains an unpaired surrogate (U+{ord(char):04X})"
+    return f"line contains a control character (U+{ord(char):04X})"
 
 
 def _check_nick(nick: object) -> None:
@@ -269,6 +275,19 @@ class Bye:
     """I am leaving; the server removes me and closes the session."""
 
     TYPE: ClassVar[str] = "bye"
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Extension negotiation (PROTOCOL.md section 11), both ways: a client sends it
+    after welcome with what it supports; a server that knows it answers with what it
+    will use on this session (a version-1 server answers error "bad-message")."""
+
+    TYPE: ClassVar[str] = "caps"
+    room_keys: bool = field(metadata={"json": "room-keys"})
+
+    def __post_init__(self) -> None:
+        _check_bool("room-keys", self.room_keys)
 
 
 # --- server -> client ----------------------------------------------------------------
@@ -443,6 +462,32 @@ class Error:
         _check_text(self.text)
 
 
+#: Room key ids are 32-bit unsigned integers.
+ROOM_KEY_ID_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoomKey:
+    """The key (a Fernet key, 44 characters) that sealed messages of ``room`` with key
+    id ``key_id`` (JSON "id") use; only to sessions that negotiated "room-keys"."""
+
+    TYPE: ClassVar[str] = "room-key"
+    room: str
+    key_id: int = field(metadata={"json": "id"})
+    key: str
+
+    def __post_init__(self) -> None:
+        _check_room(self.room)
+        if (
+            isinstance(self.key_id, bool)
+            or not isinstance(self.key_id, int)
+            or not 0 <= self.key_id <= ROOM_KEY_ID_MAX
+        ):
+            raise MessageError("bad-message", '"id" must be an integer 0..2^32-1')
+        if not isinstance(self.key, str) or not _FERNET_KEY_RE.fullmatch(self.key):
+            raise MessageError("bad-message", '"key" must be a Fernet key (44 characters)')
+
+
 @dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is going away; the session will be closed."""
@@ -454,7 +499,9 @@ class Shutdown:
         _check_text(self.text)
 
 
-ClientMessage: TypeAlias = Hello | Say | Me | PrivateMsg | Nick | Join | Part | Who | Rooms | Bye
+ClientMessage: TypeAlias = (
+    Hello | Say | Me | PrivateMsg | Nick | Join | Part | Who | Rooms | Bye | Caps
+)
 ServerMessage: TypeAlias = (
     Welcome
     | SayOut
@@ -467,6 +514,8 @@ ServerMessage: TypeAlias = (
     | RoomList
     | Error
     | Shutdown
+    | Caps
+    | RoomKey
 )
 Message: TypeAlias = ClientMessage | ServerMessage
 
@@ -521,6 +570,13 @@ def _str(obj: Mapping[str, Any], key: str) -> str:
     return value
 
 
+def _int(obj: Mapping[str, Any], key: str) -> int:
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError("bad-message", f'"{key}" must be an integer')
+    return value
+
+
 def _bool(obj: Mapping[str, Any], key: str) -> bool:
     value = obj[key]
     _check_bool(key, value)
@@ -566,6 +622,7 @@ _Read: TypeAlias = Callable[[Mapping[str, Any], str], Any]
 _READERS: Final[dict[str, _Read]] = {
     "str": _str,
     "bool": _bool,
+    "int": _int,
     "float | None": _ts,
     "tuple[str, ...]": _nicks,
     "tuple[RoomCount, ...]": _room_counts,

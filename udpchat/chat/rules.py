@@ -9,10 +9,12 @@ what it says; it never touches a socket, a reactor or a clock (``now`` is passed
     rules.message_received(session_id, payload, now)    # MessageReceived
     rules.session_ended(session_id, reason, now)        # SessionEnded
     rules.shutdown(text, now)                           # the daemon is stopping
-    rules.take_actions() -> list[Action]  # Send, Close and LogEvent, in the order to do them
+    rules.take_actions() -> list[Action]  # Send, Broadcast, Close, LogEvent, in order
 
 Send before Close in that list means the reply goes out before the session closes;
-a LogEvent carries names, rooms and addresses, never message text.
+a Broadcast is one message for the members of a room (with who negotiated room keys,
+so that the server can seal it once); a LogEvent carries names, rooms and addresses,
+never message text.
 
 Rules, in short (docs/PROTOCOL.md section 7 has the messages):
 
@@ -49,6 +51,7 @@ from udpchat.chat.lineids import RecentIds
 from udpchat.chat.messages import (
     DEFAULT_ROOM,
     Bye,
+    Caps,
     Error,
     Hello,
     Join,
@@ -109,6 +112,20 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send one encoded message to every member of ``room`` but ``skip``.
+
+    ``members`` lists the whole room (``skip`` included) in join order, each with
+    whether it negotiated "room-keys": the server may then seal the message once with
+    the room's key for those, and must keep that key from anyone no longer listed."""
+
+    room: str
+    members: tuple[tuple[bytes, bool], ...]
+    payload: bytes
+    skip: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Close one session (what was sent to it before goes out first)."""
 
@@ -136,7 +153,7 @@ class LogEvent:
     old_addr: Address | None = None  # "roamed": where the session was before
 
 
-Action: TypeAlias = Send | Close | LogEvent
+Action: TypeAlias = Send | Broadcast | Close | LogEvent
 
 
 @dataclass(eq=False, slots=True)
@@ -146,6 +163,7 @@ class _Member:
     client: str
     room: str
     addr: Address | None
+    room_keys: bool = False  # negotiated "room-keys" (caps)
 
 
 @dataclass(eq=False, slots=True)
@@ -165,7 +183,10 @@ class ChatRules:
         max_members: int = 256,
         default_room: str = DEFAULT_ROOM,
         idle_rooms_kept: int = 256,
+        room_keys: bool = True,
     ) -> None:
+        """`room_keys`: whether to offer the "room-keys" extension to clients that
+        ask (caps); the server composition does the sealing."""
         if history_lines < 0 or max_members < 1 or idle_rooms_kept < 0:
             raise ValueError("history_lines, idle_rooms_kept >= 0 and max_members >= 1")
         if not valid_room(default_room):
@@ -174,6 +195,7 @@ class ChatRules:
         self._max_members = max_members
         self._default_room = default_room
         self._idle_rooms_kept = idle_rooms_kept
+        self._room_keys = room_keys
         self._sessions: dict[bytes, Address | None] = {}  # every live session
         self._members: dict[bytes, _Member] = {}  # sessions that said hello
         self._by_nick: dict[str, _Member] = {}  # fold_nick(nick) -> member
@@ -283,6 +305,9 @@ class ChatRules:
             counts = sorted((r.name, len(r.members)) for r in self._rooms.values() if r.members)
             for listing in rooms_chunks(counts):
                 self._send(session_id, listing)
+        elif isinstance(msg, Caps):
+            member.room_keys = msg.room_keys and self._room_keys
+            self._send(session_id, Caps(room_keys=member.room_keys))
         else:  # Bye
             self._remove(member, "quit")
             self._log_member("leave", member, detail="quit")
@@ -328,6 +353,7 @@ class ChatRules:
         self._sessions.pop(old, None)
         del self._members[old]
         member.session_id, member.addr = session_id, addr
+        member.room_keys = False  # the new session negotiates for itself
         self._members[session_id] = member
         room = self._rooms[member.room]
         room.members = {(session_id if k == old else k): m for k, m in room.members.items()}
@@ -417,10 +443,10 @@ class ChatRules:
         self._actions.append(Send(session_id, encode(msg)))
 
     def _broadcast(self, room: _Room, msg: ServerMessage, skip: bytes | None = None) -> None:
-        payload = encode(msg)
-        for session_id in room.members:
-            if session_id != skip:
-                self._actions.append(Send(session_id, payload))
+        if not room.members:
+            return
+        members = tuple((sid, m.room_keys) for sid, m in room.members.items())
+        self._actions.append(Broadcast(room.name, members, encode(msg), skip))
 
     def _send_history(self, member: _Member) -> None:
         for line in self._rooms[member.room].history:

@@ -23,10 +23,12 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from udpchat.chat.messages import DEFAULT_ROOM
-from udpchat.chat.rules import Action, ChatRules, Close, LogEvent, Send
+from udpchat.chat.roomkeys import RoomKeys, seal
+from udpchat.chat.rules import Action, Broadcast, ChatRules, Close, LogEvent, Send
 from udpchat.core import events
 from udpchat.core.endpoint import QueueFull, ServerEndpoint, UnknownSession
 from udpchat.core.limits import ProtocolConfig
+from udpchat.core.wire import MAX_SEALED_PAYLOAD_BYTES
 
 SHUTDOWN_TEXT = "stopped by its operator"
 #: A session that has not said a valid hello this long after its handshake is closed
@@ -53,6 +55,7 @@ class ServerSettings:
     handshake_rate: float = 20.0
     handshake_burst: int = 5
     default_room: str = DEFAULT_ROOM
+    room_keys: bool = True  # offer the "room-keys" extension (PROTOCOL.md section 11)
 
     def protocol_config(self) -> ProtocolConfig:
         """The core's timers and limits, with the operator's settings applied."""
@@ -106,7 +109,9 @@ class ChatServer:
             history_lines=settings.history_lines,
             max_members=settings.max_members,
             default_room=settings.default_room,
+            room_keys=settings.room_keys,
         )
+        self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
         self._log: list[LogEvent] = []
         self._refusals = RefusalLog()
@@ -210,18 +215,10 @@ class ChatServer:
         # member's lines are the member's to re-send.
 
     def _do(self, action: Action, now: float) -> None:
-        if isinstance(action, Send):
-            try:
-                self.endpoint.send(action.session_id, action.payload, now)
-            except UnknownSession:
-                pass  # it ended while the rules were still answering it
-            except QueueFull:
-                # A member that acknowledges nothing while its queue overflows is gone
-                # in all but name; closing it tells the room instead of growing memory.
-                nick = self.rules.nick_of(action.session_id)
-                addr = self._address_of(action.session_id)
-                self._log.append(LogEvent("queue-full", nick, addr))
-                self._close(action.session_id, now)
+        if isinstance(action, Broadcast):
+            self._broadcast(action, now)
+        elif isinstance(action, Send):
+            self._send(action.session_id, action.payload, now)
         elif isinstance(action, Close):
             if self._held is not None:
                 self._held.append(action.session_id)  # after the notice is acknowledged
@@ -229,6 +226,39 @@ class ChatServer:
                 self._close(action.session_id, now)
         else:
             self._log.append(action)
+
+    def _broadcast(self, action: Broadcast, now: float) -> None:
+        """One message to a room: sealed once with the room key for the members that
+        negotiated room keys (each gets the key first if it lacks it), as is for the
+        others. Per member that leaves only an HMAC and a send to do."""
+        capable = [sid for sid, room_keys in action.members if room_keys]
+        sealed = None
+        if capable:
+            announce, key_id, fernet = self.room_keys.prepare(action.room, capable, now)
+            for session_id, payload in announce:
+                self._send(session_id, payload, now)
+            sealed = seal(key_id, fernet, action.payload)
+            if len(sealed) > MAX_SEALED_PAYLOAD_BYTES:
+                sealed = None  # too big to seal (never for a valid line): send it plain
+        for session_id, room_keys in action.members:
+            if session_id == action.skip:
+                continue
+            if room_keys and sealed is not None:
+                self._send(session_id, sealed, now, sealed=True)
+            else:
+                self._send(session_id, action.payload, now)
+
+    def _send(self, session_id: bytes, payload: bytes, now: float, sealed: bool = False) -> None:
+        try:
+            self.endpoint.send(session_id, payload, now, sealed)
+        except UnknownSession:
+            pass  # it ended while the rules were still answering it
+        except QueueFull:
+            # A member that acknowledges nothing while its queue overflows is gone in
+            # all but name; closing it tells the room instead of growing memory.
+            nick = self.rules.nick_of(session_id)
+            self._log.append(LogEvent("queue-full", nick, self._address_of(session_id)))
+            self._close(session_id, now)
 
     def _close(self, session_id: bytes, now: float) -> None:
         try:

@@ -20,7 +20,10 @@ import enum
 import random
 import secrets
 
+from cryptography.fernet import Fernet, InvalidToken
+
 from udpchat.chat import lineids, messages
+from udpchat.chat.roomkeys import open_sealed
 from udpchat.client import commands
 from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
 from udpchat.client.incoming import Incoming
@@ -36,6 +39,9 @@ RECONNECT_MAX_S = 30.0
 QUIT_TIMEOUT_S = 3.0
 #: At end of input (pipe mode), give up when nothing was acknowledged for this long.
 DRAIN_IDLE_TIMEOUT_S = 60.0
+#: Room keys kept (the newest): a rotation's key arrives before the first message
+#: under it, and older messages were all delivered before it (one ordered stream).
+ROOM_KEYS_KEPT = 4
 #: A refused nick is retried with "_" appended this many times.
 NICK_RETRIES_MAX = 8
 
@@ -72,6 +78,7 @@ class ChatClient:
         pipe: bool = False,
         fallback_after_s: float | None = None,
         rng: random.Random | None = None,
+        room_keys: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.nick = nick
@@ -102,6 +109,11 @@ class ChatClient:
         self._last_progress = 0.0
         self._bad_messages = 0
         self._incoming = Incoming()
+        # Extension "room-keys" (PROTOCOL.md section 11): asked for after each welcome.
+        self._want_room_keys = room_keys
+        self._caps_pending = False
+        self.room_keys_active = False  # the server said yes on this session
+        self._room_keys: dict[int, Fernet] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
 
@@ -352,7 +364,14 @@ class ChatClient:
 
     def _on_event(self, event: events.Event, now: float) -> None:
         if isinstance(event, events.MessageReceived):
-            self._on_payload(event.payload, now)
+            payload = event.payload
+            if event.sealed:
+                try:
+                    payload = open_sealed(self._room_keys, payload)
+                except InvalidToken:
+                    self._malformed()
+                    return
+            self._on_payload(payload, now)
         elif isinstance(event, events.MessageDelivered):
             self._outbox.settled(event.message_id)
             self._last_progress = now
@@ -383,21 +402,45 @@ class ChatClient:
 
     def _hello(self, now: float) -> None:
         self.state = State.JOINING
-        hello = messages.Hello(self.nick, self.room, self.client_id)
-        line = Line(-1, hello, None)  # not queued: it must be the session's first message
+        self._room_keys.clear()  # a new session: keys come again if the server seals
+        self._caps_pending = False
+        self.room_keys_active = False
+        self._send_control(messages.Hello(self.nick, self.room, self.client_id), now)
+
+    def _send_control(self, msg: messages.ClientMessage, now: float) -> None:
+        """Hello, caps: not a typed line; they belong to this session alone."""
+        line = Line(-1, msg, None)  # not queued: hello must be the session's first message
         message_id = self._send(line, now)
         if message_id is not None and message_id >= 0:
             self._outbox.in_flight[message_id] = line
 
     # --- server messages --------------------------------------------------------
 
+    def _malformed(self) -> None:
+        self._bad_messages += 1
+        if self._bad_messages == 1:  # once: a broken server must not flood the screen
+            self._output.append(Problem("ignored a malformed message from the server"))
+
     def _on_payload(self, payload: bytes, now: float) -> None:
         try:
             msg = messages.decode_server(payload)
         except messages.MessageError:
-            self._bad_messages += 1
-            if self._bad_messages == 1:  # once: a broken server must not flood the screen
-                self._output.append(Problem("ignored a malformed message from the server"))
+            self._malformed()
+            return
+        if isinstance(msg, messages.Caps):
+            self._caps_pending = False
+            self.room_keys_active = msg.room_keys
+            if msg.room_keys:
+                self.endpoint.use_envelopes()
+            return
+        if isinstance(msg, messages.RoomKey):
+            self._room_keys[msg.key_id] = Fernet(msg.key)
+            while len(self._room_keys) > ROOM_KEYS_KEPT:
+                del self._room_keys[next(iter(self._room_keys))]
+            return
+        if isinstance(msg, messages.Error) and msg.code == "bad-message" and self._caps_pending:
+            # A version-1 server does not know "caps": that is its answer, not a problem.
+            self._caps_pending = False
             return
         shown = self._incoming.filter(msg)
         if isinstance(msg, messages.Welcome):
@@ -426,6 +469,9 @@ class ChatClient:
             self._output.append(Notice("reconnected"))
         self._welcomed_once = True
         self._output.append(msg)
+        if self._want_room_keys:
+            self._caps_pending = True
+            self._send_control(messages.Caps(room_keys=True), now)
 
     def _error(self, msg: messages.Error, now: float) -> None:
         self._output.append(msg)

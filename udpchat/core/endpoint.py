@@ -40,6 +40,7 @@ __all__ = [
 
 INIT_BYTES = 1 + wire.FERNET_OVERHEAD_BYTES + (wire.INIT_PLAINTEXT_BYTES // 16 + 1) * 16
 MIN_DATA_BYTES = wire.DATA_HEADER_BYTES + wire.MIN_FERNET_BYTES
+MIN_ENVELOPE_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.ENVELOPE_MAC_BYTES
 
 
 class UnknownSession(KeyError):
@@ -148,6 +149,18 @@ class ServerEndpoint(_Endpoint):
             if session.established:
                 self._pending.pop(session.session_id, None)
             self._touch(session)
+        elif data[0] == wire.ENVELOPE:
+            # A client's ack or ping under "room-keys" (PROTOCOL.md section 11): only
+            # for an established session (the first handshake is confirmed by DATA).
+            if len(data) < MIN_ENVELOPE_BYTES:
+                self.stats.drop("short")
+                return
+            session = self._sessions.get(data[1 : 1 + wire.SESSION_ID_BYTES])
+            if session is None or not session.established:
+                self.stats.drop("unknown-session")
+                return
+            session.receive_envelope(data, addr, now)
+            self._touch(session)
         elif data[0] == wire.HANDSHAKE_INIT:
             if len(data) != INIT_BYTES:
                 self.stats.drop("short" if len(data) < INIT_BYTES else "bad-length")
@@ -206,13 +219,15 @@ class ServerEndpoint(_Endpoint):
 
     # -- output ------------------------------------------------------------------
 
-    def send(self, session_id: bytes, payload: bytes, now: float) -> int:
-        """Queue one message for reliable delivery; returns its message id."""
+    def send(self, session_id: bytes, payload: bytes, now: float, sealed: bool = False) -> int:
+        """Queue one message for reliable delivery; returns its message id. A `sealed`
+        message (a room message sealed with a room key) goes in ENVELOPE datagrams:
+        only for a session whose client negotiated "room-keys" (PROTOCOL.md 11)."""
         session = self._sessions.get(session_id)
         if session is None or session.ended or not session.established:
             raise UnknownSession(session_id)
         message_id = next(self._message_ids)
-        session.queue(payload, message_id)
+        session.queue(payload, message_id, sealed)
         self._touch(session)
         return message_id
 
@@ -335,8 +350,12 @@ class ClientEndpoint(_Endpoint):
             session.receive_response(data, now)
         elif data[0] == wire.DATA and len(data) >= MIN_DATA_BYTES:
             session.receive_data(data, None, now)
+        elif data[0] == wire.ENVELOPE and len(data) >= MIN_ENVELOPE_BYTES:
+            session.receive_envelope(data, None, now)
+        elif data[0] in (wire.DATA, wire.ENVELOPE):
+            self.stats.drop("short")
         else:
-            self.stats.drop("unknown-type" if data[0] != wire.DATA else "short")
+            self.stats.drop("unknown-type")
 
     def send(self, payload: bytes, now: float) -> int:
         """Queue one message (sent once the handshake completes); returns its id."""
@@ -345,6 +364,12 @@ class ClientEndpoint(_Endpoint):
         message_id = next(self._message_ids)
         self._session.queue(payload, message_id)
         return message_id
+
+    def use_envelopes(self) -> None:
+        """The server accepted "room-keys" on this session: send acks and pings as
+        ENVELOPEs from now on (PROTOCOL.md section 11)."""
+        if self._session is not None:
+            self._session.envelope_acks = True
 
     def close(self, now: float) -> None:
         """End the session, telling the server once (best effort)."""

@@ -20,10 +20,14 @@ class SessionStarted:
 
 @dataclass(frozen=True)
 class MessageReceived:
-    """An application message, delivered exactly once and in the sender's order."""
+    """An application message, delivered exactly once and in the sender's order.
+
+    sealed: it came in an ENVELOPE (extension "room-keys"): the payload is a room
+    message sealed with a room key, for the application to open."""
 
     session_id: bytes
     payload: bytes
+    sealed: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Outgoing:
     seq: int
     message_id: int
     payload: bytes
+    sealed: bool = False  # travels in ENVELOPEs, never in DATA (and the reverse)
     first_sent: float | None = None
     last_sent: float = 0.0
     transmissions: int = 0
@@ -79,10 +80,10 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)
 
-    def push(self, payload: bytes, message_id: int) -> None:
+    def push(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
         if len(self) >= self._config.send_window + self._config.send_queue_max:
             raise QueueFull("send queue is full")
-        self._waiting.append(Outgoing(self._next_seq, message_id, payload))
+        self._waiting.append(Outgoing(self._next_seq, message_id, payload, sealed))
         self._next_seq += 1
 
     def _window_end(self) -> int:
@@ -230,7 +231,7 @@ class ReceiveBuffer:
         self._window = config.receive_window
         self._max_ranges = config.max_sack_ranges
         self.next_expected = 0
-        self._buffered: dict[int, bytes] = {}
+        self._buffered: dict[int, tuple[bytes, bool]] = {}  # seq -> (payload, sealed)
 
     def is_new(self, seq: int) -> bool:
         """True for a message not seen before and inside the receive window."""
@@ -242,9 +243,10 @@ class ReceiveBuffer:
     def is_duplicate(self, seq: int) -> bool:
         return seq < self.next_expected or seq in self._buffered
 
-    def add(self, seq: int, payload: bytes) -> list[bytes]:
-        """Store a new message (see is_new); return those now deliverable in order."""
-        self._buffered[seq] = payload
+    def add(self, seq: int, payload: bytes, sealed: bool = False) -> list[tuple[bytes, bool]]:
+        """Store a new message (see is_new); return those now deliverable in order, as
+        (payload, sealed)."""
+        self._buffered[seq] = (payload, sealed)
         ready = []
         while self.next_expected in self._buffered:
             ready.append(self._buffered.pop(self.next_expected))

@@ -34,6 +34,30 @@ MAX_CANDIDATES = 4
 FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
 
 
+def _pack(
+    frames: list[bytes], budget: int, first: bytes | None = None, last: tuple[bytes, ...] = ()
+) -> list[bytes]:
+    """Frames packed greedily, in order, into datagram bodies of at most `budget`
+    bytes: `first` (an ack) opens the first body, `last` (close, ping) ends the last."""
+    bodies: list[bytes] = []
+    current: list[bytes] = [] if first is None else [first]
+    size = 0 if first is None else len(first)
+    for frame in frames:
+        if current and size + len(frame) > budget:
+            bodies.append(b"".join(current))
+            current, size = [], 0
+        current.append(frame)
+        size += len(frame)
+    if last:
+        if current and size + sum(map(len, last)) > budget:
+            bodies.append(b"".join(current))
+            current = []
+        current.extend(last)
+    if current:
+        bodies.append(b"".join(current))
+    return bodies
+
+
 @dataclass
 class KeySet:
     """The keys of one epoch, with the state that is tied to them."""
@@ -42,6 +66,8 @@ class KeySet:
     send: Fernet
     receive: Fernet
     resume: bytes
+    mac_send: bytes  # ENVELOPE MAC keys (extension "room-keys")
+    mac_receive: bytes
     created: float
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     next_packet: int = 0
@@ -63,7 +89,15 @@ def _keyset(keys: SessionKeys, epoch: int, initiator: bool, now: float) -> KeySe
     mine, theirs = keys.initiator_to_responder, keys.responder_to_initiator
     if not initiator:
         mine, theirs = theirs, mine
-    return KeySet(epoch, wire.fernet_key(mine), wire.fernet_key(theirs), keys.resume, now)
+    return KeySet(
+        epoch,
+        wire.fernet_key(mine),
+        wire.fernet_key(theirs),
+        keys.resume,
+        wire.envelope_key(mine),
+        wire.envelope_key(theirs),
+        now,
+    )
 
 
 Emit = Callable[[events.Event], None]
@@ -107,6 +141,9 @@ class Session:
         self.ended = False
         self._handshake_keys = handshake_keys
         self._handshake_out: list[tuple[bytes, events.Address]] = []  # with their address
+        # Initiator, after "room-keys" was negotiated: acks and pings travel as
+        # ENVELOPEs (PROTOCOL.md section 11).
+        self.envelope_acks = False
         # initiator only
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
@@ -263,10 +300,13 @@ class Session:
 
     # -- sending -----------------------------------------------------------------
 
-    def queue(self, payload: bytes, message_id: int) -> None:
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise MessageTooLarge(f"{len(payload)} bytes; at most {MAX_PAYLOAD_BYTES} fit")
-        self._sendq.push(payload, message_id)
+    def queue(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
+        """Queue a message; a `sealed` one (a room message sealed with a room key)
+        travels only in ENVELOPE datagrams, a plain one only in DATA."""
+        limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
+        if len(payload) > limit:
+            raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
+        self._sendq.push(payload, message_id, sealed)
 
     def close(self, now: float) -> None:
         """End the session now, telling the peer (once, best effort)."""
@@ -277,40 +317,50 @@ class Session:
 
     def flush(self, now: float) -> list[tuple[bytes, events.Address]]:
         """Datagrams to send now, each with its address: handshake messages first,
-        then DATA (acks, messages, keepalive, close)."""
+        then ENVELOPEs (sealed messages, with the ack if one is due), then DATA
+        (plain messages, the ack otherwise, close; a ping if nothing else went)."""
         out, self._handshake_out = self._handshake_out, []
         if self._send_epoch is None:
             return out
         keyset = self._keys[self._send_epoch]
-        while True:
-            frames: list[bytes] = []
-            size = 0
-            if self._ack_due is not None and (
-                self._ack_due <= now or self._close_pending or self._sendq.has_due(now)
-            ):
-                frame = wire.encode_ack_frame(self._recvq.ack())
-                frames.append(frame)
-                size += len(frame)
-                self._ack_due = None
-            if not self.ended:
-                for message in self._sendq.due(now):
-                    frame = wire.encode_message_frame(message.seq, message.payload)
-                    if size + len(frame) > FRAMES_BUDGET_BYTES:
-                        self._sendq.unsend(message)
-                        break
-                    frames.append(frame)
-                    size += len(frame)
-                    self._sendq.sent(message, now)
-            if self._close_pending:
-                frames.append(wire.CLOSE_FRAME)
-                self._close_pending = False
-            if not frames and self._ping_needed:
-                frames.append(wire.PING_FRAME)
-            if not frames:
-                break
+        ack: bytes | None = None
+        if self._ack_due is not None and (
+            self._ack_due <= now or self._close_pending or self._sendq.has_due(now)
+        ):
+            ack = wire.encode_ack_frame(self._recvq.ack())
+            self._ack_due = None
+        plain: list[bytes] = []
+        sealed: list[bytes] = []
+        if not self.ended:
+            for message in self._sendq.due(now):
+                frame = wire.encode_message_frame(message.seq, message.payload)
+                (sealed if message.sealed else plain).append(frame)
+                self._sendq.sent(message, now)
+        if sealed:
+            for body in _pack(sealed, wire.ENVELOPE_FRAMES_BUDGET_BYTES, ack):
+                out.append((self._envelope(keyset, body, now), self.addr))
+            ack = None
+        tail: list[bytes] = []
+        if self._close_pending:
+            tail.append(wire.CLOSE_FRAME)
+            self._close_pending = False
+        if not out and self._ping_needed and not plain and ack is None and not tail:
+            tail.append(wire.PING_FRAME)
+        if self.envelope_acks and not plain and not self._closing(tail):
+            # Negotiated "room-keys": an ack or ping alone costs an HMAC, not Fernet.
+            if ack is not None or tail:
+                body = b"".join([ack or b"", *tail])
+                out.append((self._envelope(keyset, body, now), self.addr))
+        elif plain or ack is not None or tail:
+            for body in _pack(plain, FRAMES_BUDGET_BYTES, ack, tuple(tail)):
+                out.append((self._seal(keyset, body, now), self.addr))
+        if out:
             self._ping_needed = False
-            out.append((self._seal(keyset, b"".join(frames), now), self.addr))
         return out
+
+    @staticmethod
+    def _closing(tail: list[bytes]) -> bool:
+        return wire.CLOSE_FRAME in tail
 
     def _seal(self, keyset: KeySet, frames: bytes, now: float) -> bytes:
         header = wire.DATA_HEADER.pack(wire.DATA, self.session_id, keyset.epoch)
@@ -321,6 +371,16 @@ class Session:
         # Data tokens carry timestamp 0: nothing checks it, and a real one would show
         # every observer the sender's clock (Fernet leaves the timestamp in clear).
         return header + wire.seal(keyset.send, plaintext, DATA_TIMESTAMP)
+
+    def _envelope(self, keyset: KeySet, frames: bytes, now: float) -> bytes:
+        header = wire.ENVELOPE_HEADER.pack(
+            wire.ENVELOPE, self.session_id, keyset.epoch, keyset.next_packet
+        )
+        keyset.next_packet += 1
+        keyset.datagrams += 1
+        self.last_sent = now
+        data = header + frames
+        return data + wire.envelope_mac(keyset.mac_send, data)
 
     # -- receiving ---------------------------------------------------------------
 
@@ -335,11 +395,7 @@ class Session:
         else:
             self._stats.drop("unknown-epoch")
             return
-        if keyset is not None and keyset.retire_at is not None and keyset.retire_at <= now:
-            self._stats.drop("retired-key")
-            return
-        if keyset is not None and keyset.created + self._config.reject_after_s <= now:
-            self._stats.drop("key-expired")
+        if keyset is not None and not self._usable(keyset, now):
             return
         opened = _open_with_any(candidates, datagram[wire.DATA_HEADER_BYTES :])
         if opened is None:
@@ -357,6 +413,63 @@ class Session:
         except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
+        self._accept(keyset, packet, frames, addr, now, sealed=False)
+
+    def receive_envelope(self, datagram: bytes, addr: events.Address, now: float) -> None:
+        """Authenticate, de-duplicate and process one ENVELOPE datagram. From the
+        server its messages are sealed room messages (delivered with sealed=True);
+        from a client it may carry only an ACK and a PING."""
+        _, _, epoch, packet = wire.ENVELOPE_HEADER.unpack_from(datagram)
+        keyset = self._keys.get(epoch)
+        if keyset is not None:
+            candidates = [keyset]
+        elif epoch == self.pending_epoch:
+            candidates = self._candidates  # the first datagram under a rekey's keys
+        else:
+            self._stats.drop("unknown-epoch")
+            return
+        if keyset is not None and not self._usable(keyset, now):
+            return
+        signed, mac = datagram[: -wire.ENVELOPE_MAC_BYTES], datagram[-wire.ENVELOPE_MAC_BYTES :]
+        for candidate in candidates:
+            if hmac.compare_digest(wire.envelope_mac(candidate.mac_receive, signed), mac):
+                break
+        else:
+            self._stats.drop("bad-mac")
+            return
+        try:
+            frames = wire.decode_frames(
+                signed[wire.ENVELOPE_HEADER_BYTES :],
+                self._config.max_sack_ranges,
+                wire.MAX_SEALED_PAYLOAD_BYTES,
+            )
+            if frames.close or (frames.messages and not self.initiator):
+                raise Malformed("an envelope carries no close, and from a client no message")
+        except (Malformed, struct.error):
+            self._stats.drop("bad-frame")
+            return
+        self._accept(candidate, packet, frames, addr, now, sealed=True)
+
+    def _usable(self, keyset: KeySet, now: float) -> bool:
+        """Whether data under `keyset` may still be accepted (counted if not)."""
+        if keyset.retire_at is not None and keyset.retire_at <= now:
+            self._stats.drop("retired-key")
+            return False
+        if keyset.created + self._config.reject_after_s <= now:
+            self._stats.drop("key-expired")
+            return False
+        return True
+
+    def _accept(
+        self,
+        keyset: KeySet,
+        packet: int,
+        frames: wire.Frames,
+        addr: events.Address,
+        now: float,
+        sealed: bool,
+    ) -> None:
+        """An authentic datagram: drop it if replayed, else let it change state."""
         if not keyset.replay.accept(packet):
             self._stats.drop("replay")
             return
@@ -371,9 +484,9 @@ class Session:
             old, self.addr = self.addr, addr
             if not self.initiator and old is not None:
                 self._emit(events.SessionRoamed(self.session_id, old, addr))
-        self._process(frames, now)
+        self._process(frames, now, sealed)
 
-    def _process(self, frames: wire.Frames, now: float) -> None:
+    def _process(self, frames: wire.Frames, now: float, sealed: bool) -> None:
         if frames.ack is not None:
             for message in self._sendq.on_ack(frames.ack, now):
                 self._emit(events.MessageDelivered(self.session_id, message.message_id))
@@ -384,8 +497,8 @@ class Session:
                     self._stats.drop("message-rate")
                     continue
                 in_order = seq == self._recvq.next_expected
-                for ready in self._recvq.add(seq, payload):
-                    self._emit(events.MessageReceived(self.session_id, ready))
+                for ready, was_sealed in self._recvq.add(seq, payload, sealed):
+                    self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
                 due = now + self._config.ack_delay_s if in_order else now
             elif self._recvq.is_duplicate(seq):
                 due = now  # our ack was probably lost: repeat it at once

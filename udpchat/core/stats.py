@@ -35,6 +35,7 @@ DropReason: TypeAlias = Literal[
     "retired-key",
     "key-expired",
     "header-mismatch",
+    "bad-mac",
     "bad-frame",
     "replay",
     "message-rate",

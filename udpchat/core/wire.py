@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from udpchat.core.limits import MAX_PAYLOAD_BYTES
+from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES
 
 PROTOCOL_VERSION = 1
 
@@ -25,6 +25,9 @@ PROTOCOL_VERSION = 1
 HANDSHAKE_INIT = 0x01
 HANDSHAKE_RESPONSE = 0x02
 DATA = 0x03
+#: Extension "room-keys" (PROTOCOL.md section 11), server to client only: frames in
+#: the clear under an HMAC of the session, carrying messages sealed with a room key.
+ENVELOPE = 0x04
 
 # Frame types inside a DATA datagram's plaintext.
 FRAME_MESSAGE = 0x01
@@ -54,10 +57,18 @@ ACK_FRAME = struct.Struct("!BQB")  # type, cumulative (next expected), range cou
 ACK_RANGE = struct.Struct("!QQ")  # [start, end)
 INIT_BODY = struct.Struct("!BB8sB32s16s")  # type, version, sid, epoch, e_i, resume tag
 RESPONSE_BODY = struct.Struct("!BB8sB32s32s")  # type, version, sid, epoch, e_r, H(msg1)
+ENVELOPE_HEADER = struct.Struct("!B8sBQ")  # type, session id, key epoch, packet number
+ENVELOPE_HEADER_BYTES = ENVELOPE_HEADER.size  # 18
+ENVELOPE_MAC_BYTES = 32  # HMAC-SHA256 over everything before it
+#: Frames of one ENVELOPE, and the largest sealed message one MESSAGE frame can carry
+#: there (a sealed message is bigger than its JSON: 4-byte key id + Fernet token).
+ENVELOPE_FRAMES_BUDGET_BYTES = MAX_DATAGRAM_BYTES - ENVELOPE_HEADER_BYTES - ENVELOPE_MAC_BYTES
+MAX_SEALED_PAYLOAD_BYTES = ENVELOPE_FRAMES_BUDGET_BYTES - MESSAGE_FRAME.size
 
 LABEL_HANDSHAKE = b"udpchat v1 handshake key"
 LABEL_SESSION = b"udpchat v1 session keys"
 LABEL_RESUME = b"udpchat v1 resume"
+LABEL_ENVELOPE = b"udpchat v1 envelope"
 
 
 class Malformed(Exception):
@@ -115,6 +126,16 @@ def resume_tag(resume_key: bytes, session_id: bytes, epoch: int, ephemeral: byte
     """Proof, in a rekey message 1, that the initiator holds the session's keys."""
     mac = hmac.new(resume_key, LABEL_RESUME + session_id + bytes([epoch]) + ephemeral, "sha256")
     return mac.digest()[:RESUME_TAG_BYTES]
+
+
+def envelope_key(direction_key: bytes) -> bytes:
+    """The MAC key of ENVELOPE datagrams in one direction: HMAC-SHA256(key = that
+    direction's 32-byte session key, message = LABEL_ENVELOPE)."""
+    return hmac.digest(direction_key, LABEL_ENVELOPE, "sha256")
+
+
+def envelope_mac(mac_key: bytes, data: bytes) -> bytes:
+    return hmac.digest(mac_key, data, "sha256")
 
 
 def seal(f: Fernet, plaintext: bytes, now: float) -> bytes:
@@ -234,8 +255,9 @@ PING_FRAME = bytes([FRAME_PING])
 CLOSE_FRAME = bytes([FRAME_CLOSE, 0])
 
 
-def decode_frames(body: bytes, max_ranges: int) -> Frames:
-    """Parse the frames after the packet number; anything odd raises Malformed."""
+def decode_frames(body: bytes, max_ranges: int, max_payload: int = MAX_PAYLOAD_BYTES) -> Frames:
+    """Parse the frames after the packet number; anything odd raises Malformed.
+    `max_payload` is MAX_PAYLOAD_BYTES in DATA, MAX_SEALED_PAYLOAD_BYTES in ENVELOPE."""
     messages: list[tuple[int, bytes]] = []
     ack: Ack | None = None
     ping = close = False
@@ -246,7 +268,7 @@ def decode_frames(body: bytes, max_ranges: int) -> Frames:
             if kind == FRAME_MESSAGE:
                 _, seq, length = MESSAGE_FRAME.unpack_from(body, pos)
                 pos += MESSAGE_FRAME.size
-                if length > MAX_PAYLOAD_BYTES or pos + length > len(body):
+                if length > max_payload or pos + length > len(body):
                     raise Malformed("message length")
                 messages.append((seq, body[pos : pos + length]))
                 pos += length
