@@ -55,6 +55,7 @@ class Net:
         self.up = True  # False: every datagram is lost, both ways
         self.peers: list[Peer] = []
         self.server_seen: list[bytes] = []  # payloads the chat server received
+        self.server_sent: list[tuple[bytes, tuple[str, int]]] = []  # datagrams, to whom
         self.start_server()
 
     def start_server(self, history_lines: int = 50) -> None:
@@ -101,6 +102,7 @@ class Net:
                     self.chat_server.receive_datagram(data, peer.addr, now)
         by_addr = {peer.addr: peer for peer in self.peers}
         for data, addr in self.chat_server.datagrams_to_send(now):
+            self.server_sent.append((data, addr))
             if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
                 by_addr[addr].chat.receive_datagram(data, now)
         for peer in self.peers:

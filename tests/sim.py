@@ -147,7 +147,8 @@ class ChatWorld:
     """The whole chat server (ChatServer) and any number of clients (ClientEndpoints)
     on one LossyNetwork with one fake clock: the daemon without Twisted or sockets.
 
-    Each client's decoded messages land in ``inbox[addr]``, its core events in
+    Each client's decoded messages land in ``inbox[addr]`` (sealed room messages of
+    the "room-keys" extension only in ``client_events``), its core events in
     ``client_events[addr]``, and the server's log entries in ``log``. Addresses in
     ``cut`` lose every datagram both ways (a member that fell silent).
     """
@@ -195,7 +196,7 @@ class ChatWorld:
         for addr, client in self.clients.items():
             while (event := client.next_event()) is not None:
                 self.client_events[addr].append(event)
-                if isinstance(event, events.MessageReceived):
+                if isinstance(event, events.MessageReceived) and not event.sealed:
                     self.inbox[addr].append(json.loads(event.payload))
 
     def step(self, limit: float) -> bool:

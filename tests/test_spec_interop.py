@@ -6,12 +6,16 @@ the conversation. Every wait is bounded by a timeout of a few seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from daemon import ChatClient, Daemon
 from spec_client import SpecClient, new_line_id
+from test_client_e2e import PipeClient
+from udpproxy import UDPProxy
 
 
 @pytest.fixture
@@ -129,3 +133,71 @@ def test_leaving_is_seen_as_part(daemon: Daemon, how: str) -> None:
     finally:
         alice.shutdown()
         bob.close()
+
+
+class TypeCountingProxy(UDPProxy):
+    """A perfect proxy that counts datagrams by direction and type (first byte)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        super().__init__(upstream)
+        self.types: Counter[tuple[str, int]] = Counter()
+
+    def _forward(self, direction: str, client: tuple[str, int], data: bytes, arrival: int) -> None:
+        self.types[(direction, data[0])] += 1
+        super()._forward(direction, client, data, arrival)
+
+
+def pump_until(alice: SpecClient, condition: Callable[[], bool], what: str) -> None:
+    """Poll the spec client (so it keeps acknowledging) until ``condition`` holds."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not seen in 10 s; spec client got {alice.messages}")
+        alice.poll(0.02)
+
+
+def test_a_version_1_client_and_a_room_keys_client_share_a_room(
+    daemon: Daemon, subprocess_env: dict[str, str]
+) -> None:
+    """The spec client (version 1: no caps) and a real udpchat-client in pipe mode (it
+    negotiates "room-keys") in one room each see the other's line: the daemon sends
+    the spec client plain DATA only, and the real client its room's lines sealed in
+    ENVELOPEs, acknowledged with ENVELOPEs."""
+    alice = SpecClient(daemon.address, daemon.psk)
+    proxy = TypeCountingProxy(daemon.address)
+    proxy.start()
+    bob: PipeClient | None = None
+    try:
+        alice.connect()
+        alice.send({"t": "hello", "nick": "alice", "room": "lobby", "client": alice.client_id})
+        alice.wait_for(lambda m: m["t"] == "welcome", timeout=10)
+        bob = PipeClient(proxy.port, daemon.key_file, "bob", subprocess_env)
+        pump_until(
+            alice,
+            lambda: {"t": "join", "room": "lobby", "nick": "bob"} in alice.messages,
+            "bob's join",
+        )
+        # bob acknowledges in ENVELOPEs once the daemon said yes to its caps.
+        pump_until(alice, lambda: proxy.types[("to_server", 0x04)] > 0, "an ENVELOPE from bob")
+
+        alice.say("hello from the spec client")
+        pump_until(alice, lambda: "<alice> hello from the spec client" in bob.lines, "alice's line")
+        bob.type("hi from udpchat-client")
+        got = alice.wait_for(lambda m: m["t"] == "say", timeout=10)
+        assert got == {
+            "t": "say",
+            "room": "lobby",
+            "nick": "bob",
+            "text": "hi from udpchat-client",
+            "id": got["id"],
+        }
+        assert proxy.types[("to_client", 0x04)] > 0  # alice's line reached bob sealed
+        assert not [m for m in alice.messages if m["t"] in ("caps", "room-key")]
+        assert alice.drops == {}  # never an ENVELOPE (or anything else odd) for her
+        assert bob.lines.count("<alice> hello from the spec client") == 1
+        assert not [line for line in bob.lines if line.startswith("!!!")]
+    finally:
+        if bob is not None:
+            bob.kill()
+        proxy.stop()
+        alice.shutdown()
