@@ -19,14 +19,22 @@ from udpchat.core.endpoint import ClientEndpoint
 ID = "0123456789abcdef"  # a line id
 
 
+class FakeSocket:
+    def __init__(self, written: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self.written = written
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
 class FakePort:
+    """A listening UDP port; the link sends on its socket."""
+
     def __init__(self, proto: Any, interface: str) -> None:
         self.proto, self.interface = proto, interface
         self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.socket = FakeSocket(self.written)
         self.listening = True
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.written.append((data, addr))
 
     def stopListening(self) -> None:
         self.listening = False

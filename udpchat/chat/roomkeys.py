@@ -90,6 +90,11 @@ class RoomKeys:
         key.holders.update(sid for sid, _ in sends)
         return sends, key.key_id, key.fernet
 
+    def forget(self, room: str) -> None:
+        """The room has no capable member left: its next message starts a new key."""
+        if self._keys.pop(room, None) is not None:
+            self.rotations += 1
+
     def _new_key(self, room: str, now: float) -> _Key:
         secret = Fernet.generate_key().decode("ascii")
         key = _Key(self._next_id, secret, Fernet(secret), now)

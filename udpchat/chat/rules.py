@@ -443,8 +443,8 @@ class ChatRules:
         self._actions.append(Send(session_id, encode(msg)))
 
     def _broadcast(self, room: _Room, msg: ServerMessage, skip: bytes | None = None) -> None:
-        if not room.members:
-            return
+        # Even to an empty room (the last member just left): the server must learn
+        # that the room's key holders are gone.
         members = tuple((sid, m.room_keys) for sid, m in room.members.items())
         self._actions.append(Broadcast(room.name, members, encode(msg), skip))
 

@@ -233,7 +233,11 @@ class ChatServer:
         others. Per member that leaves only an HMAC and a send to do."""
         capable = [sid for sid, room_keys in action.members if room_keys]
         sealed = None
-        if capable:
+        if not capable:
+            # Nobody may keep the key: a member who comes back later must get a new
+            # one, not be counted as holding one it may have dropped long ago.
+            self.room_keys.forget(action.room)
+        else:
             announce, key_id, fernet = self.room_keys.prepare(action.room, capable, now)
             for session_id, payload in announce:
                 self._send(session_id, payload, now)
