@@ -143,6 +143,19 @@ def plan_members(receivers: int, senders: int, drivers: int, real_client: bool) 
     return shares
 
 
+def pin(args: argparse.Namespace, server_pid: int | None, others: list[int]) -> None:
+    """--pin: the server alone on CPU 0, the load (drivers, real client) on the rest,
+    the same for every target. Without it the drivers' share of the two cores makes
+    the server's CPU per delivery depend on how busy the drivers are."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.pin or len(cpus) < 2:
+        return
+    if server_pid is not None:
+        os.sched_setaffinity(server_pid, {cpus[0]})
+    for pid in others:
+        os.sched_setaffinity(pid, set(cpus[1:]))
+
+
 def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> dict:
     receivers, senders, rate = args.receivers, args.senders, args.rate
     members = receivers + senders
@@ -167,10 +180,12 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
             "room_keys": args.room_keys == "on",
         }  # fmt: skip
         drivers = Drivers([{**common, "members": share} for share in shares if share], env)
+        pin(args, server.pid, [proc.pid for proc in drivers.procs])
         client_profile = None
         if args.profile is not None and target == "udpchat":
             client_profile = Path(args.profile) / "client.prof"
         client = RealClient(target, server, real_index, env, profile=client_profile)
+        pin(args, None, [client.pid])
         drivers.wait_line("ready", setup_s)
         client.wait_ready(setup_s)
         time.sleep(SETTLE_S)
@@ -404,6 +419,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", default="udpchat,ncat", help="comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per target")
     parser.add_argument("--json", metavar="FILE", help="save the numbers as JSON")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the server alone on the first CPU and the load on the others"
+        " (default on; --no-pin lets the scheduler mix them)",
+    )
     parser.add_argument(
         "--room-keys",
         choices=("on", "off"),

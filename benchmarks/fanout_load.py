@@ -91,7 +91,11 @@ class UdpMember:
         self.sock.bind((spec["source"], 0))
         self.sock.connect((plan["host"], plan["port"]))
         self.sock.setblocking(False)
-        self.core = ClientEndpoint(plan["psk"].encode())
+        # The real client's timers (its 100 ms ack delay above all): the server's cost
+        # per line depends on how often members acknowledge.
+        from udpchat.client.cli import client_protocol_config
+
+        self.core = ClientEndpoint(plan["psk"].encode(), client_protocol_config(3600.0))
         self.room_keys_wanted = bool(plan.get("room_keys", True))
         self.room_keys: dict[int, Any] = {}  # key id -> Fernet (extension "room-keys")
         self.joined = False

@@ -948,9 +948,9 @@ def test_largest_message_beside_the_largest_ack_still_fits_one_datagram() -> Non
         now += 0.001
     assert len(ups) == 2 * config.max_sack_ranges + 2
     big = os.urandom(MAX_PAYLOAD_BYTES)
-    server.send(session_id, big, now)
     for up in ups[1::2]:  # every other one: max_sack_ranges + 1 gaps
         server.receive_datagram(up, CLIENT_ADDR, now)
+    server.send(session_id, big, now)  # the pending ack rides along
     ((combined, _),) = server.datagrams_to_send(now)
     ack = wire.encode_ack_frame(
         wire.Ack(0, tuple((s, s + 1) for s in range(1, 2 * config.max_sack_ranges, 2)))

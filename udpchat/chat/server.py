@@ -104,7 +104,11 @@ class ChatServer:
         shorter ones than an operator may set)."""
         self.settings = settings
         self.protocol = protocol or settings.protocol_config()
-        self.endpoint = ServerEndpoint(psk, self.protocol, settings.max_members)
+        # No MessageDelivered events: members' lines are theirs to re-send, and the
+        # shutdown wait asks is_idle.
+        self.endpoint = ServerEndpoint(
+            psk, self.protocol, settings.max_members, report_delivered=False
+        )
         self.rules = ChatRules(
             history_lines=settings.history_lines,
             max_members=settings.max_members,
@@ -211,8 +215,8 @@ class ChatServer:
             self._log.append(LogEvent("roamed", nick, event.new_addr, old_addr=event.old_addr))
         elif isinstance(event, events.HandshakeRefused):
             self._refusal(LogEvent("server-full", None, event.addr), now)
-        # MessageDelivered, MessageNotDelivered, SessionRekeyed: nothing to do; a
-        # member's lines are the member's to re-send.
+        # MessageNotDelivered, SessionRekeyed: nothing to do; a member's lines are
+        # the member's to re-send.
 
     def _do(self, action: Action, now: float) -> None:
         if isinstance(action, Broadcast):

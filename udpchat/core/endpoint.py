@@ -89,10 +89,17 @@ class ServerEndpoint(_Endpoint):
     """The responder side: sessions keyed by their random id, never by address."""
 
     def __init__(
-        self, psk: bytes, config: ProtocolConfig = ProtocolConfig(), max_sessions: int = 1024
+        self,
+        psk: bytes,
+        config: ProtocolConfig = ProtocolConfig(),
+        max_sessions: int = 1024,
+        report_delivered: bool = True,
     ) -> None:
+        """`report_delivered=False`: no MessageDelivered events (is_idle still says
+        whether everything sent was acknowledged)."""
         super().__init__(psk, config)
         self.max_sessions = max_sessions
+        self._report_delivered = report_delivered
         self._sessions: dict[bytes, Session] = {}
         self._pending: OrderedDict[bytes, None] = OrderedDict()  # half-open, oldest first
         self._dirty: dict[bytes, None] = {}  # sessions with something to flush, in order
@@ -197,6 +204,7 @@ class ServerEndpoint(_Endpoint):
             if self._full():
                 raise HandshakeRejected("server-full")
             session = self._new_session(init.session_id, now, addr, initiator=False)
+            session.report_delivered = self._report_delivered
             session.accept_init(init, data, addr, now, may_establish=False)
             self._sessions[init.session_id] = session
             self._add_pending(session)
@@ -227,8 +235,15 @@ class ServerEndpoint(_Endpoint):
         if session is None or session.ended or not session.established:
             raise UnknownSession(session_id)
         message_id = next(self._message_ids)
-        session.queue(payload, message_id, sealed)
-        self._touch(session)
+        fast = session.send_now(payload, message_id, now, sealed)
+        if fast is None:
+            session.queue(payload, message_id, sealed)
+            self._touch(session)
+        else:
+            datagram, timer_moved = fast
+            self._out.append((datagram, session.addr))
+            if timer_moved:  # the retransmission timer started: it may be the earliest
+                self._schedule(session)
         return message_id
 
     def close_session(self, session_id: bytes, now: float) -> None:

@@ -86,6 +86,22 @@ class SendQueue:
         self._waiting.append(Outgoing(self._next_seq, message_id, payload, sealed))
         self._next_seq += 1
 
+    def push_sent(
+        self, payload: bytes, message_id: int, sealed: bool, now: float
+    ) -> Outgoing | None:
+        """Fast path: if nothing waits or is due for retransmission and the window has
+        room, the message goes straight into flight, transmitted now (the caller puts
+        it into a datagram at once). None otherwise: use push() and due()."""
+        seq = self._next_seq
+        if self._waiting or self._lost or seq >= self._window_end():
+            return None
+        message = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
+        self._in_flight[seq] = message
+        self._next_seq = seq + 1
+        if self.rto_at is None:
+            self.rto_at = now + self._rto()
+        return message
+
     def _window_end(self) -> int:
         """Sequence numbers below this may be in flight (window counted from the oldest)."""
         oldest = next(iter(self._in_flight), None)
@@ -212,12 +228,15 @@ class SendQueue:
 
     def next_deadline(self) -> float | None:
         """When on_timer or given_up need a look (lost messages are flushed at once)."""
-        deadlines = [self.rto_at] if self.rto_at is not None else []
-        first = next(iter(self._in_flight.values()), None)
-        if first is not None and first.first_sent is not None:
-            # The oldest in flight was sent first (sequence order), so it gives up first.
-            deadlines.append(first.first_sent + self._config.give_up_s)
-        return min(deadlines) if deadlines else None
+        deadline = self.rto_at
+        if self._in_flight:
+            first = next(iter(self._in_flight.values()))
+            if first.first_sent is not None:
+                # The oldest in flight was sent first (sequence order): it gives up first.
+                give_up = first.first_sent + self._config.give_up_s
+                if deadline is None or give_up < deadline:
+                    deadline = give_up
+        return deadline
 
     @property
     def idle(self) -> bool:

@@ -141,6 +141,9 @@ class Session:
         self.ended = False
         self._handshake_keys = handshake_keys
         self._handshake_out: list[tuple[bytes, events.Address]] = []  # with their address
+        # False: no MessageDelivered events (a server relaying to a room needs none,
+        # and one event per delivered message showed in its profile).
+        self.report_delivered = True
         # Initiator, after "room-keys" was negotiated: acks and pings travel as
         # ENVELOPEs (PROTOCOL.md section 11).
         self.envelope_acks = False
@@ -307,6 +310,37 @@ class Session:
         if len(payload) > limit:
             raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
         self._sendq.push(payload, message_id, sealed)
+
+    def send_now(
+        self, payload: bytes, message_id: int, now: float, sealed: bool
+    ) -> tuple[bytes, bool] | None:
+        """Fast path of queue() + flush() for one message when nothing else is waiting:
+        the datagram to send now (with the pending ack if it fits) and whether the
+        session's timer may have to move earlier. None if the message must take the
+        ordinary path (something queued, lost, a handshake out, the window full).
+
+        This is what each member of a busy room costs the server, once per line."""
+        if self.ended or self._send_epoch is None or self._handshake_out:
+            return None
+        limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
+        if len(payload) > limit:
+            raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
+        timer_was_running = self._sendq.rto_at is not None
+        message = self._sendq.push_sent(payload, message_id, sealed, now)
+        if message is None:
+            return None
+        frame = wire.encode_message_frame(message.seq, payload)
+        budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
+        if self._ack_due is not None:
+            ack = wire.encode_ack_frame(self._recvq.ack())
+            if len(ack) + len(frame) <= budget:
+                frame = ack + frame
+                self._ack_due = None
+        keyset = self._keys[self._send_epoch]
+        self._ping_needed = False
+        if sealed:
+            return self._envelope(keyset, frame, now), not timer_was_running
+        return self._seal(keyset, frame, now), not timer_was_running
 
     def close(self, now: float) -> None:
         """End the session now, telling the peer (once, best effort)."""
@@ -488,8 +522,10 @@ class Session:
 
     def _process(self, frames: wire.Frames, now: float, sealed: bool) -> None:
         if frames.ack is not None:
-            for message in self._sendq.on_ack(frames.ack, now):
-                self._emit(events.MessageDelivered(self.session_id, message.message_id))
+            acked = self._sendq.on_ack(frames.ack, now)
+            if self.report_delivered:
+                for message in acked:
+                    self._emit(events.MessageDelivered(self.session_id, message.message_id))
         for seq, payload in frames.messages:
             if self._recvq.is_new(seq):
                 if not self._message_bucket.allow(now):
@@ -512,27 +548,38 @@ class Session:
     # -- timers ------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        # Called after every flush of every session: written as plain comparisons,
+        # without building a list (it showed in the profiles of a busy room).
         if self.ended:
             return None
         config = self._config
-        deadlines = [self.last_received + self._expiry_s()]
-        if self._ack_due is not None:
-            deadlines.append(self._ack_due)
-        if self._handshake_retry_at is not None:
-            deadlines.append(self._handshake_retry_at)
+        deadline = self.last_received + self._expiry_s()
+        ack_due = self._ack_due
+        if ack_due is not None and ack_due < deadline:
+            deadline = ack_due
+        retry = self._handshake_retry_at
+        if retry is not None and retry < deadline:
+            deadline = retry
         if self._send_epoch is not None:  # established
-            deadlines.append(self.last_sent + config.keepalive_s)
+            keepalive = self.last_sent + config.keepalive_s
+            if keepalive < deadline:
+                deadline = keepalive
             retransmit = self._sendq.next_deadline()
-            if retransmit is not None:
-                deadlines.append(retransmit)
+            if retransmit is not None and retransmit < deadline:
+                deadline = retransmit
             if self.initiator and self._initiator is None:
                 current = self._keys[self._send_epoch]
                 if current.datagrams >= config.rekey_after_datagrams:
-                    deadlines.append(current.created)  # due now
+                    rekey = current.created  # due now
                 else:
-                    deadlines.append(current.created + config.rekey_after_s)
-        deadlines.extend(k.retire_at for k in self._keys.values() if k.retire_at is not None)
-        return min(deadlines)
+                    rekey = current.created + config.rekey_after_s
+                if rekey < deadline:
+                    deadline = rekey
+        for keyset in self._keys.values():
+            retire = keyset.retire_at
+            if retire is not None and retire < deadline:
+                deadline = retire
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         if self.ended:
