@@ -147,7 +147,12 @@ class UdpMember:
                     from udpchat.chat.roomkeys import open_sealed
 
                     payload = open_sealed(self.room_keys, payload)
-                if b"FB" in payload:
+                if payload.startswith(b'{"t":"room-key"'):
+                    from cryptography.fernet import Fernet
+
+                    key = json.loads(payload)  # first: a key's base64 may contain "FB"
+                    self.room_keys[key["id"]] = Fernet(key["key"])
+                elif b"FB" in payload:
                     tally.add(self.index, payload, time.monotonic())
                 elif not self.joined and b'"welcome"' in payload:
                     self.joined = True
@@ -155,11 +160,6 @@ class UdpMember:
                         self.core.send(b'{"t":"caps","room-keys":true}', now)
                 elif payload == b'{"t":"caps","room-keys":true}':
                     self.core.use_envelopes()  # acks as ENVELOPEs: an HMAC, not Fernet
-                elif payload.startswith(b'{"t":"room-key"'):
-                    from cryptography.fernet import Fernet
-
-                    key = json.loads(payload)
-                    self.room_keys[key["id"]] = Fernet(key["key"])
                 elif b'"error"' in payload:
                     self.errors.append(payload.decode(errors="replace")[:120])
             elif isinstance(event, events.SessionEnded):
