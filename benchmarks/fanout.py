@@ -342,7 +342,7 @@ def plot(args: argparse.Namespace, targets: list[str], env: dict[str, str]) -> l
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+        raise SystemExit("--plot needs matplotlib: pip install '.[bench]'") from None
     rows = []
     for size in [int(s) for s in args.plot_sizes.split(",")]:
         rows += run_load(argparse.Namespace(**{**vars(args), "receivers": size}), targets, env)

@@ -59,6 +59,11 @@ class ProtocolConfig:
     pending_session_s: float = 10.0
     #: Acknowledge in-order data after at most this delay (out-of-order: at once).
     ack_delay_s: float = 0.025
+    #: Sealed room messages (extension room-keys) are acknowledged after at most this
+    #: delay, or at once when this many are unacknowledged: for a server every ack
+    #: from every member of a room is a wake-up, which cost more than the relaying.
+    sealed_ack_delay_s: float = 0.5
+    sealed_ack_every: int = 16
     #: Retransmission timeout (RFC 6298 shape), clamped to [min, max].
     initial_rto_s: float = 1.0
     min_rto_s: float = 0.2

@@ -112,7 +112,8 @@ class Session:
         "_send_epoch", "pending_epoch", "_candidates", "_sendq", "_recvq",
         "_message_bucket", "last_received", "last_sent", "_ack_due", "_ping_needed",
         "_close_pending", "ended", "_handshake_keys", "_handshake_out",
-        "report_delivered", "envelope_acks", "_initiator", "_handshake_retry_at",
+        "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
+        "_handshake_retry_at",
         "_handshake_attempts",
     )  # fmt: skip
 
@@ -154,6 +155,7 @@ class Session:
         # False: no MessageDelivered events (a server relaying to a room needs none,
         # and one event per delivered message showed in its profile).
         self.report_delivered = True
+        self._sealed_unacked = 0  # sealed messages received since our last ack
         # Initiator, after "room-keys" was negotiated: acks and pings travel as
         # ENVELOPEs (PROTOCOL.md section 11).
         self.envelope_acks = False
@@ -342,7 +344,7 @@ class Session:
         frame = wire.encode_message_frame(message.seq, payload)
         budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
         if self._ack_due is not None:
-            ack = wire.encode_ack_frame(self._recvq.ack())
+            ack = self._ack_frame()
             if len(ack) + len(frame) <= budget:
                 frame = ack + frame
                 self._ack_due = None
@@ -371,7 +373,7 @@ class Session:
         if self._ack_due is not None and (
             self._ack_due <= now or self._close_pending or self._sendq.has_due(now)
         ):
-            ack = wire.encode_ack_frame(self._recvq.ack())
+            ack = self._ack_frame()
             self._ack_due = None
         plain: list[bytes] = []
         sealed: list[bytes] = []
@@ -401,6 +403,10 @@ class Session:
         if out:
             self._ping_needed = False
         return out
+
+    def _ack_frame(self) -> bytes:
+        self._sealed_unacked = 0
+        return wire.encode_ack_frame(self._recvq.ack())
 
     @staticmethod
     def _closing(tail: list[bytes]) -> bool:
@@ -545,7 +551,16 @@ class Session:
                 in_order = seq == self._recvq.next_expected
                 for ready, was_sealed in self._recvq.add(seq, payload, sealed):
                     self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-                due = now + self._config.ack_delay_s if in_order else now
+                if not in_order:
+                    due = now
+                elif sealed:
+                    self._sealed_unacked += 1
+                    if self._sealed_unacked >= self._config.sealed_ack_every:
+                        due = now
+                    else:
+                        due = now + self._config.sealed_ack_delay_s
+                else:
+                    due = now + self._config.ack_delay_s
             elif self._recvq.is_duplicate(seq):
                 due = now  # our ack was probably lost: repeat it at once
             else:
