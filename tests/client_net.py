@@ -16,8 +16,9 @@ from udpchat.client.display import PLAIN, format_item
 from udpchat.core.endpoint import ClientEndpoint
 from udpchat.core.limits import ProtocolConfig
 
-#: Short timers so that expiry and reconnects take simulated seconds, not minutes.
-FAST = ProtocolConfig(keepalive_s=1.0, session_expiry_s=4.0, give_up_s=8.0)
+#: Short timers so that expiry and reconnects take simulated seconds, not minutes (the
+#: sealed-ack delay shrinks with them: it sets a floor under the retransmission timeout).
+FAST = ProtocolConfig(keepalive_s=1.0, session_expiry_s=4.0, give_up_s=8.0, sealed_ack_delay_s=0.05)
 START = 1_700_000_000.0
 
 

@@ -682,3 +682,27 @@ def test_a_member_back_in_a_room_it_emptied_reads_it_after_rotations_elsewhere()
         "<bob> are you there",
     ]
     assert not [line for line in alice.lines if line.startswith("!!!")]
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_the_retransmission_timeout_waits_out_the_sealed_ack_delay(sealed: bool) -> None:
+    """A sender of sealed messages never retransmits before sealed_ack_delay_s +
+    min_rto_s (the receiver may hold its ack that long), even when its RTT samples
+    say 20 ms; plain messages keep the RFC 6298 timeout of those samples."""
+    config = ProtocolConfig()
+    pair = make_pair(config, delay_s=0.01)
+    session_id = pair.connect()
+    for i in range(20):  # RTT samples of about 20 ms: the timeout falls to min_rto_s
+        pair.server.send(session_id, b"warm %d" % i, pair.now)
+        pair.run(lambda: pair.server.is_idle(session_id), 5)
+    pair.network.loss = 1.0  # from now on nothing arrives: only the timer resends
+    pair.server.send(session_id, b"k" * 40 if sealed else b"plain", pair.now, sealed=sealed)
+    sent_at = pair.now
+    pair.flush()
+    first = len(pair.network.sent)
+    pair.run(lambda: len(pair.network.sent) > first, 5)
+    waited = pair.now - sent_at
+    if sealed:
+        assert waited >= config.sealed_ack_delay_s + config.min_rto_s
+    else:
+        assert config.min_rto_s <= waited < config.sealed_ack_delay_s

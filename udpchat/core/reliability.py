@@ -75,6 +75,7 @@ class SendQueue:
         "_waiting",
         "_in_flight",
         "_lost",
+        "_sealed",
         "_backoff",
         "rto_at",
     )
@@ -89,6 +90,7 @@ class SendQueue:
         self._waiting: list[Outgoing] = []
         self._in_flight: dict[int, Outgoing] = {}  # seq -> message, in seq order
         self._lost = 0  # messages in _in_flight marked lost (due for retransmission)
+        self._sealed = False  # has carried sealed messages: the peer acks them late
         self._backoff = 0
         self.rto_at: float | None = None
 
@@ -100,6 +102,7 @@ class SendQueue:
             raise QueueFull("send queue is full")
         self._waiting.append(Outgoing(self._next_seq, message_id, payload, sealed))
         self._next_seq += 1
+        self._sealed = self._sealed or sealed
 
     def push_sent(
         self, payload: bytes, message_id: int, sealed: bool, now: float
@@ -111,6 +114,7 @@ class SendQueue:
         if self._waiting or self._lost or seq >= self._window_end():
             return None
         message = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
+        self._sealed = self._sealed or sealed
         self._in_flight[seq] = message
         self._next_seq = seq + 1
         if self.rto_at is None:
@@ -142,7 +146,13 @@ class SendQueue:
         return self._lost > 0 or bool(self._waiting and self._waiting[0].seq < self._window_end())
 
     def _rto(self) -> float:
-        return min(self.rtt.rto * 2**self._backoff, self._config.max_rto_s)
+        rto = self.rtt.rto
+        if self._sealed:
+            # The peer may hold its ack of a sealed message sealed_ack_delay_s: a
+            # timeout near that delay would fire on every ack that comes a little late
+            # and resend everything in flight to every member (PROTOCOL.md 5.5).
+            rto = max(rto, self._config.sealed_ack_delay_s + self._config.min_rto_s)
+        return min(rto * 2**self._backoff, self._config.max_rto_s)
 
     def sent(self, message: Outgoing, now: float) -> None:
         """Record a transmission; arm the retransmission timer if it is not running."""
