@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sim import START, LossyNetwork, Pair, received
 
-from udpchat.core import events
+from udpchat.core import events, wire
 from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, QueueFull, ServerEndpoint
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 
@@ -246,3 +246,26 @@ def test_half_open_sessions_cannot_push_members_past_max_sessions() -> None:
     server.handle_timer(now + ProtocolConfig().pending_session_s + 1)
     server.datagrams_to_send(now + ProtocolConfig().pending_session_s + 1)
     assert len(server) == 2
+
+
+def test_a_keepalive_due_with_a_rekey_still_goes_out() -> None:
+    """When a rekey's message 1 and a keepalive fall due in the same instant, the
+    client sends both: the handshake message does not count as the keepalive (it is
+    not authenticated data, so it would not keep the session alive)."""
+    config = ProtocolConfig(keepalive_s=10.0, rekey_after_s=10.0)
+    psk = Fernet.generate_key()
+    server, client = ServerEndpoint(psk, config), ClientEndpoint(psk, config)
+    now = 1_800_000_000.0
+    client.connect(now)
+    for _ in range(3):  # handshake, confirmation
+        for data in client.datagrams_to_send(now):
+            server.receive_datagram(data, ("127.0.0.2", 4000), now)
+        for data, _ in server.datagrams_to_send(now):
+            client.receive_datagram(data, now)
+    assert client.connected
+    client.datagrams_to_send(now)
+    later = now + 10.0
+    assert client.get_timer() == later
+    client.handle_timer(later)
+    kinds = [data[0] for data in client.datagrams_to_send(later)]
+    assert kinds == [wire.HANDSHAKE_INIT, wire.DATA]

@@ -368,6 +368,7 @@ class Session:
         out, self._handshake_out = self._handshake_out, []
         if self._send_epoch is None:
             return out
+        handshakes = len(out)  # a ping is owed unless a data datagram goes out
         keyset = self._keys[self._send_epoch]
         ack: bytes | None = None
         if self._ack_due is not None and (
@@ -390,8 +391,9 @@ class Session:
         if self._close_pending:
             tail.append(wire.CLOSE_FRAME)
             self._close_pending = False
-        if not out and self._ping_needed and not plain and ack is None and not tail:
-            tail.append(wire.PING_FRAME)
+        if len(out) == handshakes and self._ping_needed and not plain and ack is None:
+            if not tail:
+                tail.append(wire.PING_FRAME)
         if self.envelope_acks and not plain and not self._closing(tail):
             # Negotiated "room-keys": an ack or ping alone costs an HMAC, not Fernet.
             if ack is not None or tail:
@@ -400,7 +402,7 @@ class Session:
         elif plain or ack is not None or tail:
             for body in _pack(plain, FRAMES_BUDGET_BYTES, ack, tuple(tail)):
                 out.append((self._seal(keyset, body, now), self.addr))
-        if out:
+        if len(out) > handshakes:
             self._ping_needed = False
         return out
 
