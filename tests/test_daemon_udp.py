@@ -217,3 +217,27 @@ def test_a_bug_costs_one_datagram_and_one_traceback_a_minute(logged: list[str]) 
     assert world.clock.getDelayedCalls(), "the timer is still set"
     world.say(alice, t="say", text="still here", id="00000000000000cc")
     assert [m["text"] for m in world.inbox[bob] if m["t"] == "say"] == ["still here"]
+
+
+def test_a_bug_while_sending_on_a_timer_tick_keeps_the_timer(logged: list[str]) -> None:
+    """An exception while the adapter writes out what a timer tick produced is logged
+    and counted like any bug, and the one timer is set again: retransmissions,
+    expiry and deadlines go on."""
+    world = World()
+    world.join("alice", 1001)
+    assert world.clock.getDelayedCalls()
+    real = world.server.server.datagrams_to_send
+    calls = 0
+
+    def broken(now: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(now)
+
+    world.server.server.datagrams_to_send = broken  # type: ignore[method-assign]
+    call: Any = world.clock.getDelayedCalls()[0]
+    world.clock.advance(call.getTime() - world.clock.seconds())
+    assert world.clock.getDelayedCalls(), "the daemon still has its timer"
+    assert world.server.take_drops()["internal-error"] == 1

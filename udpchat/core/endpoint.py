@@ -222,8 +222,15 @@ class ServerEndpoint(_Endpoint):
         self._pending[session.session_id] = None
         while len(self._pending) > self._config.max_pending_sessions:
             oldest, _ = self._pending.popitem(last=False)
-            self._sessions.pop(oldest, None)
+            self._forget(oldest)
             self.stats.drop("pending-evicted")
+
+    def _forget(self, session_id: bytes) -> None:
+        """Remove every trace of a session (its stale heap entries die lazily)."""
+        self._sessions.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        self._scheduled.pop(session_id, None)
+        self._dirty.pop(session_id, None)
 
     # -- output ------------------------------------------------------------------
 
@@ -260,17 +267,24 @@ class ServerEndpoint(_Endpoint):
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, events.Address]]:
         out, self._out = self._out, []
         dirty, self._dirty = self._dirty, {}
-        for session_id in dirty:
-            session = self._sessions.get(session_id)
-            if session is None:
-                continue
-            out.extend(session.flush(now))
-            if session.ended:
-                del self._sessions[session_id]
-                self._pending.pop(session_id, None)
-                self._scheduled.pop(session_id, None)
-            else:
-                self._schedule(session)
+        remaining = iter(dirty)
+        try:
+            for session_id in remaining:
+                session = self._sessions.get(session_id)
+                if session is None:
+                    continue
+                out.extend(session.flush(now))
+                if session.ended:
+                    self._forget(session_id)
+                else:
+                    self._schedule(session)
+        except Exception:
+            # A bug in one session costs that session's flush, not the others' or
+            # the datagrams already made: they wait for the next call.
+            self._out = out + self._out
+            for session_id in remaining:
+                self._dirty[session_id] = None
+            raise
         return out
 
     # -- timers ------------------------------------------------------------------
@@ -300,7 +314,10 @@ class ServerEndpoint(_Endpoint):
     def _current(self, entry: tuple[float, int, bytes]) -> Session | None:
         if self._scheduled.get(entry[2]) != entry[0]:
             return None
-        return self._sessions.get(entry[2])
+        session = self._sessions.get(entry[2])
+        if session is None:
+            del self._scheduled[entry[2]]  # defensive: every removal goes through _forget
+        return session
 
     def get_timer(self) -> float | None:
         for session_id in self._dirty:  # normally none: datagrams_to_send clears them
@@ -317,8 +334,15 @@ class ServerEndpoint(_Endpoint):
             if session is not None:
                 del self._scheduled[session.session_id]
                 due.append(session)
-        for session in due:
-            session.handle_timer(now)
+        for index, session in enumerate(due):
+            try:
+                session.handle_timer(now)
+            except Exception:
+                # A bug in one session must not leave the later ones without a timer.
+                for later in due[index:]:
+                    self._touch(later)
+                    self._schedule(later)
+                raise
             self._touch(session)
             self._schedule(session)  # now, even if nothing is flushed before get_timer
 

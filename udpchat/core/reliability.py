@@ -204,25 +204,22 @@ class SendQueue:
             return acked
         newest_clean: Outgoing | None = None
         newest_sent = 0.0
-        highest = -1
         for message in acked:
             if in_flight.pop(message.seq, None) is None:
                 continue  # named twice (overlapping ranges)
             if message.lost:
                 self._lost -= 1
             newest_sent = max(newest_sent, message.last_sent)
-            highest = max(highest, message.seq)
             if message.transmissions == 1:
                 newest_clean = message
         if newest_clean is not None:
             self.rtt.sample(now - newest_clean.last_sent)
         self._backoff = 0
-        # Lost: sent before something now acknowledged, and older than 9/8 RTT. Only
-        # messages below the highest acknowledged can be; in_flight is in seq order.
+        # Lost (RACK-like, PROTOCOL.md 5.5): sent before something now acknowledged,
+        # and older than 9/8 RTT. Any message in flight can be, retransmissions
+        # included, so the whole window (at most send_window) is looked at.
         threshold = 1.125 * (self.rtt.srtt or self.rtt.rto)
-        for seq, message in in_flight.items():
-            if seq > highest:
-                break
+        for message in in_flight.values():
             if (
                 not message.lost
                 and message.last_sent < newest_sent

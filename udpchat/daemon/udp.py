@@ -112,6 +112,21 @@ class ChatProtocol(DatagramProtocol):
             log.failure("Internal error while handling chat traffic (a bug in udpchat)")
 
     def _service(self, now: float) -> None:
+        try:
+            self._write(now)
+            for entry in self.server.take_log():
+                self._log(entry)
+        except Exception:
+            self._bug(now)
+        finally:  # whatever happened, the one timer stays set
+            try:
+                self._reschedule(self.server.get_timer(), now)
+            except Exception:
+                self._bug(now)
+        if self.server.done and self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    def _write(self, now: float) -> None:
         transport: Any = self.transport  # IUDPTransport (opaque to mypy)
         # The socket itself: Port.write re-validates the address three times per
         # datagram, which showed in profiles of a busy room; the core's are valid.
@@ -122,11 +137,6 @@ class ChatProtocol(DatagramProtocol):
                     sendto(data, addr)
                 except OSError:
                     self._send_errors += 1  # UDP may lose it; the core retransmits
-        for entry in self.server.take_log():
-            self._log(entry)
-        self._reschedule(self.server.get_timer(), now)
-        if self.server.done and self._stopped is not None and not self._stopped.called:
-            self._stopped.callback(None)
 
     def _reschedule(self, at: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
