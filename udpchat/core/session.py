@@ -34,6 +34,12 @@ MAX_CANDIDATES = 4
 FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
 
 
+def _check_size(payload: bytes, sealed: bool) -> None:
+    limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
+    if len(payload) > limit:
+        raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
+
+
 def _pack(
     frames: list[bytes], budget: int, first: bytes | None = None, last: tuple[bytes, ...] = ()
 ) -> list[bytes]:
@@ -318,9 +324,7 @@ class Session:
     def queue(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
         """Queue a message; a `sealed` one (a room message sealed with a room key)
         travels only in ENVELOPE datagrams, a plain one only in DATA."""
-        limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
-        if len(payload) > limit:
-            raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
+        _check_size(payload, sealed)
         self._sendq.push(payload, message_id, sealed)
 
     def send_now(
@@ -334,9 +338,7 @@ class Session:
         This is what each member of a busy room costs the server, once per line."""
         if self.ended or self._send_epoch is None or self._handshake_out:
             return None
-        limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
-        if len(payload) > limit:
-            raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
+        _check_size(payload, sealed)
         timer_was_running = self._sendq.rto_at is not None
         message = self._sendq.push_sent(payload, message_id, sealed, now)
         if message is None:
@@ -344,10 +346,11 @@ class Session:
         frame = wire.encode_message_frame(message.seq, payload)
         budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
         if self._ack_due is not None:
-            ack = self._ack_frame()
-            if len(ack) + len(frame) <= budget:
+            ack = wire.encode_ack_frame(self._recvq.ack())
+            if len(ack) + len(frame) <= budget:  # else the ack goes at its own time
                 frame = ack + frame
                 self._ack_due = None
+                self._sealed_unacked = 0
         keyset = self._keys[self._send_epoch]
         self._ping_needed = False
         if sealed:

@@ -150,7 +150,7 @@ class ChatProtocol(DatagramProtocol):
     def _log(self, entry: LogEvent) -> None:
         log.info(
             _TEXTS[entry.kind],
-            nick=entry.nick, room=entry.room, detail=entry.detail,
+            nick=entry.nick or "(no nick yet)", room=entry.room, detail=entry.detail,
             addr=format_addr(entry.addr), old=format_addr(entry.old_addr),
             limit=self.server.settings.max_members,
         )  # fmt: skip
