@@ -164,6 +164,8 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
     server: Server | None = None
     drivers: Drivers | None = None
     client: RealClient | None = None
+    if args.profile is not None:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     try:
         if target == "udpchat":
             profile = None if args.profile is None else Path(args.profile) / "daemon.prof"

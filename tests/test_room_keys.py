@@ -16,13 +16,17 @@ daemon, is in tests/test_spec_interop.py.
 
 from __future__ import annotations
 
+import hmac
 import json
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
 import pytest
 from client_net import Net
 from cryptography.fernet import Fernet, InvalidToken
+from hypothesis import given
+from hypothesis import strategies as st
 from sim import SERVER_ADDR, ChatWorld, LossyNetwork, Pair, received
 
 from udpchat.chat.lineids import new_line_id
@@ -131,6 +135,15 @@ def capture_client_envelope(pair: Pair, sid: bytes) -> tuple[bytes, int]:
     return out[0], message_id
 
 
+@given(key=st.binary(min_size=32, max_size=32), data=st.binary(max_size=1300))
+def test_the_precomputed_envelope_mac_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    """The fast MAC the sessions use is exactly the HMAC-SHA256 of PROTOCOL.md 11.4,
+    on every call (its hash states are copied, never consumed)."""
+    mac = wire.EnvelopeMac(key)
+    assert mac(data) == hmac.digest(key, data, "sha256")
+    assert mac(data + b"x") == hmac.digest(key, data + b"x", "sha256")
+
+
 def test_every_bit_flip_of_a_server_envelope_is_dropped() -> None:
     """Each of the 8 x len single-bit flips of a captured server ENVELOPE is dropped
     and counted once (bad-mac, or a cheaper check before it), delivering nothing and
@@ -219,13 +232,13 @@ def test_an_envelope_forged_by_another_member_is_dropped_as_bad_mac() -> None:
 
     bob_keys = keyset(bob.client)
     frame = wire.encode_message_frame(0, b"\x00\x00\x00\x07forged sealed line")
-    to_alice = envelope(alice_sid, 0, 50, frame, bob_keys.mac_receive)
+    to_alice = envelope(alice_sid, 0, 50, frame, bob_keys.mac_receive.key)
     alice.client.receive_datagram(to_alice, alice.now)
     assert alice.client.next_event() is None
     assert alice.client.stats.take() == {"bad-mac": 1}
 
     ack = wire.encode_ack_frame(wire.Ack(1))
-    to_server = envelope(alice_sid, 0, 50, ack, bob_keys.mac_send)
+    to_server = envelope(alice_sid, 0, 50, ack, bob_keys.mac_send.key)
     server.receive_datagram(to_server, alice.client_addr, alice.now)
     assert server.next_event() is None
     assert server.stats.take() == {"bad-mac": 1}
@@ -254,11 +267,11 @@ def test_a_client_envelope_with_a_message_or_close_is_dropped_as_bad_frame(frame
     keys = keyset(pair.client)
     packet = keys.next_packet
     keys.next_packet += 1  # the client's own next datagram must not reuse it
-    bad = envelope(sid, 0, packet, frames, keys.mac_send)
+    bad = envelope(sid, 0, packet, frames, keys.mac_send.key)
     pair.server.receive_datagram(bad, pair.client_addr, pair.now)
     assert pair.server.next_event() is None
     assert pair.server.stats.take() == {"bad-frame": 1}
-    valid = envelope(sid, 0, packet, wire.PING_FRAME, keys.mac_send)
+    valid = envelope(sid, 0, packet, wire.PING_FRAME, keys.mac_send.key)
     pair.server.receive_datagram(valid, pair.client_addr, pair.now)
     assert pair.server.stats.take() == {}
     assert pair.server.session_address(sid) == pair.client_addr  # still there
@@ -580,7 +593,17 @@ def record_sends(net: Net) -> list[tuple[bytes, bytes, bool]]:
         sends.append((session_id, payload, sealed))
         return send(session_id, payload, now, sealed)
 
+    send_many = net.server.send_many
+
+    def record_many(
+        session_ids: Iterable[bytes], payload: bytes, now: float, sealed: bool = False
+    ) -> list[bytes]:
+        listed = list(session_ids)
+        sends.extend((session_id, payload, sealed) for session_id in listed)
+        return send_many(listed, payload, now, sealed)
+
     net.server.send = record  # type: ignore[method-assign]
+    net.server.send_many = record_many  # type: ignore[method-assign]
     return sends
 
 

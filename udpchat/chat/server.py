@@ -248,13 +248,19 @@ class ChatServer:
             sealed = seal(key_id, fernet, action.payload)
             if len(sealed) > MAX_SEALED_PAYLOAD_BYTES:
                 sealed = None  # too big to seal (never for a valid line): send it plain
-        for session_id, room_keys in action.members:
-            if session_id == action.skip:
-                continue
-            if room_keys and sealed is not None:
-                self._send(session_id, sealed, now, sealed=True)
-            else:
-                self._send(session_id, action.payload, now)
+        skip = action.skip
+        full: list[bytes] = []
+        if sealed is not None:
+            sealed_for = (sid for sid in capable if sid != skip)
+            full += self.endpoint.send_many(sealed_for, sealed, now, sealed=True)
+        plain = [
+            sid for sid, room_keys in action.members
+            if sid != skip and not (room_keys and sealed is not None)
+        ]  # fmt: skip
+        if plain:
+            full += self.endpoint.send_many(plain, action.payload, now)
+        for session_id in full:
+            self._queue_full(session_id, now)
 
     def _send(self, session_id: bytes, payload: bytes, now: float, sealed: bool = False) -> None:
         try:
@@ -262,11 +268,14 @@ class ChatServer:
         except UnknownSession:
             pass  # it ended while the rules were still answering it
         except QueueFull:
-            # A member that acknowledges nothing while its queue overflows is gone in
-            # all but name; closing it tells the room instead of growing memory.
-            nick = self.rules.nick_of(session_id)
-            self._log.append(LogEvent("queue-full", nick, self._address_of(session_id)))
-            self._close(session_id, now)
+            self._queue_full(session_id, now)
+
+    def _queue_full(self, session_id: bytes, now: float) -> None:
+        # A member that acknowledges nothing while its queue overflows is gone in
+        # all but name; closing it tells the room instead of growing memory.
+        nick = self.rules.nick_of(session_id)
+        self._log.append(LogEvent("queue-full", nick, self._address_of(session_id)))
+        self._close(session_id, now)
 
     def _close(self, session_id: bytes, now: float) -> None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 
 from udpchat.core import events, wire
 from udpchat.core.handshake import (
@@ -26,7 +27,7 @@ from udpchat.core.handshake import (
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import AddressRateLimiter, BoundedExpiringSet
 from udpchat.core.reliability import MessageTooLarge, QueueFull
-from udpchat.core.session import Session
+from udpchat.core.session import Session, check_size
 from udpchat.core.stats import DropStats
 
 __all__ = [
@@ -241,7 +242,34 @@ class ServerEndpoint(_Endpoint):
         session = self._sessions.get(session_id)
         if session is None or session.ended or not session.established:
             raise UnknownSession(session_id)
+        check_size(payload, sealed)
         message_id = next(self._message_ids)
+        self._send(session, payload, message_id, now, sealed)
+        return message_id
+
+    def send_many(
+        self, session_ids: Iterable[bytes], payload: bytes, now: float, sealed: bool = False
+    ) -> list[bytes]:
+        """send() of one payload to many sessions, the members of a room: the size is
+        checked once, and per member what is left is its own sequence number, datagram
+        and MAC. Sessions that are gone are skipped. Returns the sessions whose send
+        queue was full: nothing was queued for them."""
+        check_size(payload, sealed)
+        sessions = self._sessions
+        full: list[bytes] = []
+        for session_id in session_ids:
+            session = sessions.get(session_id)
+            if session is None or session.ended or not session.established:
+                continue
+            try:
+                self._send(session, payload, next(self._message_ids), now, sealed)
+            except QueueFull:
+                full.append(session_id)
+        return full
+
+    def _send(
+        self, session: Session, payload: bytes, message_id: int, now: float, sealed: bool
+    ) -> None:
         fast = session.send_now(payload, message_id, now, sealed)
         if fast is None:
             session.queue(payload, message_id, sealed)
@@ -251,7 +279,6 @@ class ServerEndpoint(_Endpoint):
             self._out.append((datagram, session.addr))
             if timer_moved:  # the retransmission timer started: it may be the earliest
                 self._schedule(session)
-        return message_id
 
     def close_session(self, session_id: bytes, now: float) -> None:
         """End a session, telling the peer once (best effort). What was queued for it

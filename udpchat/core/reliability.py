@@ -74,6 +74,7 @@ class SendQueue:
         "_next_seq",
         "_waiting",
         "_in_flight",
+        "_oldest",
         "_lost",
         "_sealed",
         "_backoff",
@@ -89,6 +90,10 @@ class SendQueue:
         # mostly empty, since a message goes straight into flight when it can.
         self._waiting: list[Outgoing] = []
         self._in_flight: dict[int, Outgoing] = {}  # seq -> message, in seq order
+        # No sequence number below this is in flight. Found by stepping forward, not
+        # by iterating the dict: a dict whose front was popped walks over the holes
+        # first, which was the hottest line of the server's fan-out.
+        self._oldest = 0
         self._lost = 0  # messages in _in_flight marked lost (due for retransmission)
         self._sealed = False  # has carried sealed messages: the peer acks them late
         self._backoff = 0
@@ -121,9 +126,20 @@ class SendQueue:
             self.rto_at = now + self._rto()
         return message
 
+    def _oldest_in_flight(self) -> int | None:
+        """The lowest sequence number in flight (amortised O(1): it only moves up)."""
+        in_flight = self._in_flight
+        if not in_flight:
+            return None
+        seq = self._oldest
+        while seq not in in_flight:
+            seq += 1
+        self._oldest = seq
+        return seq
+
     def _window_end(self) -> int:
         """Sequence numbers below this may be in flight (window counted from the oldest)."""
-        oldest = next(iter(self._in_flight), None)
+        oldest = self._oldest_in_flight()
         if oldest is None:
             oldest = self._waiting[0].seq if self._waiting else self._next_seq
         return oldest + self._config.send_window
@@ -191,10 +207,14 @@ class SendQueue:
         """
         in_flight = self._in_flight
         acked: list[Outgoing] = []
-        for seq in in_flight:
-            if seq >= ack.cumulative:
-                break
-            acked.append(in_flight[seq])
+        oldest = self._oldest_in_flight()
+        if oldest is not None:
+            # Everything in flight lies within one window of the oldest: an ack of
+            # more (even of messages never sent) costs no more than the window.
+            for seq in range(oldest, min(ack.cumulative, oldest + self._config.send_window)):
+                message = in_flight.get(seq)
+                if message is not None:
+                    acked.append(message)
         for start, end in ack.ranges:
             if end - start > len(in_flight):
                 acked.extend(m for s, m in in_flight.items() if start <= s < end)
@@ -233,7 +253,8 @@ class SendQueue:
     def given_up(self, now: float) -> bool:
         # Messages are first sent in sequence order, so the oldest in flight (the
         # first) is the first to reach give_up_s.
-        first = next(iter(self._in_flight.values()), None)
+        oldest = self._oldest_in_flight()
+        first = None if oldest is None else self._in_flight[oldest]
         return (
             first is not None
             and first.first_sent is not None
@@ -252,8 +273,9 @@ class SendQueue:
     def next_deadline(self) -> float | None:
         """When on_timer or given_up need a look (lost messages are flushed at once)."""
         deadline = self.rto_at
-        if self._in_flight:
-            first = next(iter(self._in_flight.values()))
+        oldest = self._oldest_in_flight()
+        if oldest is not None:
+            first = self._in_flight[oldest]
             if first.first_sent is not None:
                 # The oldest in flight was sent first (sequence order): it gives up first.
                 give_up = first.first_sent + self._config.give_up_s

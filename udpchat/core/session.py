@@ -34,7 +34,8 @@ MAX_CANDIDATES = 4
 FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
 
 
-def _check_size(payload: bytes, sealed: bool) -> None:
+def check_size(payload: bytes, sealed: bool) -> None:
+    """Raise MessageTooLarge for a payload no datagram can carry."""
     limit = wire.MAX_SEALED_PAYLOAD_BYTES if sealed else MAX_PAYLOAD_BYTES
     if len(payload) > limit:
         raise MessageTooLarge(f"{len(payload)} bytes; at most {limit} fit")
@@ -72,8 +73,8 @@ class KeySet:
     send: Fernet
     receive: Fernet
     resume: bytes
-    mac_send: bytes  # ENVELOPE MAC keys (extension "room-keys")
-    mac_receive: bytes
+    mac_send: wire.EnvelopeMac  # ENVELOPE MACs (extension "room-keys")
+    mac_receive: wire.EnvelopeMac
     created: float
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     next_packet: int = 0
@@ -100,8 +101,8 @@ def _keyset(keys: SessionKeys, epoch: int, initiator: bool, now: float) -> KeySe
         wire.fernet_key(mine),
         wire.fernet_key(theirs),
         keys.resume,
-        wire.envelope_key(mine),
-        wire.envelope_key(theirs),
+        wire.EnvelopeMac(wire.envelope_key(mine)),
+        wire.EnvelopeMac(wire.envelope_key(theirs)),
         now,
     )
 
@@ -324,7 +325,7 @@ class Session:
     def queue(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
         """Queue a message; a `sealed` one (a room message sealed with a room key)
         travels only in ENVELOPE datagrams, a plain one only in DATA."""
-        _check_size(payload, sealed)
+        check_size(payload, sealed)
         self._sendq.push(payload, message_id, sealed)
 
     def send_now(
@@ -335,10 +336,10 @@ class Session:
         session's timer may have to move earlier. None if the message must take the
         ordinary path (something queued, lost, a handshake out, the window full).
 
-        This is what each member of a busy room costs the server, once per line."""
+        This is what each member of a busy room costs the server, once per line; the
+        caller has checked the payload's size (check_size), once for the whole room."""
         if self.ended or self._send_epoch is None or self._handshake_out:
             return None
-        _check_size(payload, sealed)
         timer_was_running = self._sendq.rto_at is not None
         message = self._sendq.push_sent(payload, message_id, sealed, now)
         if message is None:
@@ -435,7 +436,7 @@ class Session:
         keyset.datagrams += 1
         self.last_sent = now
         data = header + frames
-        return data + wire.envelope_mac(keyset.mac_send, data)
+        return data + keyset.mac_send(data)
 
     # -- receiving ---------------------------------------------------------------
 
@@ -487,7 +488,7 @@ class Session:
             return
         signed, mac = datagram[: -wire.ENVELOPE_MAC_BYTES], datagram[-wire.ENVELOPE_MAC_BYTES :]
         for candidate in candidates:
-            if hmac.compare_digest(wire.envelope_mac(candidate.mac_receive, signed), mac):
+            if hmac.compare_digest(candidate.mac_receive(signed), mac):
                 break
         else:
             self._stats.drop("bad-mac")
