@@ -90,7 +90,7 @@ class Chat:
                         self.inbox[sid].append(decode_server(action.payload))
             elif isinstance(action, Close):
                 self.closed.append(action.session_id)
-            else:
+            elif isinstance(action, LogEvent):
                 self.log.append(action)
 
     def member(self, nick: str, room: str = "lobby", client: str | None = None) -> bytes:

@@ -322,6 +322,32 @@ def test_lossy_network_every_line_arrives_exactly_once_in_order(
         assert counts.reordered > 0, counts
 
 
+def test_a_client_whose_nat_moves_it_keeps_receiving_at_full_speed(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """Alice's NAT gives her a new source port in the middle of a burst of bob's
+    lines. The daemon may send a new address only 3x what came from it until the
+    address proves itself (PROTOCOL.md 5.3): the client answers its PATH_CHALLENGE
+    at once, so every line still arrives, once and in order, with no reconnect."""
+    with UDPProxy(daemon.address, max_lifetime_s=60) as proxy:
+        bob = clients(daemon.port, daemon.key_file, "bob", env)
+        bob.wait_for("-!- bob has joined lobby", timeout=40)
+        alice = clients(proxy.port, daemon.key_file, "alice", env)
+        alice.wait_for("-!- alice has joined lobby", timeout=40)
+        bob.wait_for("-!- alice has joined lobby")
+        lines = [f"burst {i:03d} " + "x" * 300 for i in range(150)]
+        bob.type(*lines[:50])
+        alice.wait_until(lambda _: len(alice.said("bob")) >= 20, "the first lines")
+        proxy.rebind()
+        bob.type(*lines[50:])
+        alice.wait_until(lambda _: len(alice.said("bob")) >= 150, "bob's lines", timeout=15)
+        assert alice.said("bob") == lines
+        assert not [line for line in alice.lines if "reconnect" in line or line.startswith("!!!")]
+        assert alice.finish() == 0 and bob.finish() == 0
+    log = daemon.log()
+    assert "Session of alice moved from" in log, log
+
+
 # --- the daemon goes away and comes back ----------------------------------------------------
 
 #: The client ends a session after this much silence from the server, and only that

@@ -899,6 +899,157 @@ def test_only_fresh_authentic_data_moves_a_session_to_a_new_address() -> None:
     ]
 
 
+VICTIM = ("127.0.0.99", 9999)  # a third party whose address a key holder forges
+
+
+def own_datagram(client: ClientEndpoint, frames: bytes, now: float) -> bytes:
+    """A DATA datagram of the client's own session with any frames: what a key holder
+    can make of its own session (white-box: the core builds only valid ones)."""
+    session = client._session  # noqa: SLF001
+    assert session is not None
+    keyset = session._keys[session._send_epoch]  # type: ignore[index]  # noqa: SLF001
+    return session._seal(keyset, frames, now)  # noqa: SLF001
+
+
+def backlog(server: ServerEndpoint, session_id: bytes, count: int, now: float) -> None:
+    """Queue `count` near-full messages that the client never acknowledges."""
+    for i in range(count):
+        server.send(session_id, b"%04d" % i + bytes(900), now)
+    server.datagrams_to_send(now)  # to the client, which never acks them
+
+
+def bytes_sent_over(server: ServerEndpoint, to: object, start: float, seconds: float) -> int:
+    """Run the server's timers alone (nobody answers) and count the bytes sent to `to`."""
+    total, now = 0, start
+    while now < start + seconds:
+        timer = server.get_timer()
+        if timer is None or timer > start + seconds:
+            break
+        now = max(now, timer)
+        server.handle_timer(now)
+        total += sum(len(d) for d, addr in server.datagrams_to_send(now) if addr == to)
+    return total
+
+
+def test_an_ack_of_messages_never_sent_is_dropped_before_it_changes_anything() -> None:
+    """A key holder acknowledging sequence numbers the server never sent ("blind ack",
+    which would open the window towards any address) gets its datagram dropped as
+    blind-ack: no state changes, the session does not even move."""
+    psk = Fernet.generate_key()
+    server, client = ServerEndpoint(psk), ClientEndpoint(psk)
+    session_id = connect_directly(server, client, CLIENT_ADDR, START)
+    backlog(server, session_id, 3, START)
+    now = START + 0.1
+    for ack in [wire.Ack(2**62), wire.Ack(4), wire.Ack(0, ((1, 5),)), wire.Ack(3, ((5, 9),))]:
+        blind = own_datagram(client, wire.encode_ack_frame(ack), now)
+        assert assert_dropped(server, [blind], now, addr=VICTIM) == {"blind-ack": 1}
+        assert server.session_address(session_id) == CLIENT_ADDR
+    honest = own_datagram(client, wire.encode_ack_frame(wire.Ack(3)), now)
+    server.receive_datagram(honest, CLIENT_ADDR, now)
+    assert server.stats.take() == {}
+
+
+def test_a_forged_source_gets_at_most_three_times_the_bytes_sent_from_it() -> None:
+    """Issue 9, finding 1: a key holder with a full backlog moves its own session to a
+    victim's address with one authentic datagram, then keeps sending from there. The
+    victim, who never answers, gets at most 3x the bytes sent from its address, over
+    minutes of retransmissions; the rest is counted as withheld."""
+    psk = Fernet.generate_key()
+    server, client = ServerEndpoint(psk), ClientEndpoint(psk)
+    session_id = connect_directly(server, client, CLIENT_ADDR, START)
+    backlog(server, session_id, 200, START)
+    now, sent_from_victim, total = START + 0.5, 0, 0
+    for i in range(20):  # one datagram every 0.5 s for 10 s, as a flood would
+        client.send(b'{"t":"join","room":"r%d"}' % i, now)
+        for datagram in client.datagrams_to_send(now):
+            sent_from_victim += len(datagram)
+            server.receive_datagram(datagram, VICTIM, now)
+        total += sum(len(d) for d, a in server.datagrams_to_send(now) if a == VICTIM)
+        total += bytes_sent_over(server, VICTIM, now, 0.5)
+        now += 0.5
+        assert server.session_address(session_id) == VICTIM
+    total += bytes_sent_over(server, VICTIM, now, 60.0)
+    assert 0 < total <= 3 * sent_from_victim, (total, sent_from_victim)
+    assert server.stats["unvalidated-path"] > 0
+
+
+def assert_all_arrived_once(pair: Pair, count: int) -> None:
+    assert received(pair.server_events) == [b"c%d" % i for i in range(count)]
+    assert received(pair.client_events) == [b"s%d" % i for i in range(count)]
+    assert not [e for e in pair.server_events if isinstance(e, events.SessionEnded)]
+
+
+def roam_after(pair: Pair, count: int, new_addr: tuple[str, int]) -> Callable[[], None]:
+    """A before_step hook: the client's NAT moves it once the server has `count`."""
+    old_addr = pair.client_addr
+
+    def maybe_roam() -> None:
+        if pair.client_addr == old_addr and len(received(pair.server_events)) >= count:
+            pair.client_addr = new_addr
+
+    return maybe_roam
+
+
+def test_a_client_that_moves_answers_the_challenge_and_gets_full_speed_at_once() -> None:
+    """With "path-check" negotiated, a client whose NAT moved it is challenged at its
+    new address, answers at once, and from then on the server sends it everything,
+    with nothing withheld and nothing lost or repeated."""
+    pair = make_pair()
+    session_id = pair.connect()
+    pair.server.use_path_checks(session_id)
+    pair.client.use_path_checks()
+    new_addr = ("127.0.0.3", 50000)
+    exchange(pair, 300, before_step=roam_after(pair, 20, new_addr))
+    assert pair.server.session_address(session_id) == new_addr
+    assert pair.server.stats["unvalidated-path"] <= 1  # at most what crossed the answer
+    assert_all_arrived_once(pair, 300)
+
+
+def test_a_client_without_path_check_is_served_within_the_credit_until_its_next_rekey() -> None:
+    """A client that did not negotiate "path-check" (version 1) and moves is served
+    within 3x what it sends while the server has far more for it (here: its small
+    acks never pay for one big datagram); the rekey it makes from the new address
+    proves the address (message 2 went there), and the backlog flows. Nothing is lost
+    or repeated. (Without a rekey before give_up_s, the session ends and the client
+    reconnects: version-1 clients that move under load pay that.)"""
+    config = ProtocolConfig(rekey_after_s=5.0, key_grace_s=2.0)
+    pair = make_pair(config)
+    session_id = pair.connect()
+    exchange(pair, 10)
+    new_addr = ("127.0.0.3", 50000)
+    pair.client_addr = new_addr
+    pair.client.send(b"moved", pair.now)  # its first datagram from the new address
+    for i in range(60):
+        pair.server.send(session_id, b"big %d " % i + bytes(800), pair.now)
+    pair.run(lambda: len(received(pair.client_events)) == 70, 30)
+    assert received(pair.client_events)[10:] == [b"big %d " % i + bytes(800) for i in range(60)]
+    assert pair.server.session_address(session_id) == new_addr
+    assert pair.server.stats["unvalidated-path"] > 0  # held back while unproven
+    assert any(isinstance(e, events.SessionRekeyed) for e in pair.server_events)
+    session = pair.server._sessions[session_id]  # noqa: SLF001
+    assert session._validated == new_addr and session._path_credit is None  # noqa: SLF001
+
+
+@pytest.mark.parametrize("frame", ["challenge", "response"])
+def test_path_frames_are_bad_frames_unless_negotiated_and_each_goes_one_way(frame: str) -> None:
+    """PATH_CHALLENGE and PATH_RESPONSE exist only between peers that negotiated
+    "path-check"; a challenge from a client, or one to a client that did not ask, drops
+    the whole datagram as bad-frame."""
+    psk = Fernet.generate_key()
+    server, client = ServerEndpoint(psk), ClientEndpoint(psk)
+    session_id = connect_directly(server, client, CLIENT_ADDR, START)
+    make = wire.path_challenge_frame if frame == "challenge" else wire.path_response_frame
+    datagram = own_datagram(client, make(bytes(8)), START)
+    assert assert_dropped(server, [datagram], START, addr=CLIENT_ADDR) == {"bad-frame": 1}
+    server.use_path_checks(session_id)
+    datagram = own_datagram(client, make(bytes(8)), START)
+    if frame == "challenge":  # never from a client
+        assert assert_dropped(server, [datagram], START, addr=CLIENT_ADDR) == {"bad-frame": 1}
+    else:  # a response to no challenge: accepted, changes nothing
+        server.receive_datagram(datagram, CLIENT_ADDR, START)
+        assert server.stats.take() == {}
+
+
 def test_forged_and_replayed_datagrams_never_keep_a_dead_session_alive() -> None:
     """Once the client is gone, garbage with its session id and replays of its old
     datagrams, sent every second, do not count as hearing from it: the server session

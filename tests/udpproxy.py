@@ -105,6 +105,7 @@ class UDPProxy:
         self._order = itertools.count()
         self._lock = threading.Lock()  # guards the counts read by the test thread
         self._stop = threading.Event()
+        self._rebind = threading.Event()
         self._thread = threading.Thread(target=self._run, name="udpproxy", daemon=True)
 
     # --- the test's side ---------------------------------------------------------
@@ -165,10 +166,30 @@ class UDPProxy:
 
     # --- the thread ------------------------------------------------------------
 
+    def rebind(self) -> None:
+        """A NAT rebinding: from now on every client's datagrams reach the daemon from
+        a new source port, and what the daemon sends to the old one is lost."""
+        self._rebind.set()
+
+    def _new_upstreams(self) -> None:
+        with self._lock:
+            for client, old in list(self._upstream_for.items()):
+                old.close()
+                del self._client_for[old]
+                upstream = socket.socket(self._family, socket.SOCK_DGRAM)
+                upstream.bind((self.host, 0))
+                upstream.connect(self.upstream)
+                upstream.setblocking(False)
+                self._upstream_for[client] = upstream
+                self._client_for[upstream] = client
+
     def _run(self) -> None:
         end = time.monotonic() + self.max_lifetime_s
         try:
             while not self._stop.is_set() and time.monotonic() < end:
+                if self._rebind.is_set():
+                    self._rebind.clear()
+                    self._new_upstreams()
                 now = time.monotonic()
                 self._send_due(now)
                 wait = TICK_S

@@ -285,9 +285,14 @@ class Caps:
 
     TYPE: ClassVar[str] = "caps"
     room_keys: bool = field(metadata={"json": "room-keys"})
+    # Extension "path-check" (PROTOCOL.md 11.7): absent from the JSON when None. A
+    # server sends it only to a client that sent it.
+    path_check: bool | None = field(default=None, metadata={"json": "path-check"})
 
     def __post_init__(self) -> None:
         _check_bool("room-keys", self.room_keys)
+        if self.path_check is not None:
+            _check_bool("path-check", self.path_check)
 
 
 # --- server -> client ----------------------------------------------------------------
@@ -541,7 +546,7 @@ def encode(msg: Message) -> bytes:
             if value is not None:
                 obj["ts"] = float(value)
                 obj["history"] = True
-        else:
+        elif value is not None:  # an optional field that is absent
             obj[f.metadata.get("json", f.name)] = _plain(value)
     data = _dumps(obj)
     if len(data) > MAX_PAYLOAD_BYTES:
@@ -583,6 +588,10 @@ def _bool(obj: Mapping[str, Any], key: str) -> bool:
     return bool(value)
 
 
+def _optional_bool(obj: Mapping[str, Any], key: str) -> bool | None:
+    return _bool(obj, key) if key in obj else None
+
+
 def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
     value = obj[key]
     if not isinstance(value, list):
@@ -622,6 +631,7 @@ _Read: TypeAlias = Callable[[Mapping[str, Any], str], Any]
 _READERS: Final[dict[str, _Read]] = {
     "str": _str,
     "bool": _bool,
+    "bool | None": _optional_bool,
     "int": _int,
     "float | None": _ts,
     "tuple[str, ...]": _nicks,
@@ -646,6 +656,8 @@ def _schema(cls: type[Message]) -> _Schema:
         key = f.metadata.get("json", f.name)
         if f.name == "ts":
             optional |= {"ts", "history"}
+        elif str(f.type).endswith("| None"):
+            optional.add(key)
         else:
             keys.add(key)
         readers.append((f.name, key, _READERS[str(f.type)]))

@@ -153,7 +153,15 @@ class LogEvent:
     old_addr: Address | None = None  # "roamed": where the session was before
 
 
-Action: TypeAlias = Send | Broadcast | Close | LogEvent
+@dataclass(frozen=True, slots=True)
+class UsePathChecks:
+    """The session's client negotiated "path-check" (PROTOCOL.md 11.7): the core may
+    send it PATH_CHALLENGE frames."""
+
+    session_id: bytes
+
+
+Action: TypeAlias = Send | Broadcast | Close | LogEvent | UsePathChecks
 
 
 @dataclass(eq=False, slots=True)
@@ -307,7 +315,12 @@ class ChatRules:
                 self._send(session_id, listing)
         elif isinstance(msg, Caps):
             member.room_keys = msg.room_keys and self._room_keys
-            self._send(session_id, Caps(room_keys=member.room_keys))
+            if msg.path_check is None:  # a client that does not know "path-check"
+                self._send(session_id, Caps(room_keys=member.room_keys))
+            else:
+                if msg.path_check:
+                    self._actions.append(UsePathChecks(session_id))
+                self._send(session_id, Caps(member.room_keys, path_check=msg.path_check))
         else:  # Bye
             self._remove(member, "quit")
             self._log_member("leave", member, detail="quit")

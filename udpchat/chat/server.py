@@ -24,7 +24,15 @@ from dataclasses import dataclass
 
 from udpchat.chat.messages import DEFAULT_ROOM
 from udpchat.chat.roomkeys import RoomKeys, seal
-from udpchat.chat.rules import Action, Broadcast, ChatRules, Close, LogEvent, Send
+from udpchat.chat.rules import (
+    Action,
+    Broadcast,
+    ChatRules,
+    Close,
+    LogEvent,
+    Send,
+    UsePathChecks,
+)
 from udpchat.core import events
 from udpchat.core.endpoint import QueueFull, ServerEndpoint, UnknownSession
 from udpchat.core.limits import ProtocolConfig
@@ -223,6 +231,11 @@ class ChatServer:
             self._broadcast(action, now)
         elif isinstance(action, Send):
             self._send(action.session_id, action.payload, now)
+        elif isinstance(action, UsePathChecks):
+            try:
+                self.endpoint.use_path_checks(action.session_id)
+            except UnknownSession:
+                pass  # it ended while the rules were answering it
         elif isinstance(action, Close):
             if self._held is not None:
                 self._held.append(action.session_id)  # after the notice is acknowledged

@@ -112,7 +112,9 @@ class ChatClient:
         # Extension "room-keys" (PROTOCOL.md section 11): asked for after each welcome.
         self._want_room_keys = room_keys
         self._caps_pending = False
+        self._caps_asked_path_check = False  # so a bad-message answer means "not that"
         self.room_keys_active = False  # the server said yes on this session
+        self.path_checks_active = False
         self._room_keys: dict[int, Fernet] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
@@ -403,8 +405,8 @@ class ChatClient:
     def _hello(self, now: float) -> None:
         self.state = State.JOINING
         self._room_keys.clear()  # a new session: keys come again if the server seals
-        self._caps_pending = False
-        self.room_keys_active = False
+        self._caps_pending = self._caps_asked_path_check = False
+        self.room_keys_active = self.path_checks_active = False
         self._send_control(messages.Hello(self.nick, self.room, self.client_id), now)
 
     def _send_control(self, msg: messages.ClientMessage, now: float) -> None:
@@ -429,6 +431,7 @@ class ChatClient:
             return
         if isinstance(msg, messages.Caps):
             self._caps_pending = False
+            self.path_checks_active = bool(msg.path_check)
             self.room_keys_active = msg.room_keys
             if msg.room_keys:
                 self.endpoint.use_envelopes()
@@ -439,8 +442,15 @@ class ChatClient:
                 del self._room_keys[next(iter(self._room_keys))]
             return
         if isinstance(msg, messages.Error) and msg.code == "bad-message" and self._caps_pending:
-            # A version-1 server does not know "caps": that is its answer, not a problem.
+            # A server that does not know "caps" (version 1), or not "path-check" (a
+            # room-keys server of before): that is its answer, not a problem. The
+            # second kind still gets to say whether it seals (PROTOCOL.md 11.1).
             self._caps_pending = False
+            if self._caps_asked_path_check:
+                self._caps_asked_path_check = False
+                if self._want_room_keys:
+                    self._caps_pending = True
+                    self._send_control(messages.Caps(room_keys=True), now)
             return
         shown = self._incoming.filter(msg)
         if isinstance(msg, messages.Welcome):
@@ -469,9 +479,11 @@ class ChatClient:
             self._output.append(Notice("reconnected"))
         self._welcomed_once = True
         self._output.append(msg)
-        if self._want_room_keys:
-            self._caps_pending = True
-            self._send_control(messages.Caps(room_keys=True), now)
+        # Every client asks for "path-check": the server may then check a new address
+        # at once when this client's NAT moves it, instead of holding back (5.3).
+        self._caps_pending = self._caps_asked_path_check = True
+        self.endpoint.use_path_checks()
+        self._send_control(messages.Caps(self._want_room_keys, path_check=True), now)
 
     def _error(self, msg: messages.Error, now: float) -> None:
         self._output.append(msg)

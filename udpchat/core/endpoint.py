@@ -280,6 +280,15 @@ class ServerEndpoint(_Endpoint):
             if timer_moved:  # the retransmission timer started: it may be the earliest
                 self._schedule(session)
 
+    def use_path_checks(self, session_id: bytes) -> None:
+        """The session's client negotiated "path-check" (PROTOCOL.md 11.7): challenge
+        an address it moves to instead of waiting for its next handshake."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        session.use_path_checks()
+        self._touch(session)
+
     def close_session(self, session_id: bytes, now: float) -> None:
         """End a session, telling the peer once (best effort). What was queued for it
         before is sent first, once: a last reply still goes out with the close."""
@@ -430,6 +439,13 @@ class ClientEndpoint(_Endpoint):
         message_id = next(self._message_ids)
         self._session.queue(payload, message_id)
         return message_id
+
+    def use_path_checks(self) -> None:
+        """This client asked for "path-check" (PROTOCOL.md 11.7): answer the server's
+        PATH_CHALLENGEs. Harmless before the server agrees: only a server that knows
+        the extension sends them, and only to a client that asked."""
+        if self._session is not None:
+            self._session.use_path_checks()
 
     def use_envelopes(self) -> None:
         """The server accepted "room-keys" on this session: send acks and pings as

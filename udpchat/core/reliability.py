@@ -75,6 +75,7 @@ class SendQueue:
         "_waiting",
         "_in_flight",
         "_oldest",
+        "_sent_below",
         "_lost",
         "_sealed",
         "_backoff",
@@ -94,6 +95,7 @@ class SendQueue:
         # by iterating the dict: a dict whose front was popped walks over the holes
         # first, which was the hottest line of the server's fan-out.
         self._oldest = 0
+        self._sent_below = 0  # 1 + the highest sequence number ever transmitted
         self._lost = 0  # messages in _in_flight marked lost (due for retransmission)
         self._sealed = False  # has carried sealed messages: the peer acks them late
         self._backoff = 0
@@ -121,7 +123,7 @@ class SendQueue:
         message = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
         self._sealed = self._sealed or sealed
         self._in_flight[seq] = message
-        self._next_seq = seq + 1
+        self._next_seq = self._sent_below = seq + 1
         if self.rto_at is None:
             self.rto_at = now + self._rto()
         return message
@@ -174,6 +176,7 @@ class SendQueue:
         """Record a transmission; arm the retransmission timer if it is not running."""
         if message.first_sent is None:
             message.first_sent = now
+            self._sent_below = max(self._sent_below, message.seq + 1)
         message.last_sent = now
         message.transmissions += 1
         if message.lost:
@@ -198,6 +201,14 @@ class SendQueue:
         if self._rto() < self._config.max_rto_s:
             self._backoff += 1
         self.rto_at = None  # re-armed by the retransmissions
+
+    def acks_only_sent(self, ack: Ack) -> bool:
+        """False for an ACK of a sequence number never transmitted (PROTOCOL.md 5.4):
+        nobody received it, so whoever sent the ACK is guessing. Taken at face value,
+        such "blind" ACKs would open the window and speed up sending to an address
+        that may not even be the peer's (an amplification, issue 9)."""
+        limit = self._sent_below
+        return ack.cumulative <= limit and all(end <= limit for _, end in ack.ranges)
 
     def on_ack(self, ack: Ack, now: float) -> list[Outgoing]:
         """Remove acknowledged messages; take an RTT sample (Karn: first sends only).

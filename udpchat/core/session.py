@@ -8,6 +8,7 @@ starts sending under a new key once the initiator has used it (key confirmation)
 from __future__ import annotations
 
 import hmac
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ MAX_PLAINTEXT_BYTES = (
 DATA_TIMESTAMP = 0
 #: Answers to retries of one handshake kept until the initiator uses one of them.
 MAX_CANDIDATES = 4
+#: Until an address is validated, at most this many times the bytes received from it
+#: are sent to it (PROTOCOL.md 5.3; QUIC's limit, RFC 9000 section 8).
+PATH_CREDIT_FACTOR = 3
 FRAMES_BUDGET_BYTES = MAX_PLAINTEXT_BYTES - wire.DATA_HEADER_BYTES - wire.PACKET_NUMBER.size
 
 
@@ -81,6 +85,9 @@ class KeySet:
     highest_received: int = -1
     datagrams: int = 0  # sent + received, for rekey_after_datagrams
     retire_at: float | None = None
+    # Responder: where the message 2 that offered these keys went. Whoever uses the
+    # keys received it there, so using them proves that address reaches the peer.
+    handshake_addr: events.Address = None
 
 
 def _open_with_any(keysets: list[KeySet], token: bytes) -> tuple[KeySet, bytes] | None:
@@ -121,7 +128,8 @@ class Session:
         "_close_pending", "ended", "_handshake_keys", "_handshake_out",
         "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
         "_handshake_retry_at",
-        "_handshake_attempts",
+        "_handshake_attempts", "path_checks", "_validated", "_path_credit",
+        "_challenge", "_challenge_due", "_response_due",
     )  # fmt: skip
 
     def __init__(
@@ -166,6 +174,19 @@ class Session:
         # Initiator, after "room-keys" was negotiated: acks and pings travel as
         # ENVELOPEs (PROTOCOL.md section 11).
         self.envelope_acks = False
+        # Responder: the address known to reach the peer (a handshake's message 2 or a
+        # PATH_CHALLENGE was answered from it). While the session's address is
+        # another, what may be sent there is limited to PATH_CREDIT_FACTOR times the
+        # bytes received from it (PROTOCOL.md 5.3): `_path_credit` bytes are left.
+        self._validated: events.Address = None
+        self._path_credit: int | None = None
+        # Both sides, after the peers negotiated "path-check" (PROTOCOL.md 11.7): the
+        # responder sends `_challenge` to an address it has not validated, the
+        # initiator answers a challenge with `_response_due`.
+        self.path_checks = False
+        self._challenge: bytes | None = None
+        self._challenge_due = False
+        self._response_due: bytes | None = None
         # initiator only
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
@@ -246,7 +267,7 @@ class Session:
             self._check_resume(init, now, may_establish)
         psk32, f_hs = self._handshake_keys
         responded = respond(psk32, f_hs, datagram, init, now)
-        if not self.offer(responded.keys, init.epoch, now):
+        if not self.offer(responded.keys, init.epoch, now, addr):
             raise HandshakeRejected("stale-rekey")
         if not self.established:
             self.last_received = now  # a retry keeps the half-open session alive
@@ -270,7 +291,7 @@ class Session:
         self._keys[epoch] = _keyset(keys, epoch, self.initiator, now)
         self._promote(epoch, now)
 
-    def offer(self, keys: SessionKeys, epoch: int, now: float) -> bool:
+    def offer(self, keys: SessionKeys, epoch: int, now: float, addr: events.Address = None) -> bool:
         """Responder: keys answered for `epoch`, used once the initiator uses them.
 
         Retries of one handshake (each with a fresh ephemeral) can cross in the
@@ -283,7 +304,9 @@ class Session:
         if self.pending_epoch != epoch:
             self._candidates = []
             self.pending_epoch = epoch
-        self._candidates.append(_keyset(keys, epoch, self.initiator, now))
+        keyset = _keyset(keys, epoch, self.initiator, now)
+        keyset.handshake_addr = addr
+        self._candidates.append(keyset)
         del self._candidates[:-MAX_CANDIDATES]
         return True
 
@@ -315,6 +338,8 @@ class Session:
         self._keys[keyset.epoch] = keyset
         first = self._send_epoch is None
         self._promote(keyset.epoch, now)
+        if keyset.handshake_addr is not None:
+            self._validate(keyset.handshake_addr)
         if first:
             self._emit(events.SessionStarted(self.session_id, self.addr))
         else:
@@ -338,7 +363,12 @@ class Session:
 
         This is what each member of a busy room costs the server, once per line; the
         caller has checked the payload's size (check_size), once for the whole room."""
-        if self.ended or self._send_epoch is None or self._handshake_out:
+        if (
+            self.ended
+            or self._send_epoch is None
+            or self._handshake_out
+            or self._path_credit is not None
+        ):
             return None
         timer_was_running = self._sendq.rto_at is not None
         message = self._sendq.push_sent(payload, message_id, sealed, now)
@@ -395,10 +425,13 @@ class Session:
         if self._close_pending:
             tail.append(wire.CLOSE_FRAME)
             self._close_pending = False
+        response, self._response_due = self._response_due, None
+        if response is not None:  # in DATA: only the peer that got the challenge sees it
+            tail.append(wire.path_response_frame(response))
         if len(out) == handshakes and self._ping_needed and not plain and ack is None:
             if not tail:
                 tail.append(wire.PING_FRAME)
-        if self.envelope_acks and not plain and not self._closing(tail):
+        if self.envelope_acks and not plain and not self._closing(tail) and response is None:
             # Negotiated "room-keys": an ack or ping alone costs an HMAC, not Fernet.
             if ack is not None or tail:
                 body = b"".join([ack or b"", *tail])
@@ -408,7 +441,31 @@ class Session:
                 out.append((self._seal(keyset, body, now), self.addr))
         if len(out) > handshakes:
             self._ping_needed = False
+        if self._path_credit is not None and len(out) > handshakes:
+            out[handshakes:] = self._within_credit(keyset, out[handshakes:], now)
         return out
+
+    def _within_credit(
+        self, keyset: KeySet, out: list[tuple[bytes, events.Address]], now: float
+    ) -> list[tuple[bytes, events.Address]]:
+        """What may go to an address not validated yet: a PATH_CHALLENGE first (if
+        negotiated and due), then datagrams in order while the credit lasts. Those
+        left out are not sent; the messages in them are retransmitted later, when
+        the peer has sent more (or proved the address), like any lost datagram."""
+        if self._challenge is not None and self._challenge_due:
+            self._challenge_due = False
+            body = wire.PING_FRAME + wire.path_challenge_frame(self._challenge)
+            out.insert(0, (self._seal(keyset, body, now), self.addr))
+        sent = []
+        credit = self._path_credit or 0
+        for datagram, addr in out:
+            if len(datagram) <= credit:
+                credit -= len(datagram)
+                sent.append((datagram, addr))
+            else:
+                self._stats.drop("unvalidated-path")
+        self._path_credit = credit
+        return sent
 
     def _ack_frame(self) -> bytes:
         self._sealed_unacked = 0
@@ -469,7 +526,7 @@ class Session:
         except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
-        self._accept(keyset, packet, frames, addr, now, sealed=False)
+        self._accept(keyset, packet, frames, addr, now, sealed=False, size=len(datagram))
 
     def receive_envelope(self, datagram: bytes, addr: events.Address, now: float) -> None:
         """Authenticate, de-duplicate and process one ENVELOPE datagram. From the
@@ -504,7 +561,7 @@ class Session:
         except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
-        self._accept(candidate, packet, frames, addr, now, sealed=True)
+        self._accept(candidate, packet, frames, addr, now, sealed=True, size=len(datagram))
 
     def _usable(self, keyset: KeySet, now: float) -> bool:
         """Whether data under `keyset` may still be accepted (counted if not)."""
@@ -524,8 +581,20 @@ class Session:
         addr: events.Address,
         now: float,
         sealed: bool,
+        size: int,
     ) -> None:
-        """An authentic datagram: drop it if replayed, else let it change state."""
+        """An authentic datagram: drop it if replayed or breaking a rule of the
+        session (checked before anything changes), else let it change state."""
+        if frames.ack is not None and not self._sendq.acks_only_sent(frames.ack):
+            self._stats.drop("blind-ack")
+            return
+        if (frames.challenge is not None or frames.response is not None) and (
+            not self.path_checks
+            or (frames.challenge is not None and not self.initiator)
+            or (frames.response is not None and self.initiator)
+        ):
+            self._stats.drop("bad-frame")  # path frames only as negotiated, one way each
+            return
         if not keyset.replay.accept(packet):
             self._stats.drop("replay")
             return
@@ -538,9 +607,47 @@ class Session:
             self._confirm(keyset, now)
         if newest and keyset.epoch == self._send_epoch and addr != self.addr:
             old, self.addr = self.addr, addr
-            if not self.initiator and old is not None:
-                self._emit(events.SessionRoamed(self.session_id, old, addr))
+            if not self.initiator:
+                self._path_changed(fresh=True)
+                if old is not None:
+                    self._emit(events.SessionRoamed(self.session_id, old, addr))
+        if self._path_credit is not None and addr == self.addr:
+            self._path_credit += PATH_CREDIT_FACTOR * size
+            self._challenge_due = self._challenge is not None
         self._process(frames, now, sealed)
+        if frames.response is not None and self._challenge is not None:
+            if hmac.compare_digest(frames.response, self._challenge):
+                self._validate(self.addr)
+        if frames.challenge is not None:
+            self._response_due = frames.challenge  # answered in the next flush, at once
+
+    def use_path_checks(self) -> None:
+        """The peers negotiated "path-check" (PROTOCOL.md 11.7): the responder may send
+        PATH_CHALLENGEs (at once, if its address is not validated), the initiator
+        answers them."""
+        self.path_checks = True
+        if not self.initiator and self._path_credit is not None and self._challenge is None:
+            self._challenge = os.urandom(wire.PATH_DATA_BYTES)
+            self._challenge_due = True
+
+    def _validate(self, addr: events.Address) -> None:
+        """Responder: `addr` is proven to reach the peer."""
+        self._validated = addr
+        self._path_changed(fresh=False)
+
+    def _path_changed(self, fresh: bool) -> None:
+        """Responder: the session's address or the validated one changed. Sending to
+        a validated address is unlimited; to another it starts from no credit, with
+        a new challenge if the peer can answer one (`fresh`: the address is new)."""
+        if self.addr == self._validated:
+            self._path_credit = None
+            self._challenge = None
+            self._challenge_due = False
+        elif fresh or self._path_credit is None:
+            self._path_credit = 0
+            if self.path_checks:
+                self._challenge = os.urandom(wire.PATH_DATA_BYTES)
+                self._challenge_due = True
 
     def _process(self, frames: wire.Frames, now: float, sealed: bool) -> None:
         if frames.ack is not None:

@@ -40,6 +40,10 @@ DropReason: TypeAlias = Literal[
     "replay",
     "message-rate",
     "beyond-window",
+    "blind-ack",
+    # not a received datagram: one the session did not send, to an address that has
+    # not proved it reaches the peer, beyond 3x the bytes that came from it
+    "unvalidated-path",
     # not a dropped datagram: a bounded table forgot an entry early, a sign of a
     # flood (core/ratelimit.py); counted here so that the operator sees it
     "rate-limiter-evicted",
@@ -48,6 +52,8 @@ DropReason: TypeAlias = Literal[
 
 #: The reasons above that count evictions, not datagrams.
 EVICTIONS: frozenset[str] = frozenset({"rate-limiter-evicted", "handshake-cache-evicted"})
+#: The reasons above that count datagrams withheld, not received ones.
+WITHHELD: frozenset[str] = frozenset({"unvalidated-path"})
 
 
 class DropStats:

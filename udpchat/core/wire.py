@@ -34,6 +34,10 @@ FRAME_MESSAGE = 0x01
 FRAME_ACK = 0x02
 FRAME_PING = 0x03
 FRAME_CLOSE = 0x04
+# Extension "path-check" (PROTOCOL.md 11.7): only between peers that negotiated it.
+FRAME_PATH_CHALLENGE = 0x05
+FRAME_PATH_RESPONSE = 0x06
+PATH_DATA_BYTES = 8
 
 #: A pre-shared key is 32 random bytes, written as a Fernet key: 44 characters of
 #: URL-safe base64 (what Fernet.generate_key() returns).
@@ -275,6 +279,8 @@ class Frames:
     ack: Ack | None = None
     ping: bool = False
     close: bool = False
+    challenge: bytes | None = None  # PATH_CHALLENGE data (the last one, if several)
+    response: bytes | None = None  # PATH_RESPONSE data (the last one, if several)
 
 
 def encode_message_frame(seq: int, payload: bytes) -> bytes:
@@ -291,12 +297,21 @@ PING_FRAME = bytes([FRAME_PING])
 CLOSE_FRAME = bytes([FRAME_CLOSE, 0])
 
 
+def path_challenge_frame(data: bytes) -> bytes:
+    return bytes([FRAME_PATH_CHALLENGE]) + data
+
+
+def path_response_frame(data: bytes) -> bytes:
+    return bytes([FRAME_PATH_RESPONSE]) + data
+
+
 def decode_frames(body: bytes, max_ranges: int, max_payload: int = MAX_PAYLOAD_BYTES) -> Frames:
     """Parse the frames after the packet number; anything odd raises Malformed.
     `max_payload` is MAX_PAYLOAD_BYTES in DATA, MAX_SEALED_PAYLOAD_BYTES in ENVELOPE."""
     messages: list[tuple[int, bytes]] = []
     ack: Ack | None = None
     ping = close = False
+    challenge = response = None
     pos = 0
     try:
         while pos < len(body):
@@ -331,13 +346,22 @@ def decode_frames(body: bytes, max_ranges: int, max_payload: int = MAX_PAYLOAD_B
                     raise Malformed("close")
                 close = True
                 pos += 2
+            elif kind in (FRAME_PATH_CHALLENGE, FRAME_PATH_RESPONSE):
+                data = body[pos + 1 : pos + 1 + PATH_DATA_BYTES]
+                if len(data) != PATH_DATA_BYTES:
+                    raise Malformed("path frame")
+                if kind == FRAME_PATH_CHALLENGE:
+                    challenge = data
+                else:
+                    response = data
+                pos += 1 + PATH_DATA_BYTES
             else:
                 raise Malformed("frame type")
     except struct.error as exc:
         raise Malformed("truncated frame") from exc
-    if not (messages or ack or ping or close):
+    if not (messages or ack or ping or close or challenge or response):
         raise Malformed("no frames")
-    return Frames(tuple(messages), ack, ping, close)
+    return Frames(tuple(messages), ack, ping, close, challenge, response)
 
 
 __all__ = ["InvalidToken"]

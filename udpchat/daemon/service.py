@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer, ServerSettings
-from udpchat.core.stats import EVICTIONS
+from udpchat.core.stats import EVICTIONS, WITHHELD
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
@@ -128,6 +128,14 @@ class ChatService(Service):
         """One summary line of what was dropped since the last one (never per datagram)."""
         counts = self.protocol.take_drops()
         evictions = {r: counts.pop(r) for r in EVICTIONS & counts.keys()}
+        withheld = sum(counts.pop(r) for r in WITHHELD & counts.keys())
+        if withheld:
+            # A session moved to an address that has not answered: maybe a member's
+            # new NAT mapping, maybe a forged source aimed at a third party.
+            log.info(
+                "Withheld {n} datagrams from addresses not yet proven (PROTOCOL.md 5.3)",
+                n=withheld,
+            )
         if counts:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
             log.info(
