@@ -17,6 +17,7 @@ from udpchat.chat.server import (
     REFUSAL_LOG_MAX_LINES,
     SHUTDOWN_LINGER_S,
     ChatServer,
+    LogLimit,
     ServerSettings,
 )
 from udpchat.core import events
@@ -335,3 +336,17 @@ def test_refused_hellos_are_limited_per_session() -> None:
     assert sum(m.get("code") == "nick-taken" for m in w.inbox[bob]) == 21
     assert kinds(w) == ["join", "refused", "refused"]
     assert w.server.take_suppressed() == {"refused": 19}
+
+
+def test_the_log_limit_remembers_few_keys_and_keeps_the_flooding_one() -> None:
+    """Memory is bounded by max_keys; the key forgotten is the one least recently
+    seen, so a key still flooding keeps its empty bucket while others come and go."""
+    limit = LogLimit(burst=2, interval_s=10.0, max_lines=100, window_s=60.0, max_keys=2)
+    now = 1000.0
+    assert [limit.allow("flood", "rename", now) for _ in range(3)] == [True, True, False]
+    for i in range(10):
+        assert limit.allow(f"quiet{i}", "join", now)
+        assert not limit.allow("flood", "rename", now)
+    assert len(limit._buckets) == 2
+    assert limit.take_suppressed() == {"rename": 11}
+    assert limit.allow("flood", "rename", now + 10.0), "one more per interval"

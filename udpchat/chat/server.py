@@ -88,7 +88,7 @@ class LogLimit:
     session) a burst of `burst` lines, then one per `interval_s`; and at most
     `max_lines` in any `window_s` in all. The others are counted by kind for the
     periodic summary. Memory is bounded: at most `max_keys` keys are remembered
-    (least recently logged forgotten first)."""
+    (least recently seen forgotten first)."""
 
     def __init__(
         self, burst: int, interval_s: float, max_lines: int, window_s: float, max_keys: int
@@ -125,10 +125,11 @@ class LogLimit:
             bucket = self._buckets[key] = TokenBucket(self._rate_per_s, self._burst, now)
             while len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
-        if not bucket.allow(now):
-            return False
-        self._buckets.move_to_end(key)
-        return True
+        else:
+            # Least recently *seen* first out: a key still flooding keeps its empty
+            # bucket, however many quiet keys come after it.
+            self._buckets.move_to_end(key)
+        return bucket.allow(now)
 
 
 class ChatServer:
