@@ -17,6 +17,7 @@ from udpchat.chat.server import (
     REFUSAL_LOG_MAX_LINES,
     SHUTDOWN_LINGER_S,
     ChatServer,
+    LogLimit,
     ServerSettings,
 )
 from udpchat.core import events
@@ -148,6 +149,7 @@ def test_refused_addresses_are_counted_and_logged_once_per_address() -> None:
     assert refusals[0].addr == ("127.0.0.99", 4000)
     assert len(refusals) == REFUSAL_LOG_MAX_LINES
     assert w.server.take_drops() == {"address-refused": 503}
+    assert w.server.take_suppressed() == {"address-refused": 503 - REFUSAL_LOG_MAX_LINES}
     assert w.written == []
     w.advance(61.0)
     w.server.address_refused(("127.0.0.99", 4000), w.now)
@@ -235,3 +237,116 @@ def test_a_member_that_moves_is_logged_with_both_addresses() -> None:
     assert [m["text"] for m in w.inbox[moved] if m["t"] == "say"] == ["welcome back"]
     [roamed] = [e for e in w.log if e.kind == "roamed"]
     assert (roamed.nick, roamed.old_addr, roamed.addr) == ("alice", alice, moved)
+
+
+def roam_to(w: ChatWorld, old: Any, new: Any) -> Any:
+    """The client at `old` sends its next datagram from `new` (NAT rebinding)."""
+    w.clients[new] = w.clients.pop(old)
+    w.inbox[new], w.client_events[new] = w.inbox.pop(old), w.client_events.pop(old)
+    w.send(new, t="who")
+    w.settle()
+    return new
+
+
+def test_a_member_who_joins_renames_moves_and_leaves_gets_every_line() -> None:
+    """The limits are for floods: one member's ordinary session (join, a rename, a
+    room move and back, a new address, bye) is logged line by line."""
+    w = world()
+    alice = join(w, "alice", 1001)
+    w.send(alice, t="nick", nick="alicia")
+    w.settle()
+    w.send(alice, t="join", room="dev")
+    w.settle()
+    w.send(alice, t="part")
+    w.settle()
+    alice = roam_to(w, alice, ("127.0.0.1", 2001))
+    w.send(alice, t="bye")
+    w.settle()
+    assert kinds(w) == ["join", "rename", "move", "move", "roamed", "leave"]
+    assert w.server.take_suppressed() == {}
+
+
+def test_one_session_repeating_a_logged_thing_gets_a_burst_then_one_line_per_interval() -> None:
+    """A member renaming in a loop gets session_log_burst lines, then one per
+    session_log_interval_s; the rest are counted by kind for the summary. Its leave
+    line, which comes once per session, is still written."""
+    w = world(session_log_burst=3, session_log_interval_s=10.0)
+    alice = join(w, "alice", 1001)
+    for i in range(50):
+        w.send(alice, t="nick", nick=f"alice{i}")
+    w.settle()
+    assert kinds(w) == ["join"] + ["rename"] * 3
+    assert w.server.take_suppressed() == {"rename": 47}
+    w.advance(10.0)
+    for i in range(5):
+        w.send(alice, t="nick", nick=f"again{i}")
+    w.settle()
+    assert kinds(w).count("rename") == 4, "one more after the interval"
+    assert w.server.take_suppressed() == {"rename": 4}
+    w.send(alice, t="bye")
+    w.settle()
+    assert kinds(w)[-1] == "leave"
+
+
+def test_roaming_back_and_forth_is_limited_per_session_not_for_the_others() -> None:
+    """A member alternating between two source ports moves on every datagram; its
+    lines stop after the burst (its other lines too), while another member's still
+    appear."""
+    w = world(session_log_burst=5)
+    alice, bob = join(w, "alice", 1001), join(w, "bob", 1002)
+    ports = [("127.0.0.1", 2001), alice]
+    for i in range(40):
+        alice = roam_to(w, alice, ports[i % 2])
+    assert kinds(w).count("roamed") == 5
+    assert w.server.take_suppressed() == {"roamed": 35}
+    roam_to(w, bob, ("127.0.0.1", 3002))
+    w.send(alice, t="nick", nick="alicia")
+    w.settle()
+    assert [(e.kind, e.nick) for e in w.log[-1:]] == [("roamed", "bob")]
+    assert w.server.take_suppressed() == {"rename": 1}
+
+
+def test_the_lines_of_all_sessions_together_are_limited_per_minute() -> None:
+    """However many sessions share a flood, at most log_lines_per_minute lines are
+    written in any minute (joins included); a minute later lines appear again."""
+    w = world(log_lines_per_minute=8)
+    members = [join(w, f"m{i}", 1001 + i) for i in range(4)]
+    for n in range(3):
+        for i, addr in enumerate(members):
+            w.send(addr, t="nick", nick=f"m{i}x{n}")
+    w.settle()
+    assert kinds(w) == ["join"] * 4 + ["rename"] * 4
+    assert w.server.take_suppressed() == {"rename": 8}
+    w.advance(60.0)
+    w.send(members[0], t="nick", nick="back")
+    w.settle()
+    assert kinds(w)[-1] == "rename"
+    assert w.server.take_suppressed() == {}
+
+
+def test_refused_hellos_are_limited_per_session() -> None:
+    """A session asking again and again for a nick in use is refused every time, but
+    logged only for the first few."""
+    w = world(session_log_burst=2)
+    join(w, "alice", 1001)
+    bob = join(w, "alice", 1002)
+    for _ in range(20):
+        w.send(bob, t="hello", nick="alice", room="lobby", client="00000000000003ea")
+    w.settle()
+    assert sum(m.get("code") == "nick-taken" for m in w.inbox[bob]) == 21
+    assert kinds(w) == ["join", "refused", "refused"]
+    assert w.server.take_suppressed() == {"refused": 19}
+
+
+def test_the_log_limit_remembers_few_keys_and_keeps_the_flooding_one() -> None:
+    """Memory is bounded by max_keys; the key forgotten is the one least recently
+    seen, so a key still flooding keeps its empty bucket while others come and go."""
+    limit = LogLimit(burst=2, interval_s=10.0, max_lines=100, window_s=60.0, max_keys=2)
+    now = 1000.0
+    assert [limit.allow("flood", "rename", now) for _ in range(3)] == [True, True, False]
+    for i in range(10):
+        assert limit.allow(f"quiet{i}", "join", now)
+        assert not limit.allow("flood", "rename", now)
+    assert len(limit._buckets) == 2
+    assert limit.take_suppressed() == {"rename": 11}
+    assert limit.allow("flood", "rename", now + 10.0), "one more per interval"

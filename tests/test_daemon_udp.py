@@ -168,6 +168,29 @@ def test_rejected_datagrams_are_summarised_not_logged_one_by_one(logged: list[st
     assert len(logged) == 1, "nothing new, nothing logged"
 
 
+def test_log_lines_over_the_limits_are_counted_in_the_summary(logged: list[str]) -> None:
+    """A member renaming in a loop gets a few lines (ServerSettings.session_log_burst);
+    the service's periodic summary says how many more were held back, by kind."""
+    clock = Clock()
+    config = ServerConfig(path=Path("/test/chat.ini"))
+    service = ChatService(config, PSK, reactor=clock)
+    world = World()
+    world.clock, world.server = clock, service.protocol
+    world.server.transport = world.transport  # type: ignore[assignment]
+    alice = world.join("alice", 1001)
+    for i in range(20):
+        world.say(alice, t="nick", nick=f"alice{i}")
+    burst = service.protocol.server.settings.session_log_burst
+    assert sum("is now known as" in line for line in logged) == burst
+    service.log_rejections()
+    held_back = 20 - burst
+    assert (
+        logged[-1] == f"Suppressed {held_back} log lines over the rate limits (rename: {held_back})"
+    )
+    service.log_rejections()
+    assert sum(line.startswith("Suppressed") for line in logged) == 1, "nothing new, no line"
+
+
 def test_shutdown_fires_once_every_session_is_closed_and_leaves_no_timer() -> None:
     """shutdown() returns a Deferred that fires once members acknowledged the notice
     and their sessions are closed; nothing of the chat is scheduled afterwards."""

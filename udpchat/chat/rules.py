@@ -143,6 +143,9 @@ class LogEvent:
     adds "roamed" (old_addr: where it was), "address-refused" (allow/deny),
     "server-full" (a handshake over the member limit) and "queue-full" (a member
     closed because its send queue overflowed).
+
+    session_id names the session that caused it (None for a refused address), so
+    that the server can limit how many lines one session gets.
     """
 
     kind: LogKind
@@ -151,6 +154,7 @@ class LogEvent:
     room: str | None = None
     detail: str = ""
     old_addr: Address | None = None  # "roamed": where the session was before
+    session_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +346,8 @@ class ChatRules:
             self._refuse(session_id, msg.nick, "server-full", "the server is full")
             return
         if stale is not None:
-            self._actions.append(LogEvent("takeover", stale.nick, addr, stale.room))
+            takeover = LogEvent("takeover", stale.nick, addr, stale.room, session_id=session_id)
+            self._actions.append(takeover)
             self._close(stale.session_id)
             if stale.nick == msg.nick and stale.room == msg.room:
                 self._hand_over(stale, session_id, addr)
@@ -472,11 +477,15 @@ class ChatRules:
 
     def _refuse(self, session_id: bytes, nick: str, code: str, text: str) -> None:
         self._error(session_id, code, text)
-        self._actions.append(LogEvent("refused", nick, self._sessions[session_id], detail=code))
+        addr = self._sessions[session_id]
+        self._actions.append(LogEvent("refused", nick, addr, detail=code, session_id=session_id))
 
     def _close(self, session_id: bytes) -> None:
         self._sessions.pop(session_id, None)
         self._actions.append(Close(session_id))
 
     def _log_member(self, kind: LogKind, member: _Member, detail: str = "") -> None:
-        self._actions.append(LogEvent(kind, member.nick, member.addr, member.room, detail))
+        entry = LogEvent(
+            kind, member.nick, member.addr, member.room, detail, session_id=member.session_id
+        )
+        self._actions.append(entry)

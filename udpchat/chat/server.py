@@ -11,6 +11,7 @@ transport adapter (udpchat.daemon.udp) only moves bytes and keeps one timer::
     server.get_timer() -> float | None         # call handle_timer(now) then
     server.take_log() -> [LogEvent, ...]       # names and addresses, never text
     server.take_drops() -> {reason: count}     # for a periodic summary
+    server.take_suppressed() -> {kind: count}  # log lines over the limits, likewise
     server.shutdown(now)                       # then wait for server.done
 
 Time is always an argument (Unix seconds). Nothing that arrives makes these methods
@@ -19,7 +20,8 @@ raise; an exception that escapes is a bug, for the adapter to log with its trace
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from udpchat.chat.messages import DEFAULT_ROOM
@@ -36,6 +38,7 @@ from udpchat.chat.rules import (
 from udpchat.core import events
 from udpchat.core.endpoint import QueueFull, ServerEndpoint, UnknownSession
 from udpchat.core.limits import ProtocolConfig
+from udpchat.core.ratelimit import TokenBucket
 from udpchat.core.wire import MAX_SEALED_PAYLOAD_BYTES
 
 SHUTDOWN_TEXT = "stopped by its operator"
@@ -51,6 +54,9 @@ REFUSAL_LOG_MAX_ADDRESSES = 1024
 #: ... and, since spoofed sources are endless, at most this many refusal lines are
 #: written per interval in all; the rest only count in the periodic summary.
 REFUSAL_LOG_MAX_LINES = 10
+#: Lines a session causes that can come only once per session (it says hello once,
+#: it ends once): these pass the per-session limit, only the total limits them.
+ONCE_PER_SESSION = frozenset({"join", "takeover", "leave", "timeout"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,15 @@ class ServerSettings:
     handshake_burst: int = 5
     default_room: str = DEFAULT_ROOM
     room_keys: bool = True  # offer the "room-keys" extension (PROTOCOL.md section 11)
+    # Log lines a key holder can cause again and again (roaming, renames, room moves,
+    # refused hellos, closes for a full queue): per session a burst of
+    # session_log_burst, then one per session_log_interval_s; and, however many
+    # sessions, at most log_lines_per_minute in all (joins and leaves included). The
+    # rest only count in the periodic summary. A member who joins, renames and
+    # leaves gets every line; a flood gets a few lines a minute and a count.
+    session_log_burst: int = 5
+    session_log_interval_s: float = 10.0
+    log_lines_per_minute: int = 60
 
     def protocol_config(self) -> ProtocolConfig:
         """The core's timers and limits, with the operator's settings applied."""
@@ -76,27 +91,53 @@ class ServerSettings:
         )
 
 
-class RefusalLog:
-    """Decides which refusals get a log line: once per address per interval, and at
-    most a few lines per interval in all (source addresses cost nothing to forge)."""
+class LogLimit:
+    """Which log lines of one family are written: per key (a source host, a
+    session) a burst of `burst` lines, then one per `interval_s`; and at most
+    `max_lines` in any `window_s` in all. The others are counted by kind for the
+    periodic summary. Memory is bounded: at most `max_keys` keys are remembered
+    (least recently seen forgotten first)."""
 
-    def __init__(self) -> None:
-        self._by_host: OrderedDict[str, float] = OrderedDict()  # host -> last logged
-        self._lines: list[float] = []  # times of the latest lines
+    def __init__(
+        self, burst: int, interval_s: float, max_lines: int, window_s: float, max_keys: int
+    ) -> None:
+        self._burst = burst
+        self._rate_per_s = 1.0 / interval_s
+        self._max_lines = max_lines
+        self._window_s = window_s
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        self._lines: deque[float] = deque()  # when the latest lines were written
+        self._suppressed: Counter[str] = Counter()
 
-    def should_log(self, host: str, now: float) -> bool:
-        last = self._by_host.get(host)
-        if last is not None and last + REFUSAL_LOG_INTERVAL_S > now:
-            return False
-        self._lines = [t for t in self._lines if t + REFUSAL_LOG_INTERVAL_S > now]
-        if len(self._lines) >= REFUSAL_LOG_MAX_LINES:
-            return False
-        self._lines.append(now)
-        self._by_host[host] = now
-        self._by_host.move_to_end(host)
-        while len(self._by_host) > REFUSAL_LOG_MAX_ADDRESSES:
-            self._by_host.popitem(last=False)
-        return True
+    def allow(self, key: Hashable, kind: str, now: float, per_key: bool = True) -> bool:
+        """Whether to write this line; `per_key=False` skips the key's own limit
+        (a line that comes once per key anyway) but not the total."""
+        lines = self._lines
+        while lines and lines[0] + self._window_s <= now:
+            lines.popleft()
+        if len(lines) < self._max_lines and (not per_key or self._take(key, now)):
+            lines.append(now)
+            return True
+        self._suppressed[kind] += 1
+        return False
+
+    def take_suppressed(self) -> Counter[str]:
+        """Lines not written since the last call, by kind."""
+        out, self._suppressed = self._suppressed, Counter()
+        return out
+
+    def _take(self, key: Hashable, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate_per_s, self._burst, now)
+            while len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            # Least recently *seen* first out: a key still flooding keeps its empty
+            # bucket, however many quiet keys come after it.
+            self._buckets.move_to_end(key)
+        return bucket.allow(now)
 
 
 class ChatServer:
@@ -126,7 +167,22 @@ class ChatServer:
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
         self._log: list[LogEvent] = []
-        self._refusals = RefusalLog()
+        # Refused addresses cost an attacker nothing to forge: once per address per
+        # minute, a few a minute in all. Sessions need the key, and get more.
+        self._refusals = LogLimit(
+            burst=1,
+            interval_s=REFUSAL_LOG_INTERVAL_S,
+            max_lines=REFUSAL_LOG_MAX_LINES,
+            window_s=REFUSAL_LOG_INTERVAL_S,
+            max_keys=REFUSAL_LOG_MAX_ADDRESSES,
+        )
+        self._session_log = LogLimit(
+            burst=settings.session_log_burst,
+            interval_s=settings.session_log_interval_s,
+            max_lines=settings.log_lines_per_minute,
+            window_s=60.0,
+            max_keys=max(1024, 2 * settings.max_members),
+        )
         # Sessions that have not said hello yet, by deadline: insertion order is
         # deadline order, since every deadline is now + HELLO_DEADLINE_S.
         self._hello_due: OrderedDict[bytes, float] = OrderedDict()
@@ -192,6 +248,12 @@ class ChatServer:
         self._drops.clear()
         return dict(counts)
 
+    def take_suppressed(self) -> dict[str, int]:
+        """Log lines not written since the last call (over the limits), by kind."""
+        counts = self._session_log.take_suppressed()
+        counts.update(self._refusals.take_suppressed())
+        return dict(counts)
+
     # -- the pump: core events -> rules -> actions -> core ---------------------------
 
     def _pump(self, now: float) -> None:
@@ -220,7 +282,10 @@ class ChatServer:
         elif isinstance(event, events.SessionRoamed):
             self.rules.session_roamed(event.session_id, event.new_addr)
             nick = self.rules.nick_of(event.session_id)
-            self._log.append(LogEvent("roamed", nick, event.new_addr, old_addr=event.old_addr))
+            roamed = LogEvent(
+                "roamed", nick, event.new_addr, old_addr=event.old_addr, session_id=event.session_id
+            )
+            self._session_event(roamed, now)
         elif isinstance(event, events.HandshakeRefused):
             self._refusal(LogEvent("server-full", None, event.addr), now)
         # MessageNotDelivered, SessionRekeyed: nothing to do; a member's lines are
@@ -242,7 +307,7 @@ class ChatServer:
             else:
                 self._close(action.session_id, now)
         else:
-            self._log.append(action)
+            self._session_event(action, now)
 
     def _broadcast(self, action: Broadcast, now: float) -> None:
         """One message to a room: sealed once with the room key for the members that
@@ -287,7 +352,8 @@ class ChatServer:
         # A member that acknowledges nothing while its queue overflows is gone in
         # all but name; closing it tells the room instead of growing memory.
         nick = self.rules.nick_of(session_id)
-        self._log.append(LogEvent("queue-full", nick, self._address_of(session_id)))
+        entry = LogEvent("queue-full", nick, self._address_of(session_id), session_id=session_id)
+        self._session_event(entry, now)
         self._close(session_id, now)
 
     def _close(self, session_id: bytes, now: float) -> None:
@@ -305,7 +371,13 @@ class ChatServer:
     def _refusal(self, entry: LogEvent, now: float) -> None:
         addr = entry.addr
         host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-        if self._refusals.should_log(host, now):
+        if self._refusals.allow(host, entry.kind, now):
+            self._log.append(entry)
+
+    def _session_event(self, entry: LogEvent, now: float) -> None:
+        """A line a session caused: within its own limit and the total, or counted."""
+        per_session = entry.kind not in ONCE_PER_SESSION
+        if self._session_log.allow(entry.session_id, entry.kind, now, per_session):
             self._log.append(entry)
 
     def _finish_shutdown(self, now: float) -> None:

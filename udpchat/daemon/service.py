@@ -1,6 +1,7 @@
 """The chat daemon as a twistd service: binds the UDP port, announces where clients
-connect, handles SIGTERM, logs a periodic summary of dropped datagrams, and on stop
-says goodbye to every member before releasing the port."""
+connect, handles SIGTERM, logs a periodic summary of dropped datagrams and of log
+lines held back by the rate limits, and on stop says goodbye to every member before
+releasing the port."""
 
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class ChatService(Service):
         self._reactor.callFromThread(self._reactor.stop)
 
     def log_rejections(self) -> None:
-        """One summary line of what was dropped since the last one (never per datagram)."""
+        """One summary line of what was dropped since the last one (never per datagram),
+        one of the log lines held back by the rate limits, and flood warnings."""
         counts = self.protocol.take_drops()
         evictions = {r: counts.pop(r) for r in EVICTIONS & counts.keys()}
         withheld = sum(counts.pop(r) for r in WITHHELD & counts.keys())
@@ -142,6 +144,14 @@ class ChatService(Service):
                 "Dropped {total} datagrams without answer ({reasons})",
                 total=sum(counts.values()),
                 reasons=reasons,
+            )
+        suppressed = self.protocol.take_suppressed()
+        if suppressed:
+            # A key holder flooding (roaming, renames, ...) or forged sources refused.
+            log.info(
+                "Suppressed {total} log lines over the rate limits ({kinds})",
+                total=sum(suppressed.values()),
+                kinds=", ".join(f"{kind}: {n}" for kind, n in sorted(suppressed.items())),
             )
         if evictions:
             # Bounded tables forgetting entries early: someone is flooding handshakes.

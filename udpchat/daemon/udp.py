@@ -103,6 +103,10 @@ class ChatProtocol(DatagramProtocol):
         self._internal_errors = self._send_errors = 0
         return drops
 
+    def take_suppressed(self) -> dict[str, int]:
+        """Log lines the server held back (over its limits) since the last call."""
+        return self.server.take_suppressed()
+
     def _bug(self, now: float) -> None:
         # A bug must cost one datagram or one tick, never the daemon or its timer.
         self._internal_errors += 1
