@@ -771,4 +771,5 @@ def test_caps_answers_path_check_to_a_client_that_asked_and_enables_it() -> None
     answers = [json.loads(p) for _, p, _ in sends if json.loads(p)["t"] == "caps"]
     assert answers == [{"t": "caps", "room-keys": True, "path-check": True}]
     session_id = alice.chat.endpoint.session_id
+    assert session_id is not None
     assert net.server._sessions[session_id].path_checks  # noqa: SLF001
