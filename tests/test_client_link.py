@@ -35,9 +35,16 @@ class FakePort:
         self.written: list[tuple[bytes, tuple[str, int]]] = []
         self.socket = FakeSocket(self.written)
         self.listening = True
+        self.reading = True
 
     def stopListening(self) -> None:
         self.listening = False
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
 
 
 class FakeReactor(Clock):

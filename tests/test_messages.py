@@ -15,7 +15,9 @@ from udpchat.chat.messages import (
     NICK_MAX_CHARS,
     PART_REASONS,
     ROOM_MAX_CHARS,
+    ROOM_MEMBERS_MAX,
     TEXT_MAX_BYTES,
+    TS_END_S,
     Bye,
     Error,
     Hello,
@@ -67,7 +69,7 @@ texts = st.text(
 # Text that JSON has to escape, to push encoded sizes towards their maximum.
 escaped_texts = st.text(alphabet='"\\', min_size=1, max_size=TEXT_MAX_BYTES)
 any_text = texts | escaped_texts
-timestamps = st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+timestamps = st.none() | st.floats(min_value=0, max_value=TS_END_S, exclude_max=True)
 
 client_messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Hello, nicks, rooms, client_ids),
@@ -287,6 +289,30 @@ def test_ts_and_history_are_both_there_or_both_absent(obj: dict[str, Any]) -> No
     """The "ts" field (a finite number >= 0) and "history": true come together or not at all."""
     with pytest.raises(MessageError):
         decode_server(raw(obj))
+
+
+@pytest.mark.parametrize("ts", [TS_END_S, 253402300800, 1e12, 1.7e308, 2**64])
+def test_ts_beyond_the_year_9999_is_a_bad_message(ts: float) -> None:
+    """A "ts" a client could not show as a date (datetime ends with the year 9999; the
+    limit leaves a day for time zones) is a bad message, whoever sends it: a hostile
+    server cannot make the display raise with it."""
+    obj = {"t": "say", "room": "a", "nick": "b", "text": "x", "id": ID, "ts": ts, "history": True}
+    with pytest.raises(MessageError) as info:
+        decode_server(raw(obj))
+    assert info.value.code == "bad-message"
+    with pytest.raises(MessageError):
+        SayOut("a", "b", "x", ID, ts=ts)
+    last = TS_END_S - 0.5
+    assert decode_server(raw({**obj, "ts": last})) == SayOut("a", "b", "x", ID, ts=last)
+
+
+def test_room_member_counts_are_bounded() -> None:
+    """A room's member count is an integer 0..2^32-1: nothing longer reaches the screen."""
+    for count in (ROOM_MEMBERS_MAX + 1, 10**900):
+        with pytest.raises(MessageError):
+            decode_server(raw({"t": "rooms", "rooms": [["a", count]], "more": False}))
+    ok = decode_server(raw({"t": "rooms", "rooms": [["a", ROOM_MEMBERS_MAX]], "more": False}))
+    assert ok == RoomList((RoomCount("a", ROOM_MEMBERS_MAX),), False)
 
 
 def test_largest_server_message_fits_one_payload() -> None:

@@ -25,6 +25,13 @@ TEXT_MAX_BYTES: Final = 400
 NICK_MAX_CHARS: Final = 24
 ROOM_MAX_CHARS: Final = 24
 DEFAULT_ROOM: Final = "lobby"
+#: "ts" (Unix seconds) is below this: 9999-12-31 00:00 UTC, a day short of the end of
+#: what datetime can represent, so the local time of any "ts" is a date in any time
+#: zone (UTC-12..UTC+14) and a client can always show it.
+TS_END_S: Final = 253_402_214_400
+#: A room's member count in a "rooms" answer is at most this (a count is shown to
+#: the user, so a hostile server must not send a 990-digit number).
+ROOM_MEMBERS_MAX: Final = 2**32 - 1
 
 ERROR_CODES: Final = frozenset(
     {
@@ -157,8 +164,8 @@ def _check_ts(ts: object) -> None:
         ok = not isinstance(ts, bool) and isinstance(ts, (int, float)) and float(ts) >= 0
     except OverflowError:
         ok = False
-    if not ok or not math.isfinite(ts):  # type: ignore[arg-type]
-        raise MessageError("bad-message", '"ts" must be a finite number >= 0')
+    if not ok or not math.isfinite(ts) or not ts < TS_END_S:  # type: ignore[arg-type, operator]
+        raise MessageError("bad-message", f'"ts" must be a number 0 <= ts < {TS_END_S}')
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -448,8 +455,12 @@ class RoomList:
                 raise MessageError("bad-message", '"rooms" entries are [room, count]')
             _check_room(entry[0])
             count = entry[1]
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise MessageError("bad-message", "a room's count must be an integer >= 0")
+            if (
+                isinstance(count, bool)
+                or not isinstance(count, int)
+                or not 0 <= count <= ROOM_MEMBERS_MAX
+            ):
+                raise MessageError("bad-message", "a room's count must be an integer 0..2^32-1")
         _check_bool("more", self.more)
 
 

@@ -8,6 +8,7 @@ import getpass
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +34,9 @@ EXIT_FAILED = 1
 ADDRESS_FALLBACK_S = 3.0
 #: On SIGINT/SIGTERM, how long the front end may take to write its last lines.
 SHUTDOWN_FLUSH_S = 1.0
+#: Terminal mode prints errors (a bug's traceback) only once the terminal is restored:
+#: the last this many are kept until then, the earlier ones only counted.
+ERRORS_KEPT = 5
 #: --idle-timeout: how long the server may stay silent before the session counts as
 #: lost; bounded like the daemon's idle_timeout (udpchat.core.limits).
 IDLE_TIMEOUT_DEFAULT_S = 30.0
@@ -47,7 +51,8 @@ Pipe mode (otherwise), for scripts: every input line is sent in order (commands 
 too, '//text' sends '/text'), and every event is printed as one plain line, such as
 "<alice> hello", "* alice waves", "*bob* hi", "-!- bob has joined lobby" or
 "!!! error". Your own lines are not printed. At end of input the client waits until
-the server acknowledged every line, says bye and exits."""
+the server acknowledged every line, says bye and exits. If nothing reads its output,
+it stops reading from the network (64 KiB of output wait) until output drains."""
 
 EPILOG = """\
 key file (the group's pre-shared key, mode 0600), first found of:
@@ -202,7 +207,7 @@ def run(
         reactor.callWhenRunning(runner.start)
         reactor.run()
     # The terminal is restored here (ExitStack); only now may errors be printed.
-    for line in runner.errors:
+    for line in runner.error_lines():
         print(line, file=sys.stderr)
     return runner.exit_code
 
@@ -240,7 +245,8 @@ class Runner:
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
         self.exit_code = 0
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
+        self.errors_dropped = 0
         self.chat: Any = None
         self.link: Any = None
         self._exited: Any = None  # Deferred: the front end is gone (during shutdown)
@@ -256,29 +262,47 @@ class Runner:
     def _start_logging(self) -> None:
         """Twisted buffers log events until told where to put them: keep the errors
         (a bug's traceback), drop the chatter."""
-        from twisted.logger import LogLevel, formatEventAsClassicLogText, globalLogBeginner
+        from twisted.logger import globalLogBeginner
 
-        def observer(event: dict[str, Any]) -> None:
-            if event.get("log_level", LogLevel.info) >= LogLevel.error or event.get("isError"):
-                text = (formatEventAsClassicLogText(event) or "").rstrip("\n")
-                if self.interactive:
-                    self.errors.append(text)  # the screen is in raw mode: print later
-                else:
-                    print(text, file=sys.stderr, flush=True)
+        globalLogBeginner.beginLoggingTo([cast(Any, self.log_event)], redirectStandardIO=False)
 
-        globalLogBeginner.beginLoggingTo([cast(Any, observer)], redirectStandardIO=False)
+    def log_event(self, event: dict[str, Any]) -> None:
+        """A Twisted log event: an error is printed on stderr (pipe mode) or kept to
+        print once the terminal is restored (terminal mode); the rest is dropped."""
+        from twisted.logger import LogLevel, formatEventAsClassicLogText
+
+        if event.get("log_level", LogLevel.info) >= LogLevel.error or event.get("isError"):
+            text = (formatEventAsClassicLogText(event) or "").rstrip("\n")
+            if self.interactive:
+                self.add_error(text)  # the screen is in raw mode: print later
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+    def add_error(self, text: str) -> None:
+        """Keep ``text`` to print at the end; only the last ERRORS_KEPT are kept, so
+        a flood of errors (say, one per datagram) cannot grow the client."""
+        if len(self.errors) == self.errors.maxlen:
+            self.errors_dropped += 1
+        self.errors.append(text)
+
+    def error_lines(self) -> list[str]:
+        """What to print on stderr at the end: the errors kept, and how many were not."""
+        lines = list(self.errors)
+        if self.errors_dropped:
+            lines.insert(0, f"{PROG}: {self.errors_dropped} earlier errors not shown")
+        return lines
 
     def _resolve_failed(self, failure: Any) -> None:
         failure.trap(OSError)
         self._setup_error(describe_resolve_error(self.host, failure.value))
 
     def _setup_error(self, text: str) -> None:
-        self.errors.append(f"{PROG}: {text}")
+        self.add_error(f"{PROG}: {text}")
         self.exit_code = EXIT_SETUP
         self._stop()
 
     def _crashed(self, failure: Any) -> None:
-        self.errors.append(f"{PROG}: internal error: {failure.getTraceback()}")
+        self.add_error(f"{PROG}: internal error: {failure.getTraceback()}")
         self.exit_code = EXIT_FAILED
         self._stop()
 

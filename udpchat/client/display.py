@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +32,11 @@ _RESET = "\x1b[0m"
 _BOLD = "1"
 _DIM = "2"
 _ERROR = "1;31"
+#: An item that cannot be shown is reported at most once per this long (the others
+#: are counted), so a server sending nothing else cannot flood the screen with it.
+UNSHOWABLE_REPORT_INTERVAL_S = 60.0
+#: How much of the exception's text such a report quotes.
+UNSHOWABLE_DETAIL_MAX_CHARS = 120
 
 
 def clean(text: str) -> str:
@@ -179,3 +185,45 @@ def _body(item: Item, p: _Painter) -> str | None:
     if isinstance(item, Info):
         return clean(item.text)
     return None
+
+
+class Renderer:
+    """The display lines of a batch of items in one style, each item formatted in its
+    own guard: an item that cannot be formatted (a value no check foresaw, or a bug)
+    costs only itself, never the rest of its batch. Such items are counted in
+    ``unshowable`` and reported as a Problem line at most once per
+    UNSHOWABLE_REPORT_INTERVAL_S, with how many there were since the last report."""
+
+    def __init__(self, style: Style = PLAIN) -> None:
+        self.style = style
+        self.unshowable = 0
+        self._unreported = 0
+        self._reported_at: float | None = None
+
+    def lines(self, items: Iterable[Item], now: float) -> list[str]:
+        """One line per item that shows as one, in order (see class docstring)."""
+        out: list[str] = []
+        for item in items:
+            try:
+                line = format_item(item, self.style, now=now)
+            except Exception as exc:  # anything: one item, one guard
+                line = self._unshowable(exc, now)
+            if line is not None:
+                out.append(line)
+        return out
+
+    def _unshowable(self, exc: Exception, now: float) -> str | None:
+        self.unshowable += 1
+        self._unreported += 1
+        if (
+            self._reported_at is not None
+            and self._reported_at <= now < self._reported_at + UNSHOWABLE_REPORT_INTERVAL_S
+        ):
+            return None
+        self._reported_at = now
+        count, self._unreported = self._unreported, 0
+        detail = f"{type(exc).__name__}: {exc}"[:UNSHOWABLE_DETAIL_MAX_CHARS]
+        text = f"ignored a message that cannot be shown ({detail})"
+        if count > 1:
+            text += f"; {count} in all since the last such report"
+        return format_item(Problem(text), self.style, now=now)

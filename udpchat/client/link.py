@@ -2,8 +2,10 @@
 
 ChatLink moves datagrams between the sockets and a ChatClient, asks it for its next
 deadline after every input and keeps exactly one reactor.callLater for it, and hands
-what the ChatClient wants shown to the front end (pipe or terminal). It has no chat
-logic of its own; that is all in udpchat.client.chatclient.
+what the ChatClient wants shown to the front end (pipe or terminal). It is also the
+producer of that output (IPushProducer): a front end whose output backs up pauses it,
+which stops reading from the network. It has no chat logic of its own; that is all in
+udpchat.client.chatclient.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from twisted.internet import error, threads
+from twisted.internet import error, interfaces, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import Item, Problem
@@ -22,6 +25,9 @@ from udpchat.client.display import Item, Problem
 Address = tuple[str, int]
 #: A bug (an exception escaping the ChatClient) is shown at most once per this long.
 BUG_SHOW_INTERVAL_S = 60.0
+#: If the ChatClient cannot even say when it next needs the timer (a bug), it gets
+#: one this soon anyway: a client without a timer would never retransmit again.
+BUG_RETRY_S = 1.0
 
 
 class FrontEnd(Protocol):
@@ -63,6 +69,7 @@ class _Socket(DatagramProtocol):
         self.link.datagram_received(datagram, addr)
 
 
+@implementer(interfaces.IPushProducer)
 class ChatLink:
     """Runs one ChatClient over UDP for one front end (see module docstring).
 
@@ -86,6 +93,7 @@ class ChatLink:
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
+        self.paused = False  # the front end's output is full: not reading the network
         self.internal_errors = 0  # exceptions that escaped the ChatClient (bugs)
         self._bug_shown_at: float | None = None
 
@@ -157,43 +165,62 @@ class ChatLink:
         self.pump()
 
     def _bug(self, exc: Exception) -> None:
-        """An exception escaped the sans-IO client: a bug in udpchat. It costs this
-        datagram or this tick, never the client or its timer; the user is told (at
-        most once a minute) with the exception, so that it can be reported."""
+        """An exception escaped the sans-IO client or the front end: a bug in udpchat.
+        It costs this datagram or this tick, never the client or its timer; the user
+        is told (at most once a minute) with the exception, so that it can be reported."""
         self.internal_errors += 1
         now = self.now()
         if self._bug_shown_at is None or self._bug_shown_at + BUG_SHOW_INTERVAL_S <= now:
             self._bug_shown_at = now
             if self.front is not None:
                 what = f"{type(exc).__name__}: {exc}"
-                self.front.update([Problem(f"internal error (a bug in udpchat): {what}")])
+                try:
+                    self.front.update([Problem(f"internal error (a bug in udpchat): {what}")])
+                except Exception:
+                    pass  # the front end itself is what fails: it was counted, go on
 
     # --- outputs -----------------------------------------------------------------
 
     def pump(self) -> None:
-        """Send what the ChatClient has to send, show its output, reschedule."""
+        """Send what the ChatClient has to send, show its output, reschedule. An
+        exception on the way (a bug, in the client or the front end) costs this
+        round's datagrams or output at most: the timer is always set again."""
         if self._finished:
             return
         now = self.now()
-        family, addr = self.server
-        datagrams = self.chat.datagrams_to_send(now)
-        if datagrams:
-            # The socket itself: Port.write validates the address three times per
-            # datagram, a fifth of the client's CPU when a busy room is acknowledged.
-            sendto = self._ports[family].socket.sendto
-            for datagram in datagrams:
-                try:
-                    sendto(datagram, addr)
-                except OSError:
-                    pass  # e.g. network unreachable: UDP may lose it, the core retransmits
+        try:
+            self._send(self.chat.datagrams_to_send(now))
+        except Exception as exc:
+            self._bug(exc)
         if self.front is not None:
-            self.front.update(self.chat.take_output())
+            try:
+                self.front.update(self.chat.take_output())
+            except Exception as exc:
+                self._bug(exc)
         if self.chat.done:
             self._stop()
             if self.front is not None:
                 self.front.chat_done()
             return
-        self._schedule(self.chat.get_timer(), now)
+        try:
+            deadline = self.chat.get_timer()
+        except Exception as exc:
+            self._bug(exc)
+            deadline = now + BUG_RETRY_S
+        self._schedule(deadline, now)
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        if not datagrams:
+            return
+        # The socket itself: Port.write validates the address three times per
+        # datagram, a fifth of the client's CPU when a busy room is acknowledged.
+        family, addr = self.server
+        sendto = self._ports[family].socket.sendto
+        for datagram in datagrams:
+            try:
+                sendto(datagram, addr)
+            except OSError:
+                pass  # e.g. network unreachable: UDP may lose it, the core retransmits
 
     def _schedule(self, deadline: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
@@ -205,6 +232,28 @@ class ChatLink:
         self._timer = None
         if deadline is not None:
             self._timer = self.reactor.callLater(max(0.0, deadline - now), self._on_timer)
+
+    # --- IPushProducer: what the front end shows is produced from the network -------
+
+    def pauseProducing(self) -> None:
+        """The front end's output is full (nobody reads it): stop reading from the
+        network until it drains, so that memory stays bounded. What the server sends
+        meanwhile waits in the socket buffer or is lost, and is not acknowledged: the
+        server keeps it and retransmits it, so nothing is skipped. Timers go on."""
+        self.paused = True
+        for port in self._ports.values():
+            port.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The output drained: read from the network again."""
+        self.paused = False
+        for port in self._ports.values():
+            port.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The output is gone for good (its reader closed it, or we are done): keep
+        reading, so that what the user typed is still delivered."""
+        self.resumeProducing()
 
     def _stop(self) -> None:
         self._finished = True

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from udpchat.client.display import PLAIN, Item, format_item
+from udpchat.client.display import PLAIN, Item, Renderer
 from udpchat.client.link import ChatLink
 
 #: An input line longer than this cannot be a valid chat line: it is skipped (reported)
@@ -52,10 +52,16 @@ class PipeFrontEnd(Protocol):
         self._paused = False
         self._stdout_gone = False
         self._feeding = False
+        self._renderer = Renderer(PLAIN)
 
     def attach(self, link: ChatLink) -> None:
-        """Start reading: only now can lines go anywhere."""
+        """Start reading: only now can lines go anywhere. The link becomes the producer
+        of our stdout: when more than the transport's buffer (64 KiB) waits there
+        because the reader stopped reading, the link stops reading from the network
+        until it drains (see ChatLink.pauseProducing)."""
         self.link = link
+        if self.transport is not None:
+            self.transport.registerProducer(link, True)
         self._feed()
 
     # --- stdin -------------------------------------------------------------------
@@ -148,14 +154,9 @@ class PipeFrontEnd(Protocol):
     # --- stdout ------------------------------------------------------------------
 
     def update(self, items: list[Item]) -> None:
-        now = self._clock()
-        out = []
-        for item in items:
-            text = format_item(item, PLAIN, now=now)
-            if text is not None:
-                out.append(text.encode("utf-8", "replace") + b"\n")
-        if out and not self._stdout_gone and self.transport is not None:
-            self.transport.write(b"".join(out))
+        lines = self._renderer.lines(items, self._clock())
+        if lines and not self._stdout_gone and self.transport is not None:
+            self.transport.write("".join(line + "\n" for line in lines).encode("utf-8", "replace"))
         self._feed()
 
     def chat_done(self) -> None:

@@ -27,7 +27,7 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from udpchat.client.display import Item, Style, clean, format_item, nick_colour
+from udpchat.client.display import Item, Renderer, Style, clean, nick_colour
 from udpchat.client.link import ChatLink
 
 STDOUT_FD = 1
@@ -60,6 +60,7 @@ class ChatTerminal(HistoricRecvLine):
         self._on_exit = on_exit
         self._clock = clock
         self._style = style
+        self._renderer = Renderer(style)
         self._cursor_row = 0  # rows between the first input row and the cursor
         self._prompt_shown = ""
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
@@ -291,9 +292,8 @@ class ChatTerminal(HistoricRecvLine):
     def update(self, items: list[Item]) -> None:
         if self._closing:
             return
-        now = self._clock()
-        lines = [format_item(item, self._style, now=now) for item in items]
-        above = "".join(line + "\r\n" for line in lines if line is not None)
+        lines = self._renderer.lines(items, self._clock())
+        above = "".join(line + "\r\n" for line in lines)
         if above or self._prompt()[0] != self._prompt_shown:
             self._render(above)
 
