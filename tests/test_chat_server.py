@@ -7,8 +7,10 @@ adapter around them and tests/test_daemon.py the real `twistd` process.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from client_net import Net
 from cryptography.fernet import Fernet
 from sim import ChatWorld, LossyNetwork
 
@@ -21,6 +23,7 @@ from udpchat.chat.server import (
     ServerSettings,
 )
 from udpchat.core import events
+from udpchat.core.limits import ProtocolConfig
 
 PSK = Fernet.generate_key()
 
@@ -350,3 +353,60 @@ def test_the_log_limit_remembers_few_keys_and_keeps_the_flooding_one() -> None:
     assert len(limit._buckets) == 2
     assert limit.take_suppressed() == {"rename": 11}
     assert limit.allow("flood", "rename", now + 10.0), "one more per interval"
+
+
+# --- flow control: nobody is pushed out because others talk fast (issue 9, finding 2) ---
+
+
+def test_two_fast_talkers_wait_for_the_room_and_push_nobody_out() -> None:
+    """Two members say 90 lines a second each for 5 s, more than a client accepts
+    (100 messages/s). Before, the daemon closed the third member when its send queue
+    filled, and it never saw most of the lines (the server's queue is shortened here
+    so that this happens in seconds, as it did in 30 s with the default). Now the room
+    goes at 50 broadcasts a second and the talkers are paused, not acknowledged, so
+    their clients hold their lines and send them again: every member stays, and sees
+    every line once, in order; no talker is told a line failed."""
+    fast = ProtocolConfig(keepalive_s=1.0, sealed_ack_delay_s=0.05)
+    net = Net(config=fast, server_config=replace(fast, send_queue_max=50))
+    alice, bob, carol = net.client("alice"), net.client("bob"), net.client("carol")
+    net.run_until(lambda: all(p.chat.room_keys_active for p in (alice, bob, carol)), 60)
+    said = {"alice": [f"a{i}" for i in range(450)], "bob": [f"b{i}" for i in range(450)]}
+    for tick in range(50):  # 9 lines each per 0.1 s
+        for peer in (alice, bob):
+            net.submit(peer, *said[peer.chat.nick][tick * 9 : tick * 9 + 9])
+        net.run(0.1)
+    net.run_until(
+        lambda: sum(line.startswith(("<alice>", "<bob>")) for line in carol.lines) >= 900, 120
+    )
+    assert [line for line in carol.lines if line.startswith("<alice>")] == [
+        f"<alice> {text}" for text in said["alice"]
+    ]
+    assert [line for line in carol.lines if line.startswith("<bob>")] == [
+        f"<bob> {text}" for text in said["bob"]
+    ]
+    for peer in (alice, bob, carol):
+        assert peer.chat.failures == 0
+        assert not [line for line in peer.lines if line.startswith("!!!") or "reconnect" in line]
+    assert not [e for e in net.chat_server.take_log() if e.kind == "queue-full"]
+
+
+def test_a_member_that_acknowledges_nothing_is_dropped_and_the_room_sees_it_time_out() -> None:
+    """A member whose every incoming datagram is lost (it acknowledges nothing) while
+    the room talks is closed once its queue is full: the others see it leave with
+    reason "timeout", and the log says how many messages it never acknowledged."""
+    fast = ProtocolConfig(keepalive_s=1.0, sealed_ack_delay_s=0.05)
+    net = Net(config=fast, server_config=replace(fast, send_queue_max=20))
+    alice, carol = net.client("alice"), net.client("carol")
+    net.run_until(lambda: alice.chat.room_keys_active and carol.chat.room_keys_active, 60)
+    carol.deaf = True
+    log = []
+    for tick in range(40):
+        net.submit(alice, *[f"line {tick}.{i}" for i in range(5)])
+        net.run(0.1)
+        log += net.chat_server.take_log()
+        if any(entry.kind == "queue-full" for entry in log):
+            break
+    [full] = [entry for entry in log if entry.kind == "queue-full"]
+    assert full.nick == "carol" and int(full.detail or 0) >= 20 + 64
+    net.run(1)
+    assert "-!- carol has left lobby (timeout)" in alice.lines

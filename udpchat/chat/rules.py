@@ -80,6 +80,7 @@ from udpchat.chat.messages import (
     valid_room,
     who_chunks,
 )
+from udpchat.core.ratelimit import TokenBucket
 
 #: Line ids of say/me/msg remembered for the whole server, so that a line re-sent
 #: after a lost acknowledgement is not relayed twice, even from another room. The
@@ -165,7 +166,28 @@ class UsePathChecks:
     session_id: bytes
 
 
-Action: TypeAlias = Send | Broadcast | Close | LogEvent | UsePathChecks
+@dataclass(frozen=True, slots=True)
+class PauseReceiving:
+    """Flow control: stop (or resume) accepting new messages from the session. The
+    core then leaves them unacknowledged, so its client holds them and sends them
+    again later (PROTOCOL.md 5.6): its lines wait instead of being lost."""
+
+    session_id: bytes
+    paused: bool
+
+
+Action: TypeAlias = Send | Broadcast | Close | LogEvent | UsePathChecks | PauseReceiving
+
+#: A room's broadcasts (lines and notices) go out at most this many per second, with
+#: bursts of ROOM_BURST: below what every client accepts (message_rate_per_s, 100/s
+#: with bursts of 200, PROTOCOL.md 5.6), so a member that acknowledges as fast as the
+#: protocol allows never falls behind however fast others talk (issue 9, finding 2).
+ROOM_RATE_PER_S = 50.0
+ROOM_BURST = 100
+#: A member with this many broadcasts waiting for its room's rate is paused (its new
+#: messages are not acknowledged) until no more than RESUME_AT are left.
+PAUSE_AT = 16
+RESUME_AT = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -176,6 +198,18 @@ class _Member:
     room: str
     addr: Address | None
     room_keys: bool = False  # negotiated "room-keys" (caps)
+    waiting: int = 0  # its broadcasts held back by the room's rate
+    paused: bool = False  # PauseReceiving(paused=True) is in force
+
+
+@dataclass(eq=False, slots=True)
+class _Paced:
+    """A broadcast waiting for its room's rate."""
+
+    msg: ServerMessage
+    skip: bytes | None
+    sender: _Member | None
+    history: SayOut | MeOut | None
 
 
 @dataclass(eq=False, slots=True)
@@ -184,6 +218,8 @@ class _Room:
     history: deque[SayOut | MeOut]
     # In join order, which is the order notices are fanned out in.
     members: dict[bytes, _Member] = field(default_factory=dict)
+    rate: TokenBucket | None = None
+    pending: deque[_Paced] = field(default_factory=deque)  # in the order accepted
 
 
 class ChatRules:
@@ -196,6 +232,8 @@ class ChatRules:
         default_room: str = DEFAULT_ROOM,
         idle_rooms_kept: int = 256,
         room_keys: bool = True,
+        room_rate_per_s: float = ROOM_RATE_PER_S,
+        room_burst: int = ROOM_BURST,
     ) -> None:
         """`room_keys`: whether to offer the "room-keys" extension to clients that
         ask (caps); the server composition does the sealing."""
@@ -208,6 +246,9 @@ class ChatRules:
         self._default_room = default_room
         self._idle_rooms_kept = idle_rooms_kept
         self._room_keys = room_keys
+        self._room_rate = (room_rate_per_s, room_burst)
+        self._paced: dict[str, _Room] = {}  # rooms with broadcasts waiting for their rate
+        self._now = 0.0  # of what is being fed in
         self._sessions: dict[bytes, Address | None] = {}  # every live session
         self._members: dict[bytes, _Member] = {}  # sessions that said hello
         self._by_nick: dict[str, _Member] = {}  # fold_nick(nick) -> member
@@ -240,6 +281,7 @@ class ChatRules:
 
     def session_started(self, session_id: bytes, addr: Address, now: float) -> None:
         """A handshake completed; the session is not a member until its hello."""
+        self._now = now
         if not self._shut_down:
             self._sessions[session_id] = addr
 
@@ -256,6 +298,7 @@ class ChatRules:
         anything after shutdown: no-op."""
         if self._shut_down:
             return
+        self._now = now
         self._sessions.pop(session_id, None)
         member = self._members.get(session_id)
         if member is None:
@@ -276,6 +319,7 @@ class ChatRules:
         for session_id in self._sessions:
             self._actions.append(Send(session_id, payload))
         self._actions.extend(Close(session_id) for session_id in self._sessions)
+        self._paced.clear()  # the members are told the server is going away
         self._shut_down = True
         self._sessions.clear()
 
@@ -285,6 +329,7 @@ class ChatRules:
         session that was not started, or already removed, are ignored."""
         if self._shut_down or session_id not in self._sessions:
             return
+        self._now = now
         try:
             msg = decode_client(payload)
         except MessageError as exc:
@@ -375,6 +420,8 @@ class ChatRules:
         self._members[session_id] = member
         room = self._rooms[member.room]
         room.members = {(session_id if k == old else k): m for k, m in room.members.items()}
+        if member.paused:  # the new session is held back like the old one
+            self._actions.append(PauseReceiving(session_id, True))
 
     def _line(self, member: _Member, msg: Say | Me, now: float) -> None:
         room = self._rooms[member.room]
@@ -382,9 +429,9 @@ class ChatRules:
             return  # relayed already: only its acknowledgement was lost
         kind = SayOut if isinstance(msg, Say) else MeOut
         line = kind(room.name, member.nick, msg.text, msg.line_id)
-        self._broadcast(room, line, skip=member.session_id)
-        if self._history_lines:
-            room.history.append(kind(room.name, member.nick, msg.text, msg.line_id, ts=now))
+        # Into the history when it goes out (said now, shown with the time said).
+        said = kind(room.name, member.nick, msg.text, msg.line_id, ts=now)
+        self._broadcast(room, line, skip=member.session_id, sender=member, history=said)
 
     def _private(self, member: _Member, msg: PrivateMsg) -> None:
         if msg.line_id in self._line_ids:
@@ -408,7 +455,7 @@ class ChatRules:
         del self._by_nick[fold_nick(old)]
         member.nick = nick
         self._by_nick[fold_nick(nick)] = member
-        self._broadcast(self._rooms[member.room], NickNotice(old, nick))
+        self._broadcast(self._rooms[member.room], NickNotice(old, nick), sender=member)
         self._log_member("rename", member, detail=old)
 
     def _join(self, member: _Member, name: str) -> None:
@@ -418,7 +465,7 @@ class ChatRules:
         old = member.room
         self._leave_room(member, "part")
         room = self._enter(member, name)
-        self._broadcast(room, JoinNotice(room.name, member.nick))
+        self._broadcast(room, JoinNotice(room.name, member.nick), sender=member)
         self._send_history(member)
         self._log_member("move", member, detail=old)
 
@@ -440,6 +487,11 @@ class ChatRules:
         self._broadcast(room, PartNotice(room.name, member.nick, reason))
         if room.members:
             return
+        # Nobody left to wait for: what waits goes out now (into the history; and the
+        # server learns that the room's key holders are gone).
+        while room.pending:
+            self._release_one(room)
+        self._paced.pop(room.name, None)
         if not room.history:
             del self._rooms[room.name]
             return
@@ -460,11 +512,68 @@ class ChatRules:
     def _send(self, session_id: bytes, msg: ServerMessage) -> None:
         self._actions.append(Send(session_id, encode(msg)))
 
-    def _broadcast(self, room: _Room, msg: ServerMessage, skip: bytes | None = None) -> None:
+    def _broadcast(
+        self,
+        room: _Room,
+        msg: ServerMessage,
+        skip: bytes | None = None,
+        sender: _Member | None = None,
+        history: SayOut | MeOut | None = None,
+    ) -> None:
+        """To the room now if its rate allows and nothing waits, else in turn (see
+        release). A `sender` with too much waiting is paused (PauseReceiving)."""
+        if room.rate is None:
+            room.rate = TokenBucket(*self._room_rate, self._now)
+        if not room.pending and room.rate.allow(self._now):
+            self._fan_out(room, msg, skip, history)
+            return
+        room.pending.append(_Paced(msg, skip, sender, history))
+        self._paced[room.name] = room
+        if sender is not None:
+            sender.waiting += 1
+            if sender.waiting >= PAUSE_AT and not sender.paused:
+                sender.paused = True
+                self._actions.append(PauseReceiving(sender.session_id, True))
+
+    def _fan_out(
+        self, room: _Room, msg: ServerMessage, skip: bytes | None, history: SayOut | MeOut | None
+    ) -> None:
         # Even to an empty room (the last member just left): the server must learn
         # that the room's key holders are gone.
         members = tuple((sid, m.room_keys) for sid, m in room.members.items())
         self._actions.append(Broadcast(room.name, members, encode(msg), skip))
+        if history is not None and self._history_lines:
+            room.history.append(history)
+
+    def _release_one(self, room: _Room) -> None:
+        paced = room.pending.popleft()
+        self._fan_out(room, paced.msg, paced.skip, paced.history)
+        sender = paced.sender
+        if sender is not None:
+            sender.waiting -= 1
+            if sender.paused and sender.waiting <= RESUME_AT:
+                sender.paused = False
+                if sender.session_id in self._members:
+                    self._actions.append(PauseReceiving(sender.session_id, False))
+
+    # --- the rooms' rate -------------------------------------------------------------
+
+    def next_release(self) -> float | None:
+        """When a room's next waiting broadcast may go out (None: nothing waits)."""
+        times = [room.rate.ready_at() for room in self._paced.values() if room.rate]
+        return min(times, default=None)
+
+    def release(self, now: float) -> None:
+        """Send what waited for its room's rate and may go now, in order."""
+        if self._shut_down:
+            return
+        self._now = now
+        for name, room in list(self._paced.items()):
+            assert room.rate is not None
+            while room.pending and room.rate.allow(now):
+                self._release_one(room)
+            if not room.pending:
+                del self._paced[name]
 
     def _send_history(self, member: _Member) -> None:
         for line in self._rooms[member.room].history:

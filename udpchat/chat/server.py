@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from udpchat.chat.messages import DEFAULT_ROOM
 from udpchat.chat.roomkeys import RoomKeys, seal
 from udpchat.chat.rules import (
+    ROOM_BURST,
+    ROOM_RATE_PER_S,
     Action,
     Broadcast,
     ChatRules,
     Close,
     LogEvent,
+    PauseReceiving,
     Send,
     UsePathChecks,
 )
@@ -79,6 +82,10 @@ class ServerSettings:
     session_log_burst: int = 5
     session_log_interval_s: float = 10.0
     log_lines_per_minute: int = 60
+    # A room's broadcasts per second (and burst): below what clients accept, so fast
+    # talkers wait (PauseReceiving) instead of pushing slower members out.
+    room_rate_per_s: float = ROOM_RATE_PER_S
+    room_burst: int = ROOM_BURST
 
     def protocol_config(self) -> ProtocolConfig:
         """The core's timers and limits, with the operator's settings applied."""
@@ -163,6 +170,8 @@ class ChatServer:
             max_members=settings.max_members,
             default_room=settings.default_room,
             room_keys=settings.room_keys,
+            room_rate_per_s=settings.room_rate_per_s,
+            room_burst=settings.room_burst,
         )
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
@@ -203,6 +212,7 @@ class ChatServer:
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
+        self.rules.release(now)
         while self._hello_due:
             session_id, due = next(iter(self._hello_due.items()))
             if due > now:
@@ -231,7 +241,7 @@ class ChatServer:
     def get_timer(self) -> float | None:
         if self.done:
             return None
-        deadlines = [self.endpoint.get_timer(), self._shutdown_deadline]
+        deadlines = [self.endpoint.get_timer(), self._shutdown_deadline, self.rules.next_release()]
         if self._hello_due:
             deadlines.append(next(iter(self._hello_due.values())))
         return min((d for d in deadlines if d is not None), default=None)
@@ -296,6 +306,11 @@ class ChatServer:
             self._broadcast(action, now)
         elif isinstance(action, Send):
             self._send(action.session_id, action.payload, now)
+        elif isinstance(action, PauseReceiving):
+            try:
+                self.endpoint.pause_receiving(action.session_id, action.paused)
+            except UnknownSession:
+                pass  # it ended meanwhile: nothing to hold back
         elif isinstance(action, UsePathChecks):
             try:
                 self.endpoint.use_path_checks(action.session_id)
@@ -350,10 +365,17 @@ class ChatServer:
 
     def _queue_full(self, session_id: bytes, now: float) -> None:
         # A member that acknowledges nothing while its queue overflows is gone in
-        # all but name; closing it tells the room instead of growing memory.
+        # all but name (the room's rate keeps any member that acknowledges from
+        # getting here): the room is told it timed out, the log how much it missed,
+        # and closing it bounds the memory.
         nick = self.rules.nick_of(session_id)
-        entry = LogEvent("queue-full", nick, self._address_of(session_id), session_id=session_id)
+        missed = self.endpoint.unacknowledged(session_id)
+        entry = LogEvent(
+            "queue-full", nick, self._address_of(session_id), detail=str(missed),
+            session_id=session_id,
+        )  # fmt: skip
         self._session_event(entry, now)
+        self.rules.session_ended(session_id, "timeout", now)
         self._close(session_id, now)
 
     def _close(self, session_id: bytes, now: float) -> None:

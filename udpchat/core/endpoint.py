@@ -280,6 +280,22 @@ class ServerEndpoint(_Endpoint):
             if timer_moved:  # the retransmission timer started: it may be the earliest
                 self._schedule(session)
 
+    def unacknowledged(self, session_id: bytes) -> int:
+        """Messages queued for the session and not acknowledged yet."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        return session.unacknowledged
+
+    def pause_receiving(self, session_id: bytes, paused: bool) -> None:
+        """Flow control: while paused, the session's new messages are neither
+        delivered nor acknowledged (PROTOCOL.md 5.6), so its peer keeps them and
+        sends them again later. Acks and everything else still work."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        session.receive_paused = paused
+
     def use_path_checks(self, session_id: bytes) -> None:
         """The session's client negotiated "path-check" (PROTOCOL.md 11.7): challenge
         an address it moves to instead of waiting for its next handshake."""

@@ -60,6 +60,13 @@ class TokenBucket:
             return True
         return False
 
+    def ready_at(self) -> float:
+        """When the next token is there (at the last call's time if one is already):
+        the time to try allow() again."""
+        last = self._last if self._last is not None else 0.0
+        missing = 1.0 - _TOKEN_EPSILON - self._tokens
+        return last if missing <= 0 else last + missing / self.rate_per_s
+
     def is_full(self, now: float) -> bool:
         """Whether the bucket has refilled to ``burst`` by ``now`` (no state change).
 

@@ -129,7 +129,7 @@ class Session:
         "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
         "_handshake_retry_at",
         "_handshake_attempts", "path_checks", "_validated", "_path_credit",
-        "_challenge", "_challenge_due", "_response_due",
+        "_challenge", "_challenge_due", "_response_due", "receive_paused",
     )  # fmt: skip
 
     def __init__(
@@ -187,6 +187,9 @@ class Session:
         self._challenge: bytes | None = None
         self._challenge_due = False
         self._response_due: bytes | None = None
+        # Flow control by the application (ServerEndpoint.pause_receiving): new
+        # messages are dropped unacknowledged while True, as over the message rate.
+        self.receive_paused = False
         # initiator only
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
@@ -197,6 +200,11 @@ class Session:
     @property
     def established(self) -> bool:
         return self._send_epoch is not None
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages queued or in flight, not acknowledged yet."""
+        return len(self._sendq)
 
     @property
     def idle(self) -> bool:
@@ -657,6 +665,9 @@ class Session:
                     self._emit(events.MessageDelivered(self.session_id, message.message_id))
         for seq, payload in frames.messages:
             if self._recvq.is_new(seq):
+                if self.receive_paused:
+                    self._stats.drop("receive-paused")  # not acknowledged: it comes again
+                    continue
                 if not self._message_bucket.allow(now):
                     # Not acknowledged: the sender retransmits later (backpressure).
                     self._stats.drop("message-rate")
