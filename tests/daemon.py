@@ -33,9 +33,13 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 class Daemon:
     """`twistd -n udpchat --config` on a temporary config, stopped by SIGTERM."""
 
-    def __init__(self, folder: Path, env: dict[str, str], **settings: Any) -> None:
+    def __init__(
+        self, folder: Path, env: dict[str, str], prefix: tuple[str, ...] = (), **settings: Any
+    ) -> None:
+        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME)."""
         self.folder = folder
         self.env = env
+        self.prefix = prefix
         self.settings = {"interface": "127.0.0.1", "port": free_udp_port(), **settings}
         self.config = folder / "chat.ini"
         self.key_file = folder / "chat.key"
@@ -58,7 +62,7 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> Daemon:
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "udpchat", "--config", str(self.config)],
+            [*self.prefix, *TWISTD, "-n", "--pidfile=", "udpchat", "--config", str(self.config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -33,9 +33,19 @@ class PipeClient:
     """A real udpchat-client in pipe mode. Its stdin is a pipe this test holds open
     (so the client stays until `end_input`); a thread collects every stdout line."""
 
-    def __init__(self, port: int, key: Path, nick: str, env: dict[str, str], *args: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        key: Path,
+        nick: str,
+        env: dict[str, str],
+        *args: str,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME)."""
         self.nick = nick
-        argv = [*CLIENT, "127.0.0.1", "--port", str(port), "--key", str(key), "--nick", nick]
+        argv = [*prefix, *CLIENT, host, "--port", str(port), "--key", str(key), "--nick", nick]
         self.proc = subprocess.Popen(
             [*argv, *args],
             stdin=subprocess.PIPE,

@@ -33,7 +33,7 @@ from udpchat.core import events, wire
 from udpchat.core.endpoint import INIT_BYTES, ClientEndpoint, ServerEndpoint
 from udpchat.core.handshake import FERNET_MAX_CLOCK_SKEW_S, ZERO_TAG
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
-from udpchat.core.session import KeySet
+from udpchat.core.session import KeySet, Session
 
 BAD_NETWORK: dict[str, Any] = dict(loss=0.20, duplicate=0.05, delay_s=0.01, jitter_s=0.03)
 CLIENT_ADDR = ("127.0.0.2", 40000)  # sim.Pair's default
@@ -1167,3 +1167,45 @@ def test_evicted_half_open_sessions_leave_no_timer_state() -> None:
     server.handle_timer(now)
     server.datagrams_to_send(now)
     assert server.get_timer() is None and not server._scheduled
+
+
+# -- a bug in one session ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["handle_timer", "flush"])
+def test_a_bug_in_one_session_ends_that_session_and_only_that_one(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: one session whose handling raises (a bug) is ended with reason
+    "internal-error", so that its timer cannot fire again at once for ever; every
+    other session keeps its timer and its datagrams, and expires as usual."""
+    psk = Fernet.generate_key()
+    server = ServerEndpoint(psk)
+    addrs = [(f"127.0.0.{i + 2}", 4000) for i in range(3)]
+    ids = [connect_directly(server, ClientEndpoint(psk), addr, START) for addr in addrs]
+    broken = server._sessions[ids[1]]  # noqa: SLF001
+    original = getattr(Session, where)
+
+    def maybe_bug(self: Session, *args: Any) -> Any:
+        if self is broken:
+            raise RuntimeError("a bug")
+        return original(self, *args)
+
+    monkeypatch.setattr(Session, where, maybe_bug)
+    now = START + 12  # every session owes a keepalive
+    sent: list[tuple[bytes, object]] = []
+    with pytest.raises(RuntimeError):
+        server.handle_timer(now)
+        sent += server.datagrams_to_send(now)
+    # The adapter calls again (its timer is always set again): the others go on.
+    server.handle_timer(now)
+    sent += server.datagrams_to_send(now)
+    assert {addr for _, addr in sent} == {addrs[0], addrs[2]}
+    ended = [e for e in drain_events(server) if isinstance(e, events.SessionEnded)]
+    assert ended == [events.SessionEnded(ids[1], "internal-error")]
+    server.handle_timer(now)
+    timer = server.get_timer()
+    assert timer is not None and timer > now  # nothing left due for ever
+    server.handle_timer(START + 100)  # the others expire as usual
+    ended = [e for e in drain_events(server) if isinstance(e, events.SessionEnded)]
+    assert {e.session_id for e in ended} == {ids[0], ids[2]}

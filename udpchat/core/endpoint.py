@@ -320,6 +320,7 @@ class ServerEndpoint(_Endpoint):
         out, self._out = self._out, []
         dirty, self._dirty = self._dirty, {}
         remaining = iter(dirty)
+        session: Session | None = None
         try:
             for session_id in remaining:
                 session = self._sessions.get(session_id)
@@ -331,8 +332,11 @@ class ServerEndpoint(_Endpoint):
                 else:
                     self._schedule(session)
         except Exception:
-            # A bug in one session costs that session's flush, not the others' or
-            # the datagrams already made: they wait for the next call.
+            # A bug in one session costs that session (ended), not the others'
+            # flushes or the datagrams already made: they wait for the next call.
+            if session is not None:
+                session.abort()
+                self._forget(session.session_id)
             self._out = out + self._out
             for session_id in remaining:
                 self._dirty[session_id] = None
@@ -390,8 +394,11 @@ class ServerEndpoint(_Endpoint):
             try:
                 session.handle_timer(now)
             except Exception:
-                # A bug in one session must not leave the later ones without a timer.
-                for later in due[index:]:
+                # A bug in one session costs that session (ended, so that its timer
+                # cannot fire again at once, for ever), never the later ones' timers.
+                session.abort()
+                self._forget(session.session_id)
+                for later in due[index + 1 :]:
                     self._touch(later)
                     self._schedule(later)
                 raise

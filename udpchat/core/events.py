@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 Address = Any  # whatever the transport uses, e.g. ("127.0.0.1", 12345)
-EndReason: TypeAlias = Literal["timeout", "closed", "local-close", "stalled"]
+EndReason: TypeAlias = Literal["timeout", "closed", "local-close", "stalled", "internal-error"]
 UndeliveredReason: TypeAlias = Literal["give-up", "session-ended"]
 
 
@@ -83,7 +83,9 @@ class SessionEnded:
     """The session is gone.
 
     reason: "timeout" (peer silent for session_expiry_s), "closed" (peer said so),
-    "local-close" (we closed it), "stalled" (a message hit give_up_s).
+    "local-close" (we closed it), "stalled" (a message hit give_up_s),
+    "internal-error" (a bug in this session's handling: it was ended so that it
+    cannot take the others down).
     """
 
     session_id: bytes

@@ -396,6 +396,12 @@ class Session:
             return self._envelope(keyset, frame, now), not timer_was_running
         return self._seal(keyset, frame, now), not timer_was_running
 
+    def abort(self) -> None:
+        """End the session at once after a bug in its handling, telling nobody: its
+        state cannot be trusted (the application gets SessionEnded "internal-error")."""
+        if not self.ended:
+            self._end("internal-error")
+
     def close(self, now: float) -> None:
         """End the session now, telling the peer (once, best effort)."""
         if self.ended:
