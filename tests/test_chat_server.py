@@ -21,6 +21,7 @@ from udpchat.chat.server import (
     ChatServer,
     LogLimit,
     ServerSettings,
+    sessions_for,
 )
 from udpchat.core import events
 from udpchat.core.limits import ProtocolConfig
@@ -125,13 +126,37 @@ def test_a_silent_member_times_out_and_the_room_is_told() -> None:
     assert (timeout.nick, timeout.addr) == ("alice", alice)
 
 
-def test_beyond_the_member_limit_a_handshake_gets_silence_and_one_log_entry() -> None:
-    """Beyond max_members, an authentic handshake is answered with nothing at all,
-    however often it is retried; the refusal is logged once, not once per datagram."""
+def test_a_full_server_says_so_and_a_takeover_still_gets_in() -> None:
+    """Issue 10: on a full server a key holder's handshake completes and its hello is
+    answered "server-full", with the limit in the text (it used to get silence and
+    time out like at a dead server); a member coming back with its client id (a
+    restarted client) still takes its own place at once."""
+    w = world(max_members=2)
+    join(w, "alice", 1001)
+    join(w, "bob", 1002)
+    third = join(w, "carol", 1003)
+    assert w.inbox[third][-1]["t"] == "error"
+    assert w.inbox[third][-1]["code"] == "server-full"
+    assert "(2 members)" in w.inbox[third][-1]["text"]
+    assert "welcome" not in [m["t"] for m in w.inbox[third]]
+    again = ("127.0.0.1", 2001)  # alice restarted: a new session, her client id
+    hi = {"t": "hello", "nick": "alice", "room": "lobby", "client": f"{1001:016x}"}
+    w.add_client(again, PSK, hi)
+    w.settle()
+    assert w.inbox[again][0]["t"] == "welcome"
+
+
+def test_beyond_the_spare_sessions_a_handshake_gets_silence_and_one_log_entry() -> None:
+    """The core holds a few sessions beyond max_members (sessions_for), so that
+    newcomers can be told the server is full; beyond those, an authentic handshake
+    is answered with nothing at all, however often it is retried, and the refusal is
+    logged once, not once per datagram."""
     w = world(max_members=1)
     join(w, "alice", 1001)
+    spare = [join(w, f"spare{i}", 1100 + i, hello=False) for i in range(sessions_for(1) - 1)]
+    assert all(w.clients[addr].connected for addr in spare)
     second = join(w, "second", 1002)
-    w.advance(20.0)
+    w.advance(5.0)  # within HELLO_DEADLINE_S: the spare sessions still hold their slots
     assert not w.clients[second].connected
     assert all(addr != second for _, addr in w.written)
     assert kinds(w).count("server-full") == 1

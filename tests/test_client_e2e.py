@@ -104,6 +104,10 @@ class PipeClient:
         """Block until ``line`` (a whole output line) was printed ``count`` times."""
         self.wait_until(lambda lines: lines.count(line) >= count, repr(line), timeout)
 
+    def saw_start(self, prefix: str) -> bool:
+        """Whether a line starting with ``prefix`` was printed."""
+        return any(line.startswith(prefix) for line in self.lines)
+
     def said(self, nick: str) -> list[str]:
         """The texts of ``nick``'s live chat lines, in the order printed."""
         prefix = f"<{nick}> "
@@ -449,9 +453,9 @@ def test_clients_reconnect_to_a_restarted_daemon(
     for client in (alice, bob):
         client.wait_for("-!- reconnected", timeout=expiry)
         if kill:
-            assert "-!- connection to server lost; reconnecting" in client.lines
+            assert client.saw_start("-!- connection to server lost; reconnecting in")
         else:
-            assert "-!- server closed the connection; reconnecting" in client.lines
+            assert client.saw_start("-!- server closed the connection; reconnecting in")
             assert any(line.startswith("-!- server is shutting down") for line in client.lines)
     bob.wait_until(lambda lines: saw(lines, "alice", "during the outage") >= 1, "the outage line")
     alice.type("after", "/who")
@@ -499,7 +503,11 @@ def test_line_relayed_just_before_a_sigkill_is_shown_once(
         proxy.impair("to_client", PERFECT)
         assert start_again(daemon) == -signal.SIGKILL
         bob.wait_for("-!- reconnected", timeout=CLIENT_IDLE_S + 15)
-        alice.wait_for("-!- connection to server lost; reconnecting", timeout=15)
+        alice.wait_until(
+            lambda _: alice.saw_start("-!- connection to server lost; reconnecting in"),
+            "the reconnect notice",
+            timeout=15,
+        )
         proxy.blackhole = False
         alice.wait_for("-!- reconnected", timeout=30)
 
@@ -562,7 +570,11 @@ def test_network_outage_members_time_out_and_come_back(
         carol.wait_for("-!- bob has left lobby (timeout)", timeout=1)
         assert time.monotonic() - cut_at >= DAEMON_IDLE_S - 0.5  # idle_timeout, not sooner
         for client in (alice, bob):
-            client.wait_for("-!- connection to server lost; reconnecting", timeout=5)
+            client.wait_until(
+                lambda _, c=client: c.saw_start("-!- connection to server lost; reconnecting in"),
+                "the reconnect notice",
+                timeout=5,
+            )
         proxy.blackhole = False
 
         for client in (alice, bob):

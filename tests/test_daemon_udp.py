@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
-from udpchat.chat.server import ChatServer
+from udpchat.chat.server import ChatServer, sessions_for
 from udpchat.core import events
 from udpchat.core.endpoint import ClientEndpoint
 from udpchat.daemon.config import ServerConfig
@@ -131,10 +131,13 @@ def test_member_events_become_log_lines_in_the_operators_words(logged: list[str]
 
 
 def test_member_limit_and_deny_list_answer_with_silence(logged: list[str]) -> None:
-    """Beyond max_members, and from a denied address, nothing at all is written back;
-    each refusal is logged once, not once per datagram."""
-    world = World(max_members=1, deny=(ipaddress.ip_network("127.0.0.99/32"),))
+    """Beyond max_members and the spare sessions (which let a newcomer be told the
+    server is full), and from a denied address, nothing at all is written back; each
+    refusal is logged once, not once per datagram."""
+    world = World(max_members=1, handshake_burst=50, deny=(ipaddress.ip_network("127.0.0.99/32"),))
     world.join("alice", 1001)
+    for i in range(sessions_for(1) - 1):
+        world.join(f"spare{i}", 1100 + i, hello=False)
     before = len(world.transport.written)
     second = world.join("second", 1002)
     world.advance(3.0)

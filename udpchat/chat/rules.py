@@ -388,7 +388,8 @@ class ChatRules:
             self._refuse(session_id, msg.nick, "nick-taken", f"{holder.nick} is taken")
             return
         if stale is None and len(self._members) >= self._max_members:
-            self._refuse(session_id, msg.nick, "server-full", "the server is full")
+            full = f"the server is full ({self._max_members} members); try again later"
+            self._refuse(session_id, msg.nick, "server-full", full)
             return
         if stale is not None:
             takeover = LogEvent("takeover", stale.nick, addr, stale.room, session_id=session_id)

@@ -147,6 +147,15 @@ class LogLimit:
         return bucket.allow(now)
 
 
+def sessions_for(max_members: int) -> int:
+    """How many established sessions the core may hold for `max_members` members:
+    some more, so that on a full server a key holder's handshake still completes and
+    its hello gets a clear "server-full" error (or takes over its own stale session),
+    instead of silence. Sessions that say no valid hello are closed within
+    HELLO_DEADLINE_S, so the spare ones cannot be held for long."""
+    return max_members + max(8, max_members // 8)
+
+
 class ChatServer:
     """The chat server for every session of one daemon (see module docstring)."""
 
@@ -163,7 +172,7 @@ class ChatServer:
         # No MessageDelivered events: members' lines are theirs to re-send, and the
         # shutdown wait asks is_idle.
         self.endpoint = ServerEndpoint(
-            psk, self.protocol, settings.max_members, report_delivered=False
+            psk, self.protocol, sessions_for(settings.max_members), report_delivered=False
         )
         self.rules = ChatRules(
             history_lines=settings.history_lines,

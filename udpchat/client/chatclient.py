@@ -283,22 +283,24 @@ class ChatClient:
     def _drain_deadline(self) -> float:
         return self._last_progress + DRAIN_IDLE_TIMEOUT_S
 
-    def _session_lost(self, reason: str, now: float) -> None:
-        """The current session ended on its own: reconnect with backoff."""
+    def _session_lost(self, reason: str, now: float, text: str | None = None) -> None:
+        """The current session ended on its own: reconnect with backoff. `text`: what
+        the server said about it, if it said anything."""
+        delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self._lost_sessions)
+        delay *= self._rng.uniform(0.5, 1.0)
         if self.state is State.CONNECTING:
             self._attempt_failed()
         elif self.state in (State.READY, State.JOINING):
-            why = {
+            why = text or {
                 "closed": "server closed the connection",
                 "server-full": "server is full",
             }.get(reason, "connection to server lost")
-            self._output.append(Notice(f"{why}; reconnecting"))
+            self._output.append(Notice(f"{why}; reconnecting in {max(1, round(delay))} s"))
         self._session_id = None
         self._attempt_deadline = None
         self.state = State.WAITING
-        delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self._lost_sessions)
         self._lost_sessions = min(self._lost_sessions + 1, 16)
-        self._reconnect_at = now + delay * self._rng.uniform(0.5, 1.0)
+        self._reconnect_at = now + delay
 
     def _give_up(self, now: float, what: str) -> None:
         """Stop for good: report every line the server has not acknowledged, close."""
@@ -496,7 +498,7 @@ class ChatClient:
             self._output.append(Notice(f"trying nick {self.nick}"))
             self._hello(now)
         elif msg.code == "server-full":
-            self._session_lost("server-full", now)
+            self._session_lost("server-full", now, msg.text)
             self.endpoint.close(now)  # its SessionEnded is ignored: _session_id is None
         else:
             self.fatal = True
