@@ -25,6 +25,8 @@ from udpproxy import PERFECT, Counts, Impairment, UDPProxy
 from udpchat.core.limits import TESTING_SHORT_IDLE_ENV
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
+#: The start of the notice of a lost session (the delay until the next try follows).
+LOST = "-!- connection to server lost; reconnecting in"
 #: A history line as pipe mode prints it: "[HH:MM] <nick> text".
 HISTORY = re.compile(r"^\[\d\d:\d\d\] ")
 
@@ -107,6 +109,12 @@ class PipeClient:
     def saw_start(self, prefix: str) -> bool:
         """Whether a line starting with ``prefix`` was printed."""
         return any(line.startswith(prefix) for line in self.lines)
+
+    def wait_for_start(self, prefix: str, timeout: float = 20) -> None:
+        """Block until a line starting with ``prefix`` was printed."""
+        self.wait_until(
+            lambda lines: any(line.startswith(prefix) for line in lines), repr(prefix), timeout
+        )
 
     def said(self, nick: str) -> list[str]:
         """The texts of ``nick``'s live chat lines, in the order printed."""
@@ -453,7 +461,7 @@ def test_clients_reconnect_to_a_restarted_daemon(
     for client in (alice, bob):
         client.wait_for("-!- reconnected", timeout=expiry)
         if kill:
-            assert client.saw_start("-!- connection to server lost; reconnecting in")
+            assert client.saw_start(LOST)
         else:
             assert client.saw_start("-!- server closed the connection; reconnecting in")
             assert any(line.startswith("-!- server is shutting down") for line in client.lines)
@@ -503,11 +511,7 @@ def test_line_relayed_just_before_a_sigkill_is_shown_once(
         proxy.impair("to_client", PERFECT)
         assert start_again(daemon) == -signal.SIGKILL
         bob.wait_for("-!- reconnected", timeout=CLIENT_IDLE_S + 15)
-        alice.wait_until(
-            lambda _: alice.saw_start("-!- connection to server lost; reconnecting in"),
-            "the reconnect notice",
-            timeout=15,
-        )
+        alice.wait_for_start(LOST, timeout=15)
         proxy.blackhole = False
         alice.wait_for("-!- reconnected", timeout=30)
 
@@ -570,11 +574,7 @@ def test_network_outage_members_time_out_and_come_back(
         carol.wait_for("-!- bob has left lobby (timeout)", timeout=1)
         assert time.monotonic() - cut_at >= DAEMON_IDLE_S - 0.5  # idle_timeout, not sooner
         for client in (alice, bob):
-            client.wait_until(
-                lambda _, c=client: c.saw_start("-!- connection to server lost; reconnecting in"),
-                "the reconnect notice",
-                timeout=5,
-            )
+            client.wait_for_start(LOST, timeout=5)
         proxy.blackhole = False
 
         for client in (alice, bob):
