@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import subprocess
 import sys
 import threading
@@ -302,3 +303,26 @@ def test_idle_timeout_below_15_s_only_for_the_test_suite(
     with pytest.raises(SystemExit):
         testing.parse_args(["h", "--idle-timeout", "0.5"])
     assert client_protocol_config(3).give_up_s == 60
+
+
+def test_the_client_id_is_kept_per_server_and_nick_and_never_shared_while_in_use(
+    tmp_path: Path,
+) -> None:
+    """A client started again with the same nick and server gets the id it had (so it
+    takes its place back); while one holds it, another gets a fresh one (so two
+    clients with one nick never take each other's place back and forth)."""
+    from udpchat.client.identity import claim_client_id
+
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    first, lock = claim_client_id("chat.example", 12345, "Alice", env)
+    assert lock is not None and len(first) == 16
+    busy, no_lock = claim_client_id("chat.example", 12345, "alice", env)  # same nick
+    assert no_lock is None and busy != first
+    other, other_lock = claim_client_id("chat.example", 12345, "bob", env)
+    assert other_lock is not None and other != first
+    os.close(lock)  # the first client ends (or is killed)
+    again, again_lock = claim_client_id("chat.example", 12345, "alice", env)
+    assert again == first and again_lock is not None
+    folder = tmp_path / "udpchat" / "ids"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())

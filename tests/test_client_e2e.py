@@ -396,6 +396,33 @@ def test_two_fast_talkers_wait_for_the_room_and_the_listener_gets_every_line(
     assert alice.finish() == 0 and bob.finish() == 0 and carol.finish() == 0
 
 
+def test_a_client_restarted_after_a_crash_gets_its_place_back_on_a_full_server(
+    server_folder: Path, subprocess_env: dict[str, str], env: dict[str, str],
+    clients: Callable[..., PipeClient],
+) -> None:  # fmt: skip
+    """Issue 10: alice's client is killed on a server with room for two, and started
+    again with the same nick: it takes its own place back at once (its client id was
+    kept, PROTOCOL.md 7.6), instead of being told the server is full until its old
+    session times out. Meanwhile a newcomer is told the server is full."""
+    daemon = Daemon(server_folder, subprocess_env, max_members=2)
+    daemon.start()
+    try:
+        alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+        carol = clients(daemon.port, daemon.key_file, "carol", env)
+        carol.wait_for_start("-!- the server is full (2 members); try again later; reconnecting in")
+        carol.kill()
+        alice.kill()  # SIGKILL: no goodbye, its session lives on at the server
+        started = time.monotonic()
+        again = clients(daemon.port, daemon.key_file, "alice", env)
+        again.wait_for("-!- you are alice in lobby", timeout=10)
+        assert time.monotonic() - started < 5
+        assert not again.saw_start("-!- the server is full")
+        again.type("back")
+        bob.wait_for("<alice> back")
+    finally:
+        daemon.kill()
+
+
 # --- the daemon goes away and comes back ----------------------------------------------------
 
 #: The client ends a session after this much silence from the server, and only that

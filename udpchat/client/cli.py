@@ -311,6 +311,7 @@ class Runner:
 
         from udpchat.client.chatclient import ChatClient
         from udpchat.client.display import TERMINAL, Style
+        from udpchat.client.identity import claim_client_id
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
         from udpchat.core.endpoint import ClientEndpoint
@@ -319,10 +320,14 @@ class Runner:
             self._setup_error(f"host {self.host!r} has no IPv4 or IPv6 address")
             return
         fallback = ADDRESS_FALLBACK_S if len(servers) > 1 else None
+        # Kept across restarts (and locked while in use): a client started again after
+        # a crash takes its own place back at once, even on a full server.
+        client_id, self._id_lock = claim_client_id(self.host, self.port, self.nick, os.environ)
         self.chat = ChatClient(
             ClientEndpoint(self.psk, client_protocol_config(self.idle_timeout_s)),
             self.nick,
             self.room,
+            client_id=client_id,
             pipe=not self.interactive,
             fallback_after_s=fallback,
         )
