@@ -326,3 +326,37 @@ def test_the_client_id_is_kept_per_server_and_nick_and_never_shared_while_in_use
     folder = tmp_path / "udpchat" / "ids"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "expected"),
+    [
+        ("chat.example", None, ("chat.example", 12345)),
+        ("chat.example:4000", None, ("chat.example", 4000)),
+        ("192.0.2.2:12345", None, ("192.0.2.2", 12345)),
+        ("[::1]", None, ("::1", 12345)),
+        ("[::1]:4000", None, ("::1", 4000)),
+        ("[2001:db8::2]:4000", 4000, ("2001:db8::2", 4000)),
+        ("::1", 4000, ("::1", 4000)),
+        ("chat.example", 4000, ("chat.example", 4000)),
+    ],
+)
+def test_host_may_carry_its_port_as_the_daemon_logs_it(
+    text: str, port: int | None, expected: tuple[str, int]
+) -> None:
+    """Issue 11: "Clients can connect to 192.0.2.2:12345" can be pasted as HOST."""
+    from udpchat.client.cli import split_host_port
+
+    assert split_host_port(text, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "port"), [("chat.example:4000", 5000), ("[::1", None), ("[::1]x", None),
+                       ("[::1]:", None), (":4000", None), ("host:99999", None)],
+)  # fmt: skip
+def test_a_bad_host_port_is_one_line_and_status_2(text: str, port: int | None) -> None:
+    from udpchat.client.cli import split_host_port
+
+    with pytest.raises(SystemExit) as exit_:
+        split_host_port(text, port)
+    assert exit_.value.code == 2

@@ -144,9 +144,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("host", metavar="HOST", help="server name or IPv4/IPv6 address")
     parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"server UDP port (default {DEFAULT_PORT})"
+        "host",
+        metavar="HOST",
+        help="server name or IPv4/IPv6 address, with :PORT if you like (as the daemon"
+        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
@@ -167,6 +172,34 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
+def split_host_port(text: str, port: int | None) -> tuple[str, int]:
+    """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
+    "[::1]:PORT"; a bare IPv6 address ("::1") is a host. `port` is --port (None if
+    not given); a port in HOST and a different --port are a usage error."""
+    given: str | None = None
+    if text.startswith("["):
+        close = text.find("]")
+        host, rest = text[1:close], text[close + 1 :]
+        if close < 0 or (rest and (not rest.startswith(":") or len(rest) == 1)):
+            fail(f"bad HOST {text!r}: write [IPv6 address] or [IPv6 address]:PORT")
+        given = rest[1:] or None
+    elif text.count(":") == 1:
+        host, given = text.split(":")
+    else:
+        host = text
+    if not host:
+        fail(f"bad HOST {text!r}: no name or address before the port")
+    if given is None:
+        return host, DEFAULT_PORT if port is None else port
+    try:
+        in_host = _port(given)
+    except argparse.ArgumentTypeError as exc:
+        fail(f"bad HOST {text!r}: {exc}")
+    if port is not None and in_host != port:
+        fail(f"HOST {text!r} says port {in_host} but --port says {port}: give one")
+    return host, in_host
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console script entry point."""
     args = build_parser().parse_args(argv)
@@ -178,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(f"bad --room {args.room!r}: {reason}")
     if not args.host.strip():
         fail("HOST must not be empty")
+    host, port = split_host_port(args.host, args.port)
     key_path = args.key if args.key is not None else default_key_path(os.environ)
     try:
         psk = load_key(key_path)
@@ -186,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(f"{exc}{hint}")
     except KeyFileError as exc:
         fail(str(exc))
-    sys.exit(run(args.host, args.port, psk, nick, room, args.idle_timeout))
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout))
 
 
 def run(
