@@ -360,3 +360,13 @@ def test_a_bad_host_port_is_one_line_and_status_2(text: str, port: int | None) -
     with pytest.raises(SystemExit) as exit_:
         split_host_port(text, port)
     assert exit_.value.code == 2
+
+
+def test_version_prints_the_program_and_its_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from udpchat import __version__
+    from udpchat.client.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"udpchat-client {__version__}"

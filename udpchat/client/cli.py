@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
+from udpchat import __version__
 from udpchat.chat import messages
 from udpchat.core.limits import (
     IDLE_TIMEOUT_MAX_S,
@@ -154,6 +155,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
         "--room", metavar="ROOM", default=messages.DEFAULT_ROOM, help="room to start in"
