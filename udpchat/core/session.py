@@ -657,6 +657,11 @@ class Session:
                     self._emit(events.MessageDelivered(self.session_id, message.message_id))
         for seq, payload in frames.messages:
             if self._recvq.is_new(seq):
+                if not self._recvq.has_room(seq, payload):
+                    # Like beyond-window: not stored, not acknowledged; the sender
+                    # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
+                    self._stats.drop("receive-buffer-full")
+                    continue
                 if not self._message_bucket.allow(now):
                     # Not acknowledged: the sender retransmits later (backpressure).
                     self._stats.drop("message-rate")
