@@ -107,6 +107,7 @@ class Attacker:
     welcomed: bool = False
     listening: bool = True
     stuffed: int = 0
+    stuff_total: int = STUFFED_MESSAGES
 
     def __post_init__(self) -> None:
         self.core = ClientEndpoint(self.psk, attacker_config())
@@ -159,8 +160,8 @@ class Attacker:
         self.stuff(MESSAGE_BURST - moves - 1)
 
     def stuff(self, most: int) -> None:
-        """Up to `most` more out-of-order messages, STUFFED_MESSAGES in all."""
-        for _ in range(min(most, STUFFED_MESSAGES - self.stuffed)):
+        """Up to `most` more out-of-order messages, `stuff_total` in all."""
+        for _ in range(min(most, self.stuff_total - self.stuffed)):
             self.send(os.urandom(STUFFED_BYTES // 2).hex().encode())
             self.stuffed += 1
         self.pump()
@@ -218,7 +219,7 @@ def _pump_until(
         for attacker in attackers:
             attacker.pump()
         keepalive.tick()
-        time.sleep(0.001)
+        time.sleep(0.005)  # a poll, not a busy loop: tests run beside this
 
 
 def _drained(port: int, keepalive: Keepalive, timeout: float = 5.0) -> None:
@@ -237,11 +238,13 @@ def run_attack(
     history_lines: int,
     hold_s: float,
     settle_s: float,
+    stuffed: int = STUFFED_MESSAGES,
 ) -> AttackReport:
     """The attack of the module docstring with `count` members against the daemon
-    at `server` (process `pid`). After `hold_s` of holding, the attackers fall silent;
-    the RSS is then read for `settle_s` more (long enough for the daemon's sessions
-    to expire and for it to give their memory back); `end_rss` is the last reading."""
+    at `server` (process `pid`), each sending `stuffed` messages after its gap.
+    After `hold_s` of holding, the attackers fall silent; the RSS is then read for
+    `settle_s` more (long enough for the daemon's sessions to expire and for it to
+    give their memory back); `end_rss` is the last reading."""
     began = time.monotonic()
     samples: list[tuple[float, int]] = []
 
@@ -253,6 +256,8 @@ def run_attack(
     start = sample()
     moves = moves_that_fit(history_lines)
     attackers = [Attacker(i, server, psk) for i in range(count)]
+    for attacker in attackers:
+        attacker.stuff_total = stuffed
     keepalive = Keepalive(attackers)
     try:
         _pump_until(keepalive, lambda a: a.core.connected, 20.0, "connected")

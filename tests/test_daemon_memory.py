@@ -24,7 +24,7 @@ from udpchat.daemon.memory import (
 )
 from udpchat.daemon.service import MEMORY_CHECK_INTERVAL_S
 
-ATTACKERS = 48
+ATTACKERS = 32
 MAX_MEMBERS = 64
 HISTORY_LINES = 50
 IDLE_TIMEOUT_S = 1.5
@@ -72,6 +72,7 @@ def test_memory_under_attack_stays_in_budget_and_is_given_back(daemon: Daemon) -
         HISTORY_LINES,
         hold_s=1.0,
         settle_s=IDLE_TIMEOUT_S + 2 * MEMORY_CHECK_INTERVAL_S + 1.0,
+        stuffed=120,  # beyond the receive budget (about 78 of 1,000 bytes), and light
     )
     log = daemon.log()
     assert daemon.stop() == 0
@@ -85,7 +86,7 @@ def test_memory_under_attack_stays_in_budget_and_is_given_back(daemon: Daemon) -
         f"RSS {report.start_rss / MIB:.1f} MiB at the start, {report.peak_rss / MIB:.1f} "
         f"at its highest, {report.end_rss / MIB:.1f} after"
     )
-    assert time.monotonic() - began < 30.0
+    assert time.monotonic() - began < 60.0
 
 
 def test_budget_is_fixed_plus_each_members_queues_plus_every_rooms_history() -> None:
