@@ -39,7 +39,16 @@ from udpchat.chat.messages import (
     decode_server,
     encode,
 )
-from udpchat.chat.rules import LINE_IDS_KEPT, Broadcast, ChatRules, Close, LogEvent, Send
+from udpchat.chat.rules import (
+    HISTORY_BYTES_PER_ROOM,
+    HISTORY_LINE_OVERHEAD_BYTES,
+    LINE_IDS_KEPT,
+    Broadcast,
+    ChatRules,
+    Close,
+    LogEvent,
+    Send,
+)
 
 _fresh = itertools.count(1 << 60)
 
@@ -387,6 +396,33 @@ def test_history_of_an_empty_room_is_kept_for_a_bounded_number_of_rooms() -> Non
     assert [m.text for m in chat.take(alice) if isinstance(m, SayOut)] == ["said in r3"]
     chat.send(alice, Join("r1"))
     assert [m for m in chat.take(alice) if isinstance(m, SayOut)] == []
+
+
+def test_history_is_bounded_in_bytes_and_replayed_as_stored() -> None:
+    """A room keeps at most HISTORY_BYTES_PER_ROOM of history (each line counted as
+    its encoded size plus a little), whatever history_lines allows: the newest lines,
+    in order. Every joiner gets the same stored bytes (encoded once, not per joiner)."""
+    chat = Chat(history_lines=500)
+    alice = chat.member("alice")
+    text = "\U0001f600" + "y" * 396  # 400 bytes, the costliest as a Python str
+    for i in range(500):
+        chat.send(alice, Say(text, lid(i)))
+    chat.clear()
+    replays = []
+    for nick in ("bob", "carol"):
+        sid = chat.connect()
+        chat.server.message_received(sid, encode(Hello(nick, "lobby", sid.hex())), chat.now)
+        actions = chat.server.take_actions()
+        replays.append([a.payload for a in actions if isinstance(a, Send) and a.session_id == sid])
+    history = [payload for payload in replays[0] if b'"history":true' in payload]
+    kept = sum(len(line) + HISTORY_LINE_OVERHEAD_BYTES for line in history)
+    assert kept <= HISTORY_BYTES_PER_ROOM < kept + len(history[0]) + HISTORY_LINE_OVERHEAD_BYTES
+    shown = [decode_server(line) for line in history]
+    assert [m.line_id for m in shown if isinstance(m, SayOut)] == [
+        lid(i) for i in range(500 - len(history), 500)
+    ]
+    carol_history = [payload for payload in replays[1] if b'"history":true' in payload]
+    assert all(a is b for a, b in zip(history, carol_history, strict=True))
 
 
 def test_zero_history_lines_keeps_no_history() -> None:

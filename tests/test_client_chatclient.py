@@ -192,7 +192,8 @@ def test_a_line_whose_ack_was_lost_is_resent_with_its_id_and_shown_once() -> Non
     assert len(ids) >= 2 and len(set(ids)) == 1  # sent again, under the same id
     assert bob.lines.count("<alice> the line") == 1
     history = net.chat_server.rules._rooms["lobby"].history  # noqa: SLF001 - stored once?
-    assert [(line.text, line.line_id) for line in history] == [("the line", ids[0])]
+    lines = [json.loads(line) for line in history]
+    assert [(line["text"], line["id"]) for line in lines] == [("the line", ids[0])]
 
 
 def test_a_line_resent_to_a_restarted_server_is_shown_once() -> None:

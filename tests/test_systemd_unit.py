@@ -89,3 +89,22 @@ def test_unit_is_sandboxed(unit: Path) -> None:
     for key, value in expected.items():
         assert settings.get(key) == [value], key
     assert "@system-service" in settings["SystemCallFilter"]
+
+
+def test_memory_limit_covers_the_budget_of_the_shipped_config(unit: Path, repo_root: Path) -> None:
+    """MemoryMax= and MemoryHigh= leave room for the memory budget that the shipped
+    chat.ini's max_members implies (udpchat.daemon.memory), and not much more."""
+    from udpchat.chat.server import ServerSettings
+    from udpchat.daemon.config import load_config
+    from udpchat.daemon.memory import MIB, memory_budget
+    from udpchat.daemon.service import settings_of
+
+    config = load_config(str(repo_root / "etc" / "chat.ini"))
+    assert settings_of(config) == ServerSettings(
+        history_lines=config.history_lines, max_members=config.max_members
+    )
+    budget = memory_budget(settings_of(config)).total_bytes
+    settings = unit_settings(unit)
+    high = int(settings["MemoryHigh"][0].removesuffix("M")) * MIB
+    limit = int(settings["MemoryMax"][0].removesuffix("M")) * MIB
+    assert budget <= high <= limit <= 1.25 * budget

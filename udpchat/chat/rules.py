@@ -37,8 +37,10 @@ Rules, in short (docs/PROTOCOL.md section 7 has the messages):
   core but neither relayed nor stored again.
 - Memory is bounded: members by ``max_members``, occupied rooms by the members, and
   empty rooms, kept only for their history, by ``idle_rooms_kept`` (oldest forgotten
-  first); the line ids remembered, for the whole server, by ``LINE_IDS_KEPT``;
-  who/rooms answers are chunked to fit one message each.
+  first); each room's history by ``history_lines`` and ``HISTORY_BYTES_PER_ROOM``
+  (oldest lines forgotten first), stored as the encoded messages it is replayed as;
+  the line ids remembered, for the whole server, by ``LINE_IDS_KEPT``; who/rooms
+  answers are chunked to fit one message each.
 """
 
 from __future__ import annotations
@@ -86,6 +88,19 @@ from udpchat.core.ratelimit import TokenBucket
 #: after a lost acknowledgement is not relayed twice, even from another room. The
 #: re-send comes within about a minute (the client's session expiry and reconnect).
 LINE_IDS_KEPT = 8192
+#: A room's history is kept as the encoded messages it is replayed as (UTF-8 JSON,
+#: one bytes object per line, the same object sent to every member who joins): as
+#: Python strings a line of 400 bytes took up to 1.6 KB (4 bytes per character once
+#: one needs them) plus a dataclass. Each line counts its length plus
+#: HISTORY_LINE_OVERHEAD_BYTES (the bytes object's header, the deque's slot), and a
+#: room keeps at most HISTORY_BYTES_PER_ROOM of them, oldest forgotten first, as
+#: well as at most history_lines. 50 lines of the largest kind (about 600 bytes
+#: each) fit; so does a whole history replayed into one member's send queue
+#: (ProtocolConfig.send_queue_bytes).
+HISTORY_BYTES_PER_ROOM = 64 * 1024
+HISTORY_LINE_OVERHEAD_BYTES = 48
+#: Empty rooms kept for their history, by default (the oldest is forgotten first).
+IDLE_ROOMS_KEPT = 256
 
 Address: TypeAlias = tuple[Any, ...]
 LogKind: TypeAlias = Literal[
@@ -215,11 +230,21 @@ class _Paced:
 @dataclass(eq=False, slots=True)
 class _Room:
     name: str
-    history: deque[SayOut | MeOut]
+    # Encoded say/me messages with ts and history: true, oldest first.
+    history: deque[bytes] = field(default_factory=deque)
+    history_bytes: int = 0  # what the history is charged with (HISTORY_BYTES_PER_ROOM)
     # In join order, which is the order notices are fanned out in.
     members: dict[bytes, _Member] = field(default_factory=dict)
     rate: TokenBucket | None = None
     pending: deque[_Paced] = field(default_factory=deque)  # in the order accepted
+
+    def remember(self, line: bytes, max_lines: int) -> None:
+        """Add a line to the history, forgetting the oldest beyond either bound."""
+        history = self.history
+        history.append(line)
+        self.history_bytes += len(line) + HISTORY_LINE_OVERHEAD_BYTES
+        while len(history) > max_lines or self.history_bytes > HISTORY_BYTES_PER_ROOM:
+            self.history_bytes -= len(history.popleft()) + HISTORY_LINE_OVERHEAD_BYTES
 
 
 class ChatRules:
@@ -230,7 +255,7 @@ class ChatRules:
         history_lines: int = 50,
         max_members: int = 256,
         default_room: str = DEFAULT_ROOM,
-        idle_rooms_kept: int = 256,
+        idle_rooms_kept: int = IDLE_ROOMS_KEPT,
         room_keys: bool = True,
         room_rate_per_s: float = ROOM_RATE_PER_S,
         room_burst: int = ROOM_BURST,
@@ -475,7 +500,7 @@ class ChatRules:
     def _enter(self, member: _Member, name: str) -> _Room:
         room = self._rooms.get(name)
         if room is None:
-            room = _Room(name, deque(maxlen=self._history_lines))
+            room = _Room(name)
             self._rooms[name] = room
         self._idle_rooms.pop(name, None)
         room.members[member.session_id] = member
@@ -544,7 +569,7 @@ class ChatRules:
         members = tuple((sid, m.room_keys) for sid, m in room.members.items())
         self._actions.append(Broadcast(room.name, members, encode(msg), skip))
         if history is not None and self._history_lines:
-            room.history.append(history)
+            room.remember(encode(history), self._history_lines)
 
     def _release_one(self, room: _Room) -> None:
         paced = room.pending.popleft()
@@ -577,8 +602,8 @@ class ChatRules:
                 del self._paced[name]
 
     def _send_history(self, member: _Member) -> None:
-        for line in self._rooms[member.room].history:
-            self._send(member.session_id, line)
+        session_id = member.session_id
+        self._actions.extend(Send(session_id, line) for line in self._rooms[member.room].history)
 
     def _error(self, session_id: bytes, code: str, text: str) -> None:
         if text_error(text) is not None:  # never let a bad reason break the answer

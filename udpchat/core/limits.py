@@ -13,6 +13,11 @@ from dataclasses import dataclass
 MAX_DATAGRAM_BYTES = 1200
 #: Largest application message (one reliable message, one datagram, never split).
 MAX_PAYLOAD_BYTES = 1000
+#: What keeping one message costs beyond its payload, counted against the byte
+#: budgets below (send_queue_bytes, receive_buffer_bytes): the object that holds it,
+#: its sequence number and times, the bytes object's header and the dict entry.
+#: Measured at about 220 bytes on CPython 3.11 (64-bit); rounded up.
+MESSAGE_OVERHEAD_BYTES = 256
 
 #: The idle timeout (session expiry) an operator or user may set, daemon and client
 #: alike. Peers send a keepalive every 10 s (keepalive_s), so below 15 s one lost
@@ -76,8 +81,23 @@ class ProtocolConfig:
     send_window: int = 64
     #: Messages waiting behind the window; beyond it send() raises QueueFull.
     send_queue_max: int = 1024
+    #: Memory of the whole send queue (waiting + in flight), each message counted as
+    #: its payload + MESSAGE_OVERHEAD_BYTES; a message that would go beyond it raises
+    #: QueueFull, like one beyond the message count. Without it a peer that
+    #: acknowledges nothing held 1,088 messages of up to ~1 KB each (issue 9). 384
+    #: KiB holds a whole room history (at most 64 KiB and 500 lines, see
+    #: chat/rules.py: about 190 KiB counted) with room to spare, and about as many
+    #: ordinary chat lines (~150 bytes) as the message count allows.
+    send_queue_bytes: int = 384 * 1024
     #: Out-of-order messages buffered ahead of the next expected one.
     receive_window: int = 256
+    #: Memory of the out-of-order messages buffered, counted as above. A new message
+    #: that would go beyond it is dropped unacknowledged, like one beyond the window
+    #: (the sender retransmits it), unless it is the next expected one, which is
+    #: delivered at once. 96 KiB holds a whole send window (64) of the largest
+    #: messages (1,139 bytes sealed): a conformant sender never meets it, while 256
+    #: messages of 1,000 bytes held 256 KB per session.
+    receive_buffer_bytes: int = 96 * 1024
     #: Selective-ack ranges carried in one ACK frame.
     max_sack_ranges: int = 4
     #: Handshake initiations accepted per source address (WireGuard's numbers).

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from udpchat.core.limits import ProtocolConfig
+from udpchat.core.limits import MESSAGE_OVERHEAD_BYTES, ProtocolConfig
 from udpchat.core.wire import Ack
 
 
 class QueueFull(Exception):
-    """send() was called with send_window + send_queue_max messages already pending."""
+    """send() was called with send_window + send_queue_max messages already pending,
+    or with send_queue_bytes that the message would go beyond."""
 
 
 class MessageTooLarge(ValueError):
@@ -80,6 +81,7 @@ class SendQueue:
         "_sealed",
         "_backoff",
         "rto_at",
+        "_bytes",
     )
 
     def __init__(self, config: ProtocolConfig) -> None:
@@ -100,13 +102,30 @@ class SendQueue:
         self._sealed = False  # has carried sealed messages: the peer acks them late
         self._backoff = 0
         self.rto_at: float | None = None
+        # What the queued messages cost (payload + MESSAGE_OVERHEAD_BYTES each),
+        # against send_queue_bytes.
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)
 
-    def push(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
-        if len(self) >= self._config.send_window + self._config.send_queue_max:
+    @property
+    def charged_bytes(self) -> int:
+        """The memory the queue is charged with (see ProtocolConfig.send_queue_bytes)."""
+        return self._bytes
+
+    def _charge(self, payload: bytes) -> None:
+        """Count a new message against both bounds, or raise QueueFull."""
+        config = self._config
+        if len(self) >= config.send_window + config.send_queue_max:
             raise QueueFull("send queue is full")
+        cost = len(payload) + MESSAGE_OVERHEAD_BYTES
+        if self._bytes + cost > config.send_queue_bytes:
+            raise QueueFull("send queue is full (bytes)")
+        self._bytes += cost
+
+    def push(self, payload: bytes, message_id: int, sealed: bool = False) -> None:
+        self._charge(payload)
         self._waiting.append(Outgoing(self._next_seq, message_id, payload, sealed))
         self._next_seq += 1
         self._sealed = self._sealed or sealed
@@ -120,6 +139,7 @@ class SendQueue:
         seq = self._next_seq
         if self._waiting or self._lost or seq >= self._window_end():
             return None
+        self._charge(payload)
         message = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
         self._sealed = self._sealed or sealed
         self._in_flight[seq] = message
@@ -238,6 +258,7 @@ class SendQueue:
         for message in acked:
             if in_flight.pop(message.seq, None) is None:
                 continue  # named twice (overlapping ranges)
+            self._bytes -= len(message.payload) + MESSAGE_OVERHEAD_BYTES
             if message.lost:
                 self._lost -= 1
             newest_sent = max(newest_sent, message.last_sent)
@@ -278,6 +299,7 @@ class SendQueue:
         self._in_flight.clear()
         self._waiting.clear()
         self._lost = 0
+        self._bytes = 0
         self.rto_at = None
         return rest
 
@@ -300,15 +322,32 @@ class SendQueue:
 
 
 class ReceiveBuffer:
-    """Reorders arriving messages and remembers what to acknowledge."""
+    """Reorders arriving messages and remembers what to acknowledge. What it holds is
+    bounded twice: receive_window sequence numbers ahead of the next expected one,
+    and receive_buffer_bytes of memory (payload + MESSAGE_OVERHEAD_BYTES each)."""
 
-    __slots__ = ("_window", "_max_ranges", "next_expected", "_buffered")
+    __slots__ = ("_window", "_max_ranges", "_max_bytes", "next_expected", "_buffered", "_bytes")
 
     def __init__(self, config: ProtocolConfig) -> None:
         self._window = config.receive_window
         self._max_ranges = config.max_sack_ranges
+        self._max_bytes = config.receive_buffer_bytes
         self.next_expected = 0
         self._buffered: dict[int, tuple[bytes, bool]] = {}  # seq -> (payload, sealed)
+        self._bytes = 0  # what the buffered messages are charged with
+
+    @property
+    def charged_bytes(self) -> int:
+        return self._bytes
+
+    def has_room(self, seq: int, payload: bytes) -> bool:
+        """Whether a new message (see is_new) fits the byte budget. The next expected
+        one always does: it is delivered at once, and never waits in the buffer, so
+        the stream always moves on however full the buffer is."""
+        return (
+            seq == self.next_expected
+            or self._bytes + len(payload) + MESSAGE_OVERHEAD_BYTES <= self._max_bytes
+        )
 
     def is_new(self, seq: int) -> bool:
         """True for a message not seen before and inside the receive window."""
@@ -323,10 +362,17 @@ class ReceiveBuffer:
     def add(self, seq: int, payload: bytes, sealed: bool = False) -> list[tuple[bytes, bool]]:
         """Store a new message (see is_new); return those now deliverable in order, as
         (payload, sealed)."""
-        self._buffered[seq] = (payload, sealed)
-        ready = []
-        while self.next_expected in self._buffered:
-            ready.append(self._buffered.pop(self.next_expected))
+        if seq != self.next_expected:
+            self._buffered[seq] = (payload, sealed)
+            self._bytes += len(payload) + MESSAGE_OVERHEAD_BYTES
+            return []
+        ready = [(payload, sealed)]
+        self.next_expected += 1
+        buffered = self._buffered
+        while self.next_expected in buffered:
+            message = buffered.pop(self.next_expected)
+            self._bytes -= len(message[0]) + MESSAGE_OVERHEAD_BYTES
+            ready.append(message)
             self.next_expected += 1
         return ready
 

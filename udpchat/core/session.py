@@ -674,6 +674,11 @@ class Session:
                 if self.receive_paused:
                     self._stats.drop("receive-paused")  # not acknowledged: it comes again
                     continue
+                if not self._recvq.has_room(seq, payload):
+                    # Like beyond-window: not stored, not acknowledged; the sender
+                    # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
+                    self._stats.drop("receive-buffer-full")
+                    continue
                 if not self._message_bucket.allow(now):
                     # Not acknowledged: the sender retransmits later (backpressure).
                     self._stats.drop("message-rate")

@@ -41,6 +41,7 @@ DropReason: TypeAlias = Literal[
     "message-rate",
     "beyond-window",
     "receive-paused",
+    "receive-buffer-full",
     "blind-ack",
     # not a received datagram: one the session did not send, to an address that has
     # not proved it reaches the peer, beyond 3x the bytes that came from it

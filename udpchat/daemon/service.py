@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import EVICTIONS, WITHHELD
 from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
 
@@ -36,6 +37,10 @@ def settings_of(config: ServerConfig) -> ServerSettings:
         handshake_burst=config.handshake_burst,
     )
 
+
+#: How often the daemon looks whether many sessions ended, to give their memory back
+#: to the system (udpchat.daemon.memory): a look is one len().
+MEMORY_CHECK_INTERVAL_S = 2.0
 
 #: Socket buffers the daemon asks for. A line to a room of N members leaves as N
 #: datagrams at once and their acknowledgements come back together: with the default
@@ -68,6 +73,9 @@ class ChatService(Service):
         self._port: Any = None
         self._summary = LoopingCall(self.log_rejections)
         self._summary.clock = reactor
+        self.memory = MemoryReturn()
+        self._memory_check = LoopingCall(self.return_memory)
+        self._memory_check.clock = reactor
 
     def startService(self) -> None:
         config = self.config
@@ -90,6 +98,7 @@ class ChatService(Service):
         # for this line may stop the daemon at once.
         self._reactor.callWhenRunning(self._announce)
         self._summary.start(self.config.log_rejects_interval, now=False)
+        self._memory_check.start(MEMORY_CHECK_INTERVAL_S, now=False)
 
     def _announce(self) -> None:
         # Everything made while starting (Twisted, the config, the protocol) lives as
@@ -160,10 +169,26 @@ class ChatService(Service):
                 evictions=", ".join(f"{r}: {n}" for r, n in sorted(evictions.items())),
             )
 
+    def return_memory(self) -> None:
+        """Give memory back to the system once many sessions have ended: freed,
+        it stays with the process otherwise (udpchat.daemon.memory)."""
+        sessions = len(self.protocol.server.endpoint)
+        before = resident_bytes()
+        if self.memory.check(sessions) and before is not None:
+            after = resident_bytes() or 0
+            log.info(
+                "Sessions ended: gave memory back, RSS {before:.1f} -> {after:.1f} MB "
+                "({sessions} sessions left)",
+                before=before / 1e6,
+                after=after / 1e6,
+                sessions=sessions,
+            )
+
     def stopService(self) -> Deferred[object]:
         super().stopService()
-        if self._summary.running:
-            self._summary.stop()
+        for call in (self._summary, self._memory_check):
+            if call.running:
+                call.stop()
         self.log_rejections()
         done = self.protocol.shutdown()
 
