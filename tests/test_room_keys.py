@@ -159,7 +159,9 @@ def test_every_bit_flip_of_a_server_envelope_is_dropped() -> None:
         assert pair.client.next_event() is None, bit
     drops = pair.client.stats.take()
     assert sum(drops.values()) == len(original) * 8
-    assert set(drops) <= {"bad-mac", "unknown-type", "unknown-session", "unknown-epoch"}
+    # (A flip of the type byte 0x04 to 0x05 makes it a cookie reply of the wrong size.)
+    cheaper = {"unknown-type", "unknown-session", "unknown-epoch", "bad-length"}
+    assert set(drops) <= {"bad-mac"} | cheaper
     # Every bit of the packet number, frames and MAC is covered by the MAC.
     assert drops["bad-mac"] == (len(original) - 1 - wire.SESSION_ID_BYTES - 1) * 8
     pair.client.receive_datagram(original, pair.now)

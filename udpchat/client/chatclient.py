@@ -44,6 +44,11 @@ DRAIN_IDLE_TIMEOUT_S = 60.0
 ROOM_KEYS_KEPT = 4
 #: A refused nick is retried with "_" appended this many times.
 NICK_RETRIES_MAX = 8
+#: A hello not acknowledged this long after the handshake completed starts a new
+#: session (a new handshake): a few retransmission timeouts (1 s, then 2 s), enough
+#: for a live server, instead of the whole session expiry (30 s). The server may have
+#: forgotten the half-open session, or never got the datagram that confirmed it.
+HELLO_ACK_TIMEOUT_S = 3.0
 
 
 class State(enum.Enum):
@@ -104,6 +109,8 @@ class ChatClient:
         self._nick_retries = 0
         self._reconnect_at: float | None = None
         self._attempt_deadline: float | None = None
+        self._hello_id: int | None = None  # the hello in flight, until acknowledged
+        self._hello_deadline: float | None = None
         self._quit_deadline: float | None = None
         self._draining = False
         self._last_progress = 0.0
@@ -241,6 +248,8 @@ class ChatClient:
         if self._attempt_deadline is not None and self._attempt_deadline <= now:
             self._attempt_failed()
             self._connect(now)
+        if self._hello_deadline is not None and self._hello_deadline <= now:
+            self._connect(now)  # hello unacknowledged: a new session, at once
         if self._quit_deadline is not None and self._quit_deadline <= now:
             self._give_up(now, "not delivered")
         if self._draining and self.state not in (State.QUITTING, State.DONE):
@@ -253,7 +262,7 @@ class ChatClient:
 
     def get_timer(self) -> float | None:
         deadlines = [self.endpoint.get_timer(), self._reconnect_at, self._attempt_deadline]
-        deadlines.append(self._quit_deadline)
+        deadlines += [self._quit_deadline, self._hello_deadline]
         if self._draining and self.state not in (State.QUITTING, State.DONE):
             deadlines.append(self._drain_deadline())
         return min((d for d in deadlines if d is not None), default=None)
@@ -264,6 +273,7 @@ class ChatClient:
         self.endpoint.connect(now)  # a fresh session; the old one (if any) ends
         self._session_id = self.endpoint.session_id
         self.state = State.CONNECTING
+        self._hello_id = self._hello_deadline = None
         if self.fallback_after_s is not None:
             self._attempt_deadline = now + self.fallback_after_s
 
@@ -297,7 +307,7 @@ class ChatClient:
             }.get(reason, "connection to server lost")
             self._output.append(Notice(f"{why}; reconnecting in {max(1, round(delay))} s"))
         self._session_id = None
-        self._attempt_deadline = None
+        self._attempt_deadline = self._hello_deadline = None
         self.state = State.WAITING
         self._lost_sessions = min(self._lost_sessions + 1, 16)
         self._reconnect_at = now + delay
@@ -310,6 +320,7 @@ class ChatClient:
         self.endpoint.close(now)
         self.state = State.DONE
         self._reconnect_at = self._attempt_deadline = self._quit_deadline = None
+        self._hello_deadline = None
         self._draining = False
 
     def _report(self, line: Line, what: str) -> None:
@@ -377,6 +388,8 @@ class ChatClient:
                     return
             self._on_payload(payload, now)
         elif isinstance(event, events.MessageDelivered):
+            if event.message_id == self._hello_id:
+                self._hello_id = self._hello_deadline = None
             self._outbox.settled(event.message_id)
             self._last_progress = now
             if self.state is State.QUITTING and self._outbox.empty:
@@ -409,14 +422,20 @@ class ChatClient:
         self._room_keys.clear()  # a new session: keys come again if the server seals
         self._caps_pending = self._caps_asked_path_check = False
         self.room_keys_active = self.path_checks_active = False
-        self._send_control(messages.Hello(self.nick, self.room, self.client_id), now)
+        self._hello_id = self._send_control(
+            messages.Hello(self.nick, self.room, self.client_id), now
+        )
+        self._hello_deadline = now + HELLO_ACK_TIMEOUT_S
 
-    def _send_control(self, msg: messages.ClientMessage, now: float) -> None:
-        """Hello, caps: not a typed line; they belong to this session alone."""
+    def _send_control(self, msg: messages.ClientMessage, now: float) -> int | None:
+        """Hello, caps: not a typed line; they belong to this session alone. Returns
+        the message id (None if it could not be queued)."""
         line = Line(-1, msg, None)  # not queued: hello must be the session's first message
         message_id = self._send(line, now)
         if message_id is not None and message_id >= 0:
             self._outbox.in_flight[message_id] = line
+            return message_id
+        return None
 
     # --- server messages --------------------------------------------------------
 
@@ -475,6 +494,7 @@ class ChatClient:
             return
         self.nick, self.room = msg.nick, msg.room
         self.state = State.READY
+        self._hello_id = self._hello_deadline = None
         self._lost_sessions = 0
         self._last_progress = now
         if self._welcomed_once:

@@ -17,10 +17,12 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 
 from udpchat.core import events, wire
+from udpchat.core.cookies import AddressCookies, HandshakeBudget
 from udpchat.core.handshake import (
     FERNET_MAX_CLOCK_SKEW_S,
     ZERO_TAG,
     HandshakeRejected,
+    check_handshake_token,
     new_session_id,
     parse_initiation,
 )
@@ -39,9 +41,11 @@ __all__ = [
     "UnknownSession",
 ]
 
-INIT_BYTES = 1 + wire.FERNET_OVERHEAD_BYTES + (wire.INIT_PLAINTEXT_BYTES // 16 + 1) * 16
+INIT_BYTES = wire.INIT_BYTES
 MIN_DATA_BYTES = wire.DATA_HEADER_BYTES + wire.MIN_FERNET_BYTES
 MIN_ENVELOPE_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.ENVELOPE_MAC_BYTES
+#: Message 1s of one handshake a cookie reply may answer (the client's latest ones).
+RECENT_INITS = 4
 
 
 class UnknownSession(KeyError):
@@ -58,7 +62,10 @@ class _Endpoint:
     def __init__(self, psk: bytes, config: ProtocolConfig) -> None:
         self._config = config
         self._psk32 = wire.psk_raw(psk)
-        self._f_hs = wire.fernet_key(wire.handshake_key(self._psk32))
+        k_hs = wire.handshake_key(self._psk32)
+        self._f_hs = wire.fernet_key(k_hs)
+        self._hs_mac = wire.HmacSha256(wire.fernet_signing_key(k_hs))
+        self._cookie_mac = wire.HmacSha256(wire.cookie_reply_key(self._psk32))
         self._events: deque[events.Event] = deque()
         self._message_ids = itertools.count()
         self.stats = DropStats()
@@ -122,6 +129,12 @@ class ServerEndpoint(_Endpoint):
             config.rate_limiter_max_addresses,
             on_evict=lambda: self.stats.drop("rate-limiter-evicted"),
         )
+        # Under handshake load, only message 1s that return a cookie for their source
+        # address are handshaken (PROTOCOL.md 4.5, 4.7).
+        self._budget = HandshakeBudget(
+            config.handshake_budget_per_s, config.handshake_budget_burst, config.under_load_hold_s
+        )
+        self._cookies = AddressCookies(config.cookie_secret_s)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -133,6 +146,10 @@ class ServerEndpoint(_Endpoint):
 
     def session_address(self, session_id: bytes) -> events.Address:
         return self._sessions[session_id].addr
+
+    def under_load(self, now: float) -> bool:
+        """Whether message 1s without a valid cookie get a cookie reply now."""
+        return self._budget.under_load(now)
 
     # -- input -------------------------------------------------------------------
 
@@ -170,7 +187,7 @@ class ServerEndpoint(_Endpoint):
             session.receive_envelope(data, addr, now)
             self._touch(session)
         elif data[0] == wire.HANDSHAKE_INIT:
-            if len(data) != INIT_BYTES:
+            if len(data) != INIT_BYTES and len(data) != wire.INIT_WITH_COOKIE_BYTES:
                 self.stats.drop("short" if len(data) < INIT_BYTES else "bad-length")
                 return
             try:
@@ -188,7 +205,20 @@ class ServerEndpoint(_Endpoint):
         self._emit(events.HandshakeRefused(addr))
 
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
-        init = parse_initiation(self._f_hs, data, now, self._config.handshake_ttl_s)
+        ttl_s = self._config.handshake_ttl_s
+        # Cheap checks first (PROTOCOL.md 4.2): a returned cookie is one HMAC, the
+        # token's MAC and timestamp another; Fernet decryption and X25519 come later.
+        proven = len(data) == wire.INIT_WITH_COOKIE_BYTES and self._cookies.valid(
+            data[INIT_BYTES:], addr, now
+        )
+        check_handshake_token(self._hs_mac, data[1:INIT_BYTES], now, ttl_s)
+        if not proven and self._budget.cookie_required(now):
+            # Under load: a cookie for the source instead of a handshake. No state, no
+            # decryption, and 33 bytes for 170: a forged source gets nothing to amplify.
+            cookie = self._cookies.make(addr, now)
+            self._out.append((wire.build_cookie_reply(self._cookie_mac, cookie, data), addr))
+            raise HandshakeRejected("cookie-required")
+        init = parse_initiation(self._f_hs, data[:INIT_BYTES], now, ttl_s)
         # A replay is refused before it can spend its (spoofable) source's budget; the
         # limit comes after authentication, so outsiders cannot spend anyone's budget,
         # and before remembering, so one address cannot fill the cache faster.
@@ -412,6 +442,9 @@ class ClientEndpoint(_Endpoint):
     def __init__(self, psk: bytes, config: ProtocolConfig = ProtocolConfig()) -> None:
         super().__init__(psk, config)
         self._session: Session | None = None
+        # The latest message 1s sent in this session's handshake: a cookie reply may
+        # answer any of them (the server's answers lag behind under load).
+        self._recent_inits: deque[bytes] = deque(maxlen=RECENT_INITS)
 
     @property
     def session_id(self) -> bytes | None:
@@ -433,6 +466,7 @@ class ClientEndpoint(_Endpoint):
         session = self._new_session(new_session_id(), now, addr=None, initiator=True)
         session.start_handshake(now)
         self._session = session
+        self._recent_inits.clear()
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         session = self._session
@@ -442,6 +476,8 @@ class ClientEndpoint(_Endpoint):
             self.stats.drop("short")
         elif session is None or session.ended:
             self.stats.drop("unknown-session")
+        elif data[0] == wire.COOKIE_REPLY:  # no session id: bound to our message 1
+            self._receive_cookie_reply(session, data, now)
         elif data[1 : 1 + wire.SESSION_ID_BYTES] != session.session_id:
             self.stats.drop("unknown-session")
         elif data[0] == wire.HANDSHAKE_RESPONSE:
@@ -454,6 +490,29 @@ class ClientEndpoint(_Endpoint):
             self.stats.drop("short")
         else:
             self.stats.drop("unknown-type")
+
+    def _receive_cookie_reply(self, session: Session, data: bytes, now: float) -> None:
+        """The server is under load and asks for the cookie (PROTOCOL.md 4.6): it is
+        returned in a new attempt at once, unless the latest message 1 carries it
+        already; the retry timer keeps its schedule. The reply must answer one of
+        the last RECENT_INITS message 1s of the handshake in progress."""
+        if len(data) != wire.COOKIE_REPLY_BYTES:
+            self.stats.drop("short" if len(data) < wire.COOKIE_REPLY_BYTES else "bad-length")
+            return
+        latest = session.handshake_message
+        if latest is None:
+            self.stats.drop("unexpected-response")
+            return
+        for message in reversed(self._recent_inits):
+            cookie = wire.open_cookie_reply(self._cookie_mac, data, message)
+            if cookie is not None:
+                break
+        else:
+            self.stats.drop("unbound-response")
+            return
+        session.cookie = cookie
+        if latest[INIT_BYTES:] != cookie:
+            session.start_handshake(now, retry=False)
 
     def send(self, payload: bytes, now: float) -> int:
         """Queue one message (sent once the handshake completes); returns its id."""
@@ -485,7 +544,10 @@ class ClientEndpoint(_Endpoint):
         session = self._session
         if session is None:
             return []
-        return [datagram for datagram, _ in session.flush(now)]
+        out = [datagram for datagram, _ in session.flush(now)]
+        if out and out[0][0] == wire.HANDSHAKE_INIT:  # handshake messages come first
+            self._recent_inits.append(out[0])
+        return out
 
     def get_timer(self) -> float | None:
         return None if self._session is None else self._session.next_deadline()

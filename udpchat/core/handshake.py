@@ -9,6 +9,7 @@ tokens under a key derived from the PSK, so nothing without the key gets an answ
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 
@@ -46,17 +47,35 @@ def _exchange(private: X25519PrivateKey, peer: bytes) -> bytes:
         raise HandshakeRejected("bad-point") from exc
 
 
+def _check_fresh(timestamp: int, now: float, ttl_s: float) -> None:
+    if timestamp + ttl_s <= now:
+        raise HandshakeRejected("stale-handshake")
+    if timestamp > now + FERNET_MAX_CLOCK_SKEW_S:
+        raise HandshakeRejected("future-handshake")
+
+
 def open_handshake(f_hs: Fernet, token: bytes, now: float, ttl_s: float) -> bytes:
     """Authenticate a handshake token and check its freshness; return the plaintext."""
     try:
         plaintext, timestamp = wire.open_token(f_hs, token)
     except InvalidToken as exc:
         raise HandshakeRejected("bad-token") from exc
-    if timestamp + ttl_s <= now:
-        raise HandshakeRejected("stale-handshake")
-    if timestamp > now + FERNET_MAX_CLOCK_SKEW_S:
-        raise HandshakeRejected("future-handshake")
+    _check_fresh(timestamp, now, ttl_s)
     return plaintext
+
+
+def check_handshake_token(mac: wire.HmacSha256, token: bytes, now: float, ttl_s: float) -> None:
+    """What open_handshake checks, without decrypting: the Fernet version byte, the
+    HMAC under K_hs's signing half (`mac`) and the timestamp, which is in the clear.
+    Enough to answer a message 1 with a cookie (PROTOCOL.md 4.2): an HMAC, where
+    Fernet's own check and the decryption cost many times more."""
+    if (
+        len(token) < wire.MIN_FERNET_BYTES
+        or token[0] != wire.FERNET_VERSION
+        or not hmac.compare_digest(mac(token[:-32]), token[-32:])
+    ):
+        raise HandshakeRejected("bad-token")
+    _check_fresh(int.from_bytes(token[1:9], "big"), now, ttl_s)
 
 
 class Initiator:
@@ -74,6 +93,7 @@ class Initiator:
         epoch: int,
         now: float,
         resume_key: bytes | None = None,
+        cookie: bytes | None = None,
     ) -> None:
         self._psk32 = psk32
         self._f_hs = f_hs
@@ -85,6 +105,8 @@ class Initiator:
         if resume_key is not None:
             tag = wire.resume_tag(resume_key, session_id, epoch, ephemeral)
         self.message = wire.build_init(f_hs, Init(session_id, epoch, ephemeral, tag), now)
+        if cookie is not None:  # returned to a server under load (PROTOCOL.md 3.2)
+            self.message += cookie
 
     def receive_response(self, datagram: bytes, now: float, ttl_s: float) -> SessionKeys:
         """Check message 2 against our message 1 and derive the session keys."""
@@ -107,7 +129,8 @@ class Initiator:
 
 
 def parse_initiation(f_hs: Fernet, datagram: bytes, now: float, ttl_s: float) -> Init:
-    """Authenticate and parse a message 1 (the responder's first step)."""
+    """Authenticate and parse a message 1 (the responder's first step); `datagram` is
+    the 170-byte message 1 without the cookie that may follow it."""
     plaintext = open_handshake(f_hs, datagram[1:], now, ttl_s)
     try:
         return wire.parse_init(plaintext)

@@ -114,3 +114,13 @@ class ProtocolConfig:
     max_pending_sessions: int = 1024
     #: Source addresses whose handshake rate is tracked.
     rate_limiter_max_addresses: int = 4096
+    #: Message 1s without a valid cookie handshaken per second, all sources together
+    #: (PROTOCOL.md 4.5): one core of the reference daemon answers about 2,300, so 500
+    #: leave room for the chat. Beyond it the responder is under load for
+    #: under_load_hold_s after the budget last ran dry, and asks for cookies.
+    handshake_budget_per_s: float = 100.0
+    handshake_budget_burst: int = 100
+    under_load_hold_s: float = 1.0
+    #: The secret of address cookies is replaced this often; a cookie is accepted under
+    #: the current and the previous secret, so for 60 to 120 s.
+    cookie_secret_s: float = 60.0

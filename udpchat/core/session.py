@@ -127,7 +127,7 @@ class Session:
         "_message_bucket", "last_received", "last_sent", "_ack_due", "_ping_needed",
         "_close_pending", "ended", "_handshake_keys", "_handshake_out",
         "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
-        "_handshake_retry_at",
+        "_handshake_retry_at", "cookie",
         "_handshake_attempts", "path_checks", "_validated", "_path_credit",
         "_challenge", "_challenge_due", "_response_due", "receive_paused",
     )  # fmt: skip
@@ -194,6 +194,9 @@ class Session:
         self._initiator: Initiator | None = None
         self._handshake_retry_at: float | None = None
         self._handshake_attempts = 0
+        # The server's cookie for our address, returned in every later message 1 of
+        # this session (PROTOCOL.md 4.6); set by the ClientEndpoint.
+        self.cookie: bytes | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -213,18 +216,27 @@ class Session:
 
     # -- handshakes ------------------------------------------------------------
 
-    def start_handshake(self, now: float) -> None:
-        """Initiator: send a message 1 for the next epoch (or the first one)."""
+    def start_handshake(self, now: float, retry: bool = True) -> None:
+        """Initiator: send a message 1 for the next epoch (or the first one).
+        `retry=False`: a new attempt at once (returning a cookie) that leaves the
+        retry timer and its backoff as they are."""
         assert self.initiator, "only the initiator starts handshakes"
         psk32, f_hs = self._handshake_keys
         current = self._keys.get(self._send_epoch) if self._send_epoch is not None else None
         epoch = 0 if current is None else (current.epoch + 1) % 256
         resume = None if current is None else current.resume
-        self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, now, resume)
+        self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, now, resume, self.cookie)
         self._handshake_out = [(self._initiator.message, self.addr)]  # a retry replaces it
+        if not retry and self._handshake_retry_at is not None:
+            return
         delay = self._config.handshake_retry_s * 2**self._handshake_attempts
         self._handshake_retry_at = now + min(delay, self._config.handshake_retry_max_s)
         self._handshake_attempts += 1
+
+    @property
+    def handshake_message(self) -> bytes | None:
+        """Initiator: the latest message 1, while its handshake is in progress."""
+        return None if self._initiator is None else self._initiator.message
 
     def receive_response(self, datagram: bytes, now: float) -> None:
         """Initiator: message 2 arrived; on success switch sending to the new keys."""

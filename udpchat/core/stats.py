@@ -27,6 +27,9 @@ DropReason: TypeAlias = Literal[
     "unexpected-response",
     "replayed-handshake",
     "rate-limited",
+    # not dropped silently: a message 1 without a valid cookie while the server is
+    # under handshake load, answered with a cookie reply (PROTOCOL.md 4.7)
+    "cookie-required",
     "stale-rekey",
     "bad-resume",
     "pending-evicted",
@@ -56,6 +59,8 @@ DropReason: TypeAlias = Literal[
 EVICTIONS: frozenset[str] = frozenset({"rate-limiter-evicted", "handshake-cache-evicted"})
 #: The reasons above that count datagrams withheld, not received ones.
 WITHHELD: frozenset[str] = frozenset({"unvalidated-path"})
+#: The reasons above that count message 1s answered with a cookie reply.
+COOKIE_REPLIES: frozenset[str] = frozenset({"cookie-required"})
 
 
 class DropStats:

@@ -28,6 +28,10 @@ DATA = 0x03
 #: Extension "room-keys" (PROTOCOL.md section 11), server to client only: frames in
 #: the clear under an HMAC of the session, carrying messages sealed with a room key.
 ENVELOPE = 0x04
+#: Server to client, under handshake load (PROTOCOL.md 3.10, 4.7): a cookie for the
+#: source address of a message 1, to be returned in the next one. Bound to that
+#: message 1, so nobody without the key can make one a client takes.
+COOKIE_REPLY = 0x05
 
 # Frame types inside a DATA datagram's plaintext.
 FRAME_MESSAGE = 0x01
@@ -51,7 +55,16 @@ RESUME_TAG_BYTES = 16
 INIT_PLAINTEXT_BYTES = 96
 #: version(1) + timestamp(8) + IV(16) + HMAC(32); the ciphertext adds 1..16 bytes.
 FERNET_OVERHEAD_BYTES = 57
+FERNET_VERSION = 0x80
 MIN_FERNET_BYTES = FERNET_OVERHEAD_BYTES + 16
+#: Message 1 on the wire (170 bytes); with a cookie returned, the cookie follows it.
+INIT_BYTES = 1 + FERNET_OVERHEAD_BYTES + (INIT_PLAINTEXT_BYTES // 16 + 1) * 16
+COOKIE_BYTES = 16
+INIT_WITH_COOKIE_BYTES = INIT_BYTES + COOKIE_BYTES  # 186
+COOKIE_TAG_BYTES = 16
+#: type(1) + cookie(16) + tag(16): far smaller than the message 1 it answers, so a
+#: forged source gets no amplification out of it.
+COOKIE_REPLY_BYTES = 1 + COOKIE_BYTES + COOKIE_TAG_BYTES  # 33
 
 DATA_HEADER = struct.Struct("!B8sB")  # type, session id, key epoch
 DATA_HEADER_BYTES = DATA_HEADER.size  # 10
@@ -73,6 +86,7 @@ LABEL_HANDSHAKE = b"udpchat v1 handshake key"
 LABEL_SESSION = b"udpchat v1 session keys"
 LABEL_RESUME = b"udpchat v1 resume"
 LABEL_ENVELOPE = b"udpchat v1 envelope"
+LABEL_COOKIE_REPLY = b"udpchat v1 cookie reply"
 
 
 class Malformed(Exception):
@@ -106,6 +120,17 @@ def psk_raw(psk: bytes) -> bytes:
 def handshake_key(psk32: bytes) -> bytes:
     """K_hs = HKDF-SHA256(ikm=PSK, salt=none, info=LABEL_HANDSHAKE), 32 bytes."""
     return HKDF(hashes.SHA256(), 32, salt=None, info=LABEL_HANDSHAKE).derive(psk32)
+
+
+def fernet_signing_key(raw32: bytes) -> bytes:
+    """The HMAC key of a Fernet key given as 32 raw bytes: its first half."""
+    return raw32[:16]
+
+
+def cookie_reply_key(psk32: bytes) -> bytes:
+    """K_cookie = HKDF-SHA256(ikm=PSK, salt=none, info=LABEL_COOKIE_REPLY), 32 bytes:
+    the MAC key of COOKIE_REPLY datagrams."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=LABEL_COOKIE_REPLY).derive(psk32)
 
 
 @dataclass(frozen=True)
@@ -148,14 +173,14 @@ _IPAD_TABLE = bytes(b ^ 0x36 for b in range(256))
 _OPAD_TABLE = bytes(b ^ 0x5C for b in range(256))
 
 
-class EnvelopeMac:
-    """envelope_mac() under one key, with the key's two padded SHA-256 blocks
-    hashed once (RFC 2104's precomputation) instead of on every datagram.
+class HmacSha256:
+    """HMAC-SHA256 under one key (of at most 64 bytes), with the key's two padded
+    SHA-256 blocks hashed once (RFC 2104's precomputation) instead of on every call.
 
-    Same output as envelope_mac. The server computes one per member per room line,
-    and `hmac.digest` also looks the digest up by name each time: in a profile of a
-    busy room the MAC was a quarter of the daemon's CPU, this makes it a third of
-    that. The hash states (about 500 bytes) are made on first use only, so idle
+    Same output as hmac.digest(key, data, "sha256"). The server computes one per
+    member per room line, and `hmac.digest` also looks the digest up by name each
+    time: in a profile of a busy room the MAC was a quarter of the daemon's CPU, this
+    makes it a third of that. The hash states (about 500 bytes) are made on first use only, so idle
     sessions do not pay for them."""
 
     __slots__ = ("key", "_inner", "_outer")
@@ -176,6 +201,10 @@ class EnvelopeMac:
         o = outer.copy()
         o.update(h.digest())
         return o.digest()
+
+
+#: The MAC of ENVELOPE datagrams (envelope_mac, precomputed).
+EnvelopeMac = HmacSha256
 
 
 def seal(f: Fernet, plaintext: bytes, now: float) -> bytes:
@@ -258,6 +287,26 @@ def parse_response(plaintext: bytes) -> Response:
     if kind != HANDSHAKE_RESPONSE or version != PROTOCOL_VERSION:
         raise Malformed("response type/version")
     return Response(sid, epoch, eph, h1)
+
+
+def _cookie_tag(mac: HmacSha256, head: bytes, msg1: bytes) -> bytes:
+    return mac(head + hashlib.sha256(msg1).digest())[:COOKIE_TAG_BYTES]
+
+
+def build_cookie_reply(mac: HmacSha256, cookie: bytes, msg1: bytes) -> bytes:
+    """The COOKIE_REPLY answering `msg1` (the whole message 1 datagram): type, the
+    cookie, and a tag under K_cookie (`mac`) that binds both to msg1."""
+    head = bytes([COOKIE_REPLY]) + cookie
+    return head + _cookie_tag(mac, head, msg1)
+
+
+def open_cookie_reply(mac: HmacSha256, datagram: bytes, msg1: bytes) -> bytes | None:
+    """The cookie of a COOKIE_REPLY that answers `msg1`, or None if its tag does not
+    verify (forged, or answering another message 1). The size is checked by the caller."""
+    head = datagram[:-COOKIE_TAG_BYTES]
+    if not hmac.compare_digest(datagram[-COOKIE_TAG_BYTES:], _cookie_tag(mac, head, msg1)):
+        return None
+    return head[1:]
 
 
 # -- data datagrams and frames --------------------------------------------------

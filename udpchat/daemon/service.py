@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer, ServerSettings
-from udpchat.core.stats import EVICTIONS, WITHHELD
+from udpchat.core.stats import COOKIE_REPLIES, EVICTIONS, WITHHELD
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
@@ -140,6 +140,15 @@ class ChatService(Service):
         counts = self.protocol.take_drops()
         evictions = {r: counts.pop(r) for r in EVICTIONS & counts.keys()}
         withheld = sum(counts.pop(r) for r in WITHHELD & counts.keys())
+        cookies = sum(counts.pop(r) for r in COOKIE_REPLIES & counts.keys())
+        if cookies:
+            # Over the handshake budget: message 1s must return a cookie for their
+            # source address; forged sources cannot, newcomers pay one round trip.
+            log.warn(
+                "Under handshake load: asking for cookies; answered {n} handshakes with "
+                "a cookie reply (PROTOCOL.md 4.7)",
+                n=cookies,
+            )
         if withheld:
             # A session moved to an address that has not answered: maybe a member's
             # new NAT mapping, maybe a forged source aimed at a third party.
