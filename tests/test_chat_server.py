@@ -388,7 +388,7 @@ def test_two_fast_talkers_wait_for_the_room_and_push_nobody_out() -> None:
     (100 messages/s). Before, the daemon closed the third member when its send queue
     filled, and it never saw most of the lines (the server's queue is shortened here
     so that this happens in seconds, as it did in 30 s with the default). Now the room
-    goes at 50 broadcasts a second and the talkers are paused, not acknowledged, so
+    goes at 100 broadcasts a second and the talkers are paused, not acknowledged, so
     their clients hold their lines and send them again: every member stays, and sees
     every line once, in order; no talker is told a line failed."""
     fast = ProtocolConfig(keepalive_s=1.0, sealed_ack_delay_s=0.05)

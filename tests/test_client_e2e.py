@@ -373,19 +373,19 @@ def test_a_client_whose_nat_moves_it_keeps_receiving_at_full_speed(
 def test_two_fast_talkers_wait_for_the_room_and_the_listener_gets_every_line(
     daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:
-    """Two scripts pour 100 lines each into the room at once, more than the room's
-    50 broadcasts a second and burst of 100: the daemon holds their extra lines back by not
+    """Two scripts pour 150 lines each into the room at once, more than the room's
+    100 broadcasts a second and burst of 200: the daemon holds their extra lines back by not
     acknowledging them (their clients send them again), so the listener sees every
     line of each once and in order, nobody is disconnected, nobody is told a line
     failed (issue 9, finding 2)."""
     carol = clients(daemon.port, daemon.key_file, "carol", env)
     carol.wait_for("-!- carol has joined lobby", timeout=40)
     alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
-    said = {nick: [f"{nick} {i:03d}" for i in range(100)] for nick in ("alice", "bob")}
+    said = {nick: [f"{nick} {i:03d}" for i in range(150)] for nick in ("alice", "bob")}
     alice.type(*said["alice"])
     bob.type(*said["bob"])
     carol.wait_until(
-        lambda _: len(carol.said("alice")) + len(carol.said("bob")) >= 200,
+        lambda _: len(carol.said("alice")) + len(carol.said("bob")) >= 300,
         "both talkers' lines",
         timeout=30,
     )

@@ -133,6 +133,10 @@ def client_protocol_config(idle_timeout_s: float) -> ProtocolConfig:
         # A client mostly receives room lines in bursts: one ack per 100 ms instead
         # of per 25 ms halves its wake-ups (PROTOCOL.md 5.4 allows up to 100 ms).
         ack_delay_s=0.1,
+        # Twice what a room may relay (100/s, PROTOCOL.md 7.6), so that a room at
+        # full speed plus a few private messages never meets this limit.
+        message_rate_per_s=200.0,
+        message_burst=400,
     )
 
 
