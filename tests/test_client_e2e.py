@@ -317,15 +317,15 @@ def test_lossy_network_every_line_arrives_exactly_once_in_order(
         joined = proxy.to_server, proxy.to_client
         proxy.impair("to_server", LOSSY)
         proxy.impair("to_client", LOSSY)
-        from_alice = [f"alice line {i}" for i in range(200)]
-        from_bob = [f"bob line {i}" for i in range(100)]
+        from_alice = [f"alice line {i}" for i in range(120)]
+        from_bob = [f"bob line {i}" for i in range(60)]
         for i, line in enumerate(from_alice):  # one at a time: many small datagrams
             alice.type(line)
             if i % 2:
                 bob.type(from_bob[i // 2])
             time.sleep(0.005)
-        bob.wait_until(lambda _: len(bob.said("alice")) >= 200, "alice's lines", timeout=60)
-        alice.wait_until(lambda _: len(alice.said("bob")) >= 100, "bob's lines", timeout=60)
+        bob.wait_until(lambda _: len(bob.said("alice")) >= 120, "alice's lines", timeout=60)
+        alice.wait_until(lambda _: len(alice.said("bob")) >= 60, "bob's lines", timeout=60)
         alice.end_input()
         bob.end_input()
         assert alice.proc.wait(60) == 0, alice.lines

@@ -40,7 +40,7 @@ def settings_of(config: ServerConfig) -> ServerSettings:
 
 #: How often the daemon looks whether many sessions ended, to give their memory back
 #: to the system (udpchat.daemon.memory): a look is one len().
-MEMORY_CHECK_INTERVAL_S = 2.0
+MEMORY_CHECK_INTERVAL_S = 1.0
 
 #: Socket buffers the daemon asks for. A line to a room of N members leaves as N
 #: datagrams at once and their acknowledgements come back together: with the default
