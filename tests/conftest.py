@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import settings
+from pipe_client import PipeClient
 
 # Property tests: no per-example deadline (a slow example on a loaded 2-core CI machine
 # is not a bug, and a deadline makes such runs flaky), and 100 examples each, which
@@ -64,3 +66,19 @@ def psk_file(tmp_path: Path) -> Path:
         fh.write(Fernet.generate_key() + b"\n")
     os.chmod(path, 0o600)
     return path
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., PipeClient]]:
+    """Start real pipe-mode clients (PipeClient); every one still running at the end
+    is killed."""
+    started: list[PipeClient] = []
+
+    def start(*args: object, **kwargs: object) -> PipeClient:
+        client = PipeClient(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.kill()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon
-from test_client_e2e import PipeClient
+from pipe_client import PipeClient
 
 FLOOD = Path(__file__).resolve().parent / "handshake_flood.py"
 FLOOD_RATE = 6000

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon
-from test_client_e2e import PipeClient
+from pipe_client import PipeClient
 
 SERVER_IP, FIRST_IP, SECOND_IP = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 
@@ -58,20 +58,6 @@ def namespaces() -> Iterator[tuple[str, str]]:
     finally:
         for name in (server, client):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., PipeClient]]:
-    started: list[PipeClient] = []
-
-    def start(*args: object, **kwargs: object) -> PipeClient:
-        client = PipeClient(*args, **kwargs)  # type: ignore[arg-type]
-        started.append(client)
-        return client
-
-    yield start
-    for client in started:
-        client.kill()
 
 
 def test_a_member_whose_address_changes_keeps_its_session_and_every_line(

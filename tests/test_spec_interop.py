@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from daemon import ChatClient, Daemon
+from pipe_client import PipeClient
 from spec_client import SpecClient, new_line_id
-from test_client_e2e import PipeClient
 from udpproxy import UDPProxy
 
 
