@@ -14,76 +14,28 @@ Loopback only; it starts and stops its own daemon.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fanout_servers import start_udpchat  # noqa: E402
-
-from udpchat.chat.lineids import new_line_id  # noqa: E402
-from udpchat.client.cli import client_protocol_config  # noqa: E402
-from udpchat.core import events  # noqa: E402
-from udpchat.core.endpoint import ClientEndpoint, QueueFull  # noqa: E402
+from member import Member  # noqa: E402
 
 
-class Member:
-    """The protocol core of a client over one non-blocking loopback socket."""
+class Listener(Member):
+    """A member that keeps the texts of the say lines it is shown."""
 
-    def __init__(self, port: int, psk: bytes, nick: str) -> None:
-        self.addr = ("127.0.0.1", port)
-        self.core = ClientEndpoint(psk, client_protocol_config(30.0))
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.nick = nick
+    def __init__(self, server: tuple[str, int], psk: bytes, nick: str) -> None:
+        super().__init__(server, psk, nick)
         self.seen: list[str] = []
-        self.failed = 0
-        self.ended = False
-        self.backlog: list[bytes] = []
-        self.core.connect(time.time())
-        hello = {"t": "hello", "nick": nick, "room": "lobby", "client": os.urandom(8).hex()}
-        self.core.send(json.dumps(hello).encode(), time.time())
 
-    def say(self, text: str) -> None:
-        message = {"t": "say", "text": text, "id": new_line_id()}
-        self.backlog.append(json.dumps(message).encode())
-
-    def _feed(self, now: float) -> None:
-        """Hand the core what it takes (as the real client's outbox does)."""
-        while self.backlog:
-            try:
-                self.core.send(self.backlog[0], now)
-            except QueueFull:
-                return
-            self.backlog.pop(0)
-
-    def pump(self) -> None:
-        now = time.time()
-        self._feed(now)
-        while True:
-            try:
-                data, _ = self.sock.recvfrom(2048)
-            except BlockingIOError:
-                break
-            self.core.receive_datagram(data, now)
-        timer = self.core.get_timer()
-        if timer is not None and timer <= now:
-            self.core.handle_timer(now)
-        for data in self.core.datagrams_to_send(now):
-            self.sock.sendto(data, self.addr)
-        while (event := self.core.next_event()) is not None:
-            if isinstance(event, events.MessageReceived):
-                message = json.loads(event.payload)
-                if message.get("t") == "say":
-                    self.seen.append(message["text"])
-            elif isinstance(event, events.MessageNotDelivered):
-                self.failed += 1
-            elif isinstance(event, events.SessionEnded):
-                self.ended = True
+    def received(self, message: dict[str, Any]) -> None:
+        if message.get("t") == "say":
+            self.seen.append(message["text"])
 
 
 def main() -> None:
@@ -97,8 +49,9 @@ def main() -> None:
         server = start_udpchat(Path(folder), env, max_members=10)
         try:
             psk = server.psk.encode()
-            listener = Member(server.port, psk, "listener")
-            talkers = [Member(server.port, psk, f"talker{i}") for i in range(2)]
+            address = ("127.0.0.1", server.port)
+            listener = Listener(address, psk, "listener")
+            talkers = [Listener(address, psk, f"talker{i}") for i in range(2)]
             members = [listener, *talkers]
             end = time.monotonic() + 3
             while time.monotonic() < end:  # join

@@ -18,86 +18,48 @@ Loopback only; it starts and stops its own daemon and proxy, and stops by itself
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from fanout_servers import start_udpchat  # noqa: E402
+from member import Member  # noqa: E402
 from udpproxy import Impairment, UDPProxy  # noqa: E402
 
-from udpchat.chat.lineids import new_line_id  # noqa: E402
-from udpchat.client.cli import client_protocol_config  # noqa: E402
 from udpchat.core import events  # noqa: E402
-from udpchat.core.endpoint import ClientEndpoint, QueueFull  # noqa: E402
 
 
-class Member:
-    """The protocol core of a client over one non-blocking loopback socket."""
+class Chatter(Member):
+    """A member that says numbered lines in its room and keeps which lobby lines of
+    whom it was shown."""
 
     def __init__(self, server: tuple[str, int], psk: bytes, nick: str) -> None:
-        self.server = server
-        self.core = ClientEndpoint(psk, client_protocol_config(30.0))
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.nick = nick
+        super().__init__(server, psk, nick)
         self.room = "lobby"
         self.said = 0
         self.seen: dict[str, list[int]] = {}  # lobby lines by sender: their numbers
-        self.failed = self.ended = self.rekeys = 0
-        self.backlog: list[bytes] = []
-        self.core.connect(time.time())
-        self.send({"t": "hello", "nick": nick, "room": "lobby", "client": os.urandom(8).hex()})
+        self.rekeys = 0
 
-    def send(self, message: dict[str, object]) -> None:
-        self.backlog.append(json.dumps(message).encode())
-
-    def say(self) -> None:
-        self.send({"t": "say", "text": f"{self.room} {self.said}", "id": new_line_id()})
+    def say_next(self) -> None:
+        self.say(f"{self.room} {self.said}")
         self.said += 1
 
-    def pump(self) -> None:
-        now = time.time()
-        while self.backlog:  # as the real client's outbox does
-            try:
-                self.core.send(self.backlog[0], now)
-            except QueueFull:
-                break
-            self.backlog.pop(0)
-        while True:
-            try:
-                data, _ = self.sock.recvfrom(2048)
-            except BlockingIOError:
-                break
-            self.core.receive_datagram(data, now)
-        timer = self.core.get_timer()
-        if timer is not None and timer <= now:
-            self.core.handle_timer(now)
-        for data in self.core.datagrams_to_send(now):
-            try:
-                self.sock.sendto(data, self.server)
-            except OSError:
-                pass
-        while (event := self.core.next_event()) is not None:
-            if isinstance(event, events.MessageReceived):
-                message = json.loads(event.payload)
-                if message.get("t") == "say" and message["room"] == "lobby":
-                    room, number = message["text"].split()
-                    if room == "lobby":
-                        self.seen.setdefault(message["nick"], []).append(int(number))
-            elif isinstance(event, events.MessageNotDelivered):
-                self.failed += 1
-            elif isinstance(event, events.SessionEnded):
-                self.ended += 1
-            elif isinstance(event, events.SessionRekeyed):
-                self.rekeys += 1
+    def received(self, message: dict[str, Any]) -> None:
+        if message.get("t") == "say" and message["room"] == "lobby":
+            room, number = message["text"].split()
+            if room == "lobby":
+                self.seen.setdefault(message["nick"], []).append(int(number))
+
+    def other(self, event: events.Event) -> None:
+        if isinstance(event, events.SessionRekeyed):
+            self.rekeys += 1
 
 
 def rss_mb(pid: int) -> float:
@@ -125,7 +87,7 @@ def main() -> None:
         ).start()  # fmt: skip
         try:
             psk = server.psk.encode()
-            members = [Member(proxy.address, psk, f"m{i:02d}") for i in range(args.members)]
+            members = [Chatter(proxy.address, psk, f"m{i:02d}") for i in range(args.members)]
             sitters = members[: args.members - args.wanderers]
             wanderers = members[args.members - args.wanderers :]
             start = time.monotonic()
@@ -139,7 +101,7 @@ def main() -> None:
                 now = time.monotonic()
                 for member in members:
                     if now >= next_say[member.nick]:
-                        member.say()
+                        member.say_next()
                         next_say[member.nick] = now + 5
                     member.pump()
                 for member in wanderers:
