@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from udpchat.chat.lineids import new_line_id
 from udpchat.chat.messages import (
     MAX_PAYLOAD_BYTES,
     Bye,
@@ -726,3 +728,34 @@ def test_any_sequence_of_input_never_raises(
             assert own == []
         nicks = [n for s in sids if (n := chat.server.nick_of(s)) is not None]
         assert len({n.casefold() for n in nicks}) == len(nicks) <= 3
+
+
+def test_a_members_own_waiting_lines_are_not_shown_to_it_after_a_takeover() -> None:
+    """Lines waiting for the room's rate skip their sender; when the sender's client
+    comes back on a new session (takeover, same client id), they skip the new session
+    too: a restarted client must not be shown its own line."""
+    rules = ChatRules(room_rate_per_s=1.0, room_burst=1)
+    now = 1_800_000_000.0
+
+    def hello(session: bytes, nick: str, client: str) -> None:
+        rules.session_started(session, ("127.0.0.1", 1), now)
+        message = {"t": "hello", "nick": nick, "room": "lobby", "client": client}
+        rules.message_received(session, json.dumps(message).encode(), now)
+
+    hello(b"bob-0001", "bob", "b" * 16)
+    hello(b"alice-01", "alice", "a" * 16)
+    for text in ("first", "waits"):
+        say = {"t": "say", "text": text, "id": new_line_id()}
+        rules.message_received(b"alice-01", json.dumps(say).encode(), now)
+    rules.take_actions()
+    hello(b"alice-02", "alice", "a" * 16)  # the same client, restarted
+    actions = []
+    for second in range(1, 6):  # one broadcast a second
+        rules.release(now + second)
+        actions += rules.take_actions()
+    lines = [
+        a for a in actions
+        if isinstance(a, Broadcast) and json.loads(a.payload).get("t") == "say"
+    ]  # fmt: skip
+    assert [json.loads(a.payload)["text"] for a in lines] == ["first", "waits"]
+    assert {a.skip for a in lines} == {b"alice-02"}

@@ -207,3 +207,23 @@ def test_a_client_whose_hello_is_never_acknowledged_starts_a_new_session() -> No
     assert alice.chat.endpoint.session_id != first
     assert net.now - started < 3.5
     assert "-!- you are alice in lobby" in alice.lines
+
+
+def test_replays_of_a_captured_message_1_never_put_the_server_under_load() -> None:
+    """An outsider replaying a captured message 1 from spoofed sources (all it can do
+    without the key) is refused as a replay before the global budget is touched: the
+    server does not go under load, sends nothing back, and a version-1 client still
+    gets a handshake."""
+    psk = Fernet.generate_key()
+    server = ServerEndpoint(psk, SMALL)
+    (captured,) = message_1s(psk, 1, START)
+    server.receive_datagram(captured, CLIENT, START)
+    assert [d[0] for d, _ in server.datagrams_to_send(START)] == [wire.HANDSHAKE_RESPONSE]
+    server.stats.take()
+    for n in range(150):
+        server.receive_datagram(captured, forged(n), START + 0.001 * n)
+    assert server.datagrams_to_send(START + 0.2) == []
+    assert server.stats.take() == {"replayed-handshake": 150}
+    (fresh,) = message_1s(psk, 1, START + 0.2)
+    server.receive_datagram(fresh, ("198.51.100.8", 40000), START + 0.2)
+    assert [d[0] for d, _ in server.datagrams_to_send(START + 0.2)] == [wire.HANDSHAKE_RESPONSE]

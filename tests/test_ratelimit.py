@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -265,3 +267,18 @@ def test_expiring_set_model(max_entries: int, events: list[tuple[int, float]]) -
         assert len(seen) <= max_entries
         assert len(seen) == len(model)
         assert len(evicted) == evictions
+
+
+def test_a_token_is_there_at_ready_at_even_at_unix_time_magnitudes() -> None:
+    """ready_at() names a time at which allow() succeeds: a timer set for it never
+    fires for nothing (rounding at 1.7e9 s used to give a time just too early, and
+    then the same time again)."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        start = 1.7e9 + rng.uniform(0, 1000)
+        bucket = TokenBucket(rng.choice([1.0, 50.0, 100.0, 333.0]), 3, start)
+        while bucket.allow(start):
+            pass
+        at = bucket.ready_at()
+        assert at > start
+        assert bucket.allow(at)

@@ -449,6 +449,9 @@ class ChatRules:
         self._members[session_id] = member
         room = self._rooms[member.room]
         room.members = {(session_id if k == old else k): m for k, m in room.members.items()}
+        for paced in room.pending:  # its own lines still waiting are not shown to it
+            if paced.skip == old:
+                paced.skip = session_id
         if member.paused:  # the new session is held back like the old one
             self._actions.append(PauseReceiving(session_id, True))
 

@@ -249,7 +249,12 @@ class ChatClient:
             self._attempt_failed()
             self._connect(now)
         if self._hello_deadline is not None and self._hello_deadline <= now:
-            self._connect(now)  # hello unacknowledged: a new session, at once
+            self._hello_deadline = None
+            if self._lost_sessions == 0:
+                self._lost_sessions = 1
+                self._connect(now)  # hello unacknowledged: a new session, at once
+            else:  # again: with backoff, so that clients do not return in lockstep
+                self._session_lost("hello-timeout", now)
         if self._quit_deadline is not None and self._quit_deadline <= now:
             self._give_up(now, "not delivered")
         if self._draining and self.state not in (State.QUITTING, State.DONE):

@@ -43,6 +43,7 @@ __all__ = [
 
 INIT_BYTES = wire.INIT_BYTES
 MIN_DATA_BYTES = wire.DATA_HEADER_BYTES + wire.MIN_FERNET_BYTES
+HANDSHAKE_TOKEN_MAC_BYTES = 32  # a Fernet token ends with its HMAC-SHA256
 MIN_ENVELOPE_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.ENVELOPE_MAC_BYTES
 #: Message 1s of one handshake a cookie reply may answer (the client's latest ones).
 RECENT_INITS = 4
@@ -119,6 +120,14 @@ class ServerEndpoint(_Endpoint):
         self._timer_order = itertools.count()
         # A replayed message 1 is caught here while it is still fresh enough to pass.
         self._seen_ephemerals = BoundedExpiringSet(
+            config.handshake_cache_max,
+            config.handshake_ttl_s + FERNET_MAX_CLOCK_SKEW_S,
+            on_evict=lambda: self.stats.drop("handshake-cache-evicted"),
+        )
+        # The same message 1s by their token's MAC (in clear): a byte-for-byte replay,
+        # all an outsider can make, is refused before it can spend the global budget
+        # (which would put the server under load for everyone, issue 9 review).
+        self._seen_tokens = BoundedExpiringSet(
             config.handshake_cache_max,
             config.handshake_ttl_s + FERNET_MAX_CLOCK_SKEW_S,
             on_evict=lambda: self.stats.drop("handshake-cache-evicted"),
@@ -212,6 +221,9 @@ class ServerEndpoint(_Endpoint):
             data[INIT_BYTES:], addr, now
         )
         check_handshake_token(self._hs_mac, data[1:INIT_BYTES], now, ttl_s)
+        token_mac = data[INIT_BYTES - HANDSHAKE_TOKEN_MAC_BYTES : INIT_BYTES]
+        if self._seen_tokens.contains(token_mac, now):
+            raise HandshakeRejected("replayed-handshake")
         if not proven and self._budget.cookie_required(now):
             # Under load: a cookie for the source instead of a handshake. No state, no
             # decryption, and 33 bytes for 170: a forged source gets nothing to amplify.
@@ -228,6 +240,7 @@ class ServerEndpoint(_Endpoint):
         if not self._handshake_limiter.allow(host, now):
             raise HandshakeRejected("rate-limited")
         self._seen_ephemerals.add_evicting(init.ephemeral, now)
+        self._seen_tokens.add_evicting(token_mac, now)
         session = self._sessions.get(init.session_id)
         if session is None:
             if init.resume_tag != ZERO_TAG or init.epoch != 0:

@@ -12,6 +12,7 @@ Fernet stamps need it; a clock stepping back is treated as no time passing.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -65,7 +66,15 @@ class TokenBucket:
         the time to try allow() again."""
         last = self._last if self._last is not None else 0.0
         missing = 1.0 - _TOKEN_EPSILON - self._tokens
-        return last if missing <= 0 else last + missing / self.rate_per_s
+        if missing <= 0:
+            return last
+        at = last + missing / self.rate_per_s
+        # At Unix-time magnitudes the sum can round down, to a time at which allow()
+        # still finds too little (and a timer set for it would fire for nothing, again
+        # and again): step up to the first time that is really enough.
+        while (at - last) * self.rate_per_s < missing:
+            at = math.nextafter(at, math.inf)
+        return at
 
     def is_full(self, now: float) -> bool:
         """Whether the bucket has refilled to ``burst`` by ``now`` (no state change).

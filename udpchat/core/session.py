@@ -467,7 +467,8 @@ class Session:
                 out.append((self._seal(keyset, body, now), self.addr))
         if len(out) > handshakes:
             self._ping_needed = False
-        if self._path_credit is not None and len(out) > handshakes:
+        if self._path_credit is not None and (len(out) > handshakes or self._challenge_due):
+            # A due challenge goes even when nothing else does (11.7: at once).
             out[handshakes:] = self._within_credit(keyset, out[handshakes:], now)
         return out
 
