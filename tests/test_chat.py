@@ -45,10 +45,12 @@ from udpchat.chat.rules import (
     HISTORY_BYTES_PER_ROOM,
     HISTORY_LINE_OVERHEAD_BYTES,
     LINE_IDS_KEPT,
+    WAITING_MAX,
     Broadcast,
     ChatRules,
     Close,
     LogEvent,
+    PauseReceiving,
     Send,
 )
 
@@ -333,8 +335,9 @@ def test_a_private_line_relayed_already_is_not_relayed_again(chat: Chat) -> None
 
 def test_line_ids_are_remembered_for_the_last_lines_of_the_whole_server() -> None:
     """The server remembers the ids of its last LINE_IDS_KEPT lines, whatever room
-    they were said in: an older id is a new line again (bounded memory)."""
-    chat = Chat()
+    they were said in: an older id is a new line again (bounded memory). (All at one
+    instant: the room's rate is lifted, or alice would be paused and then closed.)"""
+    chat = Chat(room_rate_per_s=1e9, room_burst=10**9)
     alice, bob = chat.member("alice"), chat.member("bob")
     chat.send(alice, Say("x", lid(1)))
     chat.send(alice, Join("dev"))
@@ -759,3 +762,24 @@ def test_a_members_own_waiting_lines_are_not_shown_to_it_after_a_takeover() -> N
     ]  # fmt: skip
     assert [json.loads(a.payload)["text"] for a in lines] == ["first", "waits"]
     assert {a.skip for a in lines} == {b"alice-02"}
+
+
+def test_a_member_that_outruns_the_pause_is_closed_and_the_wait_stays_bounded() -> None:
+    """The pause (PauseReceiving) takes effect only after what the core already took,
+    and a gap filled at once delivers a burst: a member with WAITING_MAX broadcasts
+    waiting anyway is closed (logged "flood"), so what waits stays bounded."""
+    rules = ChatRules(room_rate_per_s=1.0, room_burst=1)
+    now = 1_800_000_000.0
+    for session, nick in ((b"bob-0001", "bob"), (b"mallory1", "mallory")):
+        rules.session_started(session, ("127.0.0.1", 1), now)
+        hi = {"t": "hello", "nick": nick, "room": "lobby", "client": session.hex()}
+        rules.message_received(session, json.dumps(hi).encode(), now)
+    for i in range(200):  # as one burst from the core
+        say = {"t": "say", "text": f"line {i}", "id": new_line_id()}
+        rules.message_received(b"mallory1", json.dumps(say).encode(), now)
+    actions = rules.take_actions()
+    assert Close(b"mallory1") in actions
+    assert [a.kind for a in actions if isinstance(a, LogEvent)].count("flood") == 1
+    paused = [a for a in actions if isinstance(a, PauseReceiving)]
+    assert paused == [PauseReceiving(b"mallory1", True)]
+    assert rules.waiting_broadcasts() <= WAITING_MAX + 2  # plus the join notices

@@ -116,6 +116,7 @@ LogKind: TypeAlias = Literal[
     "address-refused",
     "server-full",
     "queue-full",
+    "flood",
 ]
 
 
@@ -206,6 +207,11 @@ ROOM_BURST = 200
 #: messages are not acknowledged) until no more than RESUME_AT are left.
 PAUSE_AT = 16
 RESUME_AT = 4
+#: The pause takes effect only after the core has delivered what it already took (a
+#: gap filled at once can deliver a burst): a member with this many broadcasts
+#: waiting all the same is working around flow control, and is closed, so that
+#: waiting lines stay bounded (and within the daemon's memory budget).
+WAITING_MAX = 64
 
 
 @dataclass(eq=False, slots=True)
@@ -559,6 +565,11 @@ class ChatRules:
         if not room.pending and room.rate.allow(self._now):
             self._fan_out(room, msg, skip, history)
             return
+        if sender is not None and sender.waiting >= WAITING_MAX:
+            if sender.session_id in self._sessions:
+                self._log_member("flood", sender, detail=str(sender.waiting))
+                self._close(sender.session_id)
+            return
         room.pending.append(_Paced(msg, skip, sender, history))
         self._paced[room.name] = room
         if sender is not None:
@@ -589,6 +600,10 @@ class ChatRules:
                     self._actions.append(PauseReceiving(sender.session_id, False))
 
     # --- the rooms' rate -------------------------------------------------------------
+
+    def waiting_broadcasts(self) -> int:
+        """Broadcasts waiting for their room's rate, all rooms together."""
+        return sum(len(room.pending) for room in self._paced.values())
 
     def next_release(self) -> float | None:
         """When a room's next waiting broadcast may go out (None: nothing waits)."""

@@ -36,6 +36,8 @@ _TEXTS = {
     "(silently; logged once a minute)",
     "server-full": "Refused {addr}: the member limit ({limit}) is reached "
     "(silently; logged once a minute)",
+    "flood": "Closing the session of {nick} at {addr}: it kept sending past flow "
+    "control ({detail} lines waiting for the room's rate)",
     "queue-full": "Closing the session of {nick} at {addr}: its send queue is full "
     "({detail} messages it never acknowledged; the room sees it time out)",
 }
