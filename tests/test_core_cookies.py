@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from client_net import Net
 from cryptography.fernet import Fernet
+from handshake_flood import build_message_1s
 from sim import START, LossyNetwork, Pair
 
 from udpchat.core import events, wire
@@ -23,14 +24,8 @@ SMALL = ProtocolConfig(handshake_budget_per_s=2.0, handshake_budget_burst=2)
 CLIENT = ("198.51.100.7", 40000)
 
 
-def message_1s(psk: bytes, count: int, now: float) -> list[bytes]:
-    """Authentic message 1s of `count` new sessions, as a key holder builds them."""
-    out = []
-    for _ in range(count):
-        client = ClientEndpoint(psk)
-        client.connect(now)
-        out.append(client.datagrams_to_send(now)[0])
-    return out
+#: Authentic message 1s of `count` new sessions, as a key holder builds them.
+message_1s = build_message_1s
 
 
 def cookie_mac(psk: bytes) -> wire.HmacSha256:
