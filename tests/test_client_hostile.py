@@ -211,7 +211,7 @@ def test_a_hostile_batch_costs_the_client_only_its_bad_lines() -> None:
     psk = Fernet.generate_key()
     chat = ChatClient(ClientEndpoint(psk), "alice", pipe=True)
     front, transport = pipe_front()
-    link = ChatLink(chat, [V4], reactor, front)
+    link = ChatLink(chat, [V4], reactor, front, wall=reactor.seconds)
     link.start()
     front.attach(link)
     server = MemoryServer(psk, link, reactor)

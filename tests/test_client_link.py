@@ -79,7 +79,7 @@ def make_link(servers: list[Any], fallback: float | None = None) -> tuple[ChatLi
     reactor.advance(1_700_000_000)
     net = Net()
     chat = ChatClient(ClientEndpoint(net.psk, FAST), "alice", fallback_after_s=fallback)
-    link = ChatLink(chat, servers, reactor, Front())
+    link = ChatLink(chat, servers, reactor, Front(), wall=reactor.seconds)
     link.start()
     return link, reactor
 

@@ -52,7 +52,14 @@ class World:
         self.clock.advance(START)
         self.config = ServerConfig(path=Path("/test/chat.ini"), **settings)
         chat = ChatServer(PSK, settings_of(self.config))
-        self.server = ChatProtocol(chat, self.config.address_allowed, self.clock)
+        # The system clock: the test clock, unless a test steps it (wall_step).
+        self.wall_step = 0.0
+        self.server = ChatProtocol(
+            chat,
+            self.config.address_allowed,
+            self.clock,
+            wall=lambda: self.clock.seconds() + self.wall_step,
+        )
         self.transport = RecordingTransport()
         self.server.transport = self.transport  # type: ignore[assignment]
         self.clients: dict[Any, ClientEndpoint] = {}
@@ -176,7 +183,7 @@ def test_log_lines_over_the_limits_are_counted_in_the_summary(logged: list[str])
     the service's periodic summary says how many more were held back, by kind."""
     clock = Clock()
     config = ServerConfig(path=Path("/test/chat.ini"))
-    service = ChatService(config, PSK, reactor=clock)
+    service = ChatService(config, PSK, reactor=clock, wall=clock.seconds)
     world = World()
     world.clock, world.server = clock, service.protocol
     world.server.transport = world.transport  # type: ignore[assignment]

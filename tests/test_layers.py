@@ -3,6 +3,7 @@
 udpchat.core    imports nothing from Twisted or from the rest of udpchat
 udpchat.chat    imports udpchat.core (and itself), never Twisted
 udpchat.keys    imports udpchat.core only
+udpchat.reactorclock  (a Twisted helper) imports nothing from udpchat
 udpchat.daemon  and udpchat.client may import the layers below, never each other
 """
 
@@ -22,8 +23,9 @@ ALLOWED = {
     "udpchat.core": set(),
     "udpchat.chat": {"udpchat.core"},
     "udpchat.keys": {"udpchat.core"},
-    "udpchat.daemon": {"udpchat.core", "udpchat.chat", "udpchat.keys"},
-    "udpchat.client": {"udpchat.core", "udpchat.chat", "udpchat.keys"},
+    "udpchat.reactorclock": set(),
+    "udpchat.daemon": {"udpchat.core", "udpchat.chat", "udpchat.keys", "udpchat.reactorclock"},
+    "udpchat.client": {"udpchat.core", "udpchat.chat", "udpchat.keys", "udpchat.reactorclock"},
 }
 NO_TWISTED = {"udpchat.core", "udpchat.chat", "udpchat.keys"}
 

@@ -46,6 +46,7 @@ Rules, in short (docs/PROTOCOL.md section 7 has the messages):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -268,9 +269,12 @@ class ChatRules:
         room_keys: bool = True,
         room_rate_per_s: float = ROOM_RATE_PER_S,
         room_burst: int = ROOM_BURST,
+        wall: Callable[[float], float] = float,
     ) -> None:
         """`room_keys`: whether to offer the "room-keys" extension to clients that
-        ask (caps); the server composition does the sealing."""
+        ask (caps); the server composition does the sealing. `wall` gives the Unix
+        time of a `now` (which is monotonic): the time a line was said, kept in the
+        history. By default `now` is taken to be Unix time."""
         if history_lines < 0 or max_members < 1 or idle_rooms_kept < 0:
             raise ValueError("history_lines, idle_rooms_kept >= 0 and max_members >= 1")
         if not valid_room(default_room):
@@ -283,6 +287,7 @@ class ChatRules:
         self._room_rate = (room_rate_per_s, room_burst)
         self._paced: dict[str, _Room] = {}  # rooms with broadcasts waiting for their rate
         self._now = 0.0  # of what is being fed in
+        self._wall = wall
         self._sessions: dict[bytes, Address | None] = {}  # every live session
         self._members: dict[bytes, _Member] = {}  # sessions that said hello
         self._by_nick: dict[str, _Member] = {}  # fold_nick(nick) -> member
@@ -468,7 +473,7 @@ class ChatRules:
         kind = SayOut if isinstance(msg, Say) else MeOut
         line = kind(room.name, member.nick, msg.text, msg.line_id)
         # Into the history when it goes out (said now, shown with the time said).
-        said = kind(room.name, member.nick, msg.text, msg.line_id, ts=now)
+        said = kind(room.name, member.nick, msg.text, msg.line_id, ts=self._wall(now))
         self._broadcast(room, line, skip=member.session_id, sender=member, history=said)
 
     def _private(self, member: _Member, msg: PrivateMsg) -> None:

@@ -6,6 +6,7 @@ member whose send queue is full, and which refusals are worth a log line. A
 transport adapter (udpchat.daemon.udp) only moves bytes and keeps one timer::
 
     server = ChatServer(psk, ServerSettings(...))
+    server.set_wall_clock(time.time(), now)    # before each of the calls below
     server.receive_datagram(data, addr, now)   # or address_refused(addr, now)
     server.datagrams_to_send(now) -> [(data, addr), ...]
     server.get_timer() -> float | None         # call handle_timer(now) then
@@ -14,8 +15,10 @@ transport adapter (udpchat.daemon.udp) only moves bytes and keeps one timer::
     server.take_suppressed() -> {kind: count}  # log lines over the limits, likewise
     server.shutdown(now)                       # then wait for server.done
 
-Time is always an argument (Unix seconds). Nothing that arrives makes these methods
-raise; an exception that escapes is a bug, for the adapter to log with its traceback.
+Time is always an argument: `now` is monotonic seconds, for every timer; the Unix
+time that handshakes carry and history lines show comes from set_wall_clock.
+Nothing that arrives makes these methods raise; an exception that escapes is a bug,
+for the adapter to log with its traceback.
 """
 
 from __future__ import annotations
@@ -181,6 +184,7 @@ class ChatServer:
             room_keys=settings.room_keys,
             room_rate_per_s=settings.room_rate_per_s,
             room_burst=settings.room_burst,
+            wall=self.endpoint.clock.at,
         )
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
@@ -209,6 +213,10 @@ class ChatServer:
         self.done = False  # shutdown finished: every session closed
 
     # -- input -----------------------------------------------------------------------
+
+    def set_wall_clock(self, wall: float, now: float) -> None:
+        """See ServerEndpoint.set_wall_clock: `now` is monotonic, `wall` Unix time."""
+        self.endpoint.set_wall_clock(wall, now)
 
     def receive_datagram(self, data: bytes, addr: events.Address, now: float) -> None:
         self.endpoint.receive_datagram(data, addr, now)

@@ -63,6 +63,22 @@ class State(enum.Enum):
     DONE = "done"
 
 
+def clock_skew_text(seconds: float) -> str:
+    """What the user is told when the server's clock differs from ours (ClockSkew)."""
+    size = abs(seconds)
+    if size >= 5400:
+        about = f"{size / 3600:.1f} h"
+    elif size >= 90:
+        about = f"{round(size / 60)} min"
+    else:
+        about = f"{round(size)} s"
+    way = "behind" if seconds > 0 else "ahead of"
+    return (
+        f"your clock differs from the server's by about {about} (yours is {way} it); "
+        "udpchat makes up for it, but please set your clock right (e.g. enable NTP)"
+    )
+
+
 def _next_nick(nick: str, rng: random.Random) -> str:
     """A variant of a refused nick: "alice" -> "alice_", long ones get digits."""
     if len(nick) < messages.NICK_MAX_CHARS:
@@ -235,6 +251,11 @@ class ChatClient:
         if self.state is not State.DONE:
             self._give_up(now, "not sent")
             self._pump(now)
+
+    def set_wall_clock(self, wall: float, now: float) -> None:
+        """What the system clock says (Unix time) at monotonic `now`: for the Unix
+        time handshakes carry (ClientEndpoint.set_wall_clock)."""
+        self.endpoint.set_wall_clock(wall, now)
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         self.endpoint.receive_datagram(data, now)
@@ -414,6 +435,8 @@ class ChatClient:
                 self._attempt_deadline = None
                 self._nick_retries = 0
                 self._hello(now)
+        elif isinstance(event, events.ClockSkew):
+            self._output.append(Notice(clock_skew_text(event.seconds)))
         elif isinstance(event, events.SessionEnded):
             if event.session_id != self._session_id:
                 return  # a session we replaced or closed on purpose

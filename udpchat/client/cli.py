@@ -8,6 +8,7 @@ import getpass
 import os
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -23,6 +24,7 @@ from udpchat.core.limits import (
     idle_timeout_floor_s,
 )
 from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
+from udpchat.reactorclock import use_monotonic_clock
 
 PROG = "udpchat-client"
 DEFAULT_PORT = 12345
@@ -241,6 +243,7 @@ def run(
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
+    use_monotonic_clock(reactor)  # before anything is scheduled
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     with ExitStack() as cleanup:
         runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s)
@@ -384,7 +387,7 @@ class Runner:
             front = proto.terminalProtocol
             self.cleanup.enter_context(terminal.follow_window_size(front, self.reactor))
         else:
-            front = PipeFrontEnd(self._front_exited, self.reactor.seconds)
+            front = PipeFrontEnd(self._front_exited, time.time)  # the date, for the reader
             stdio.StandardIO(front)
         self.link = ChatLink(self.chat, servers, self.reactor, front)
         front.link = self.link

@@ -11,7 +11,8 @@ udpchat.client.chatclient.
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import error, interfaces, threads
@@ -83,13 +84,15 @@ class ChatLink:
         servers: Sequence[tuple[int, Address]],
         reactor: Any,
         front: FrontEnd | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if not servers:
             raise ValueError("no server address")
         self.chat = chat
         self.servers = list(servers)
-        self.reactor = reactor
+        self.reactor = reactor  # on monotonic time (udpchat.reactorclock)
         self.front = front
+        self._wall = wall  # the system clock
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
@@ -102,7 +105,11 @@ class ChatLink:
         return self.servers[self.chat.address_index]
 
     def now(self) -> float:
-        return float(self.reactor.seconds())
+        """Monotonic time for the ChatClient (see udpchat.reactorclock), after telling
+        it what the system clock says, for its handshakes."""
+        now = float(self.reactor.seconds())
+        self.chat.set_wall_clock(self._wall(), now)
+        return now
 
     def start(self) -> None:
         """Open the sockets (CannotListenError if none can be opened) and connect."""

@@ -16,6 +16,7 @@ import codecs
 import os
 import signal
 import termios
+import time
 import tty
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -292,7 +293,7 @@ class ChatTerminal(HistoricRecvLine):
     def update(self, items: list[Item]) -> None:
         if self._closing:
             return
-        lines = self._renderer.lines(items, self._clock())
+        lines = self._renderer.lines(items, time.time())  # the date, for the reader
         above = "".join(line + "\r\n" for line in lines)
         if above or self._prompt()[0] != self._prompt_shown:
             self._render(above)

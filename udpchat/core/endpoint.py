@@ -2,8 +2,10 @@
 
 Feed datagrams in with receive_datagram(data, ..., now), ask datagrams_to_send(now),
 drain next_event(), and call handle_timer(now) at get_timer(). Nothing here reads a
-clock, opens a socket or imports Twisted; `now` is Unix time in seconds (it also
-stamps Fernet tokens). Nothing that arrives can make these methods raise: every
+clock, opens a socket or imports Twisted. `now` is monotonic time in seconds, for
+every timer; handshake messages carry Unix time, which the adapter provides with
+set_wall_clock(time.time(), now) before each call (udpchat.core.clock; without it,
+`now` itself is taken as Unix time). Nothing that arrives can make these methods raise: every
 rejected datagram is dropped without a reply and counted in `stats` by reason. An
 exception that escapes them is a bug in udpchat, and is left to the caller's adapter
 to log with its traceback.
@@ -17,8 +19,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 
 from udpchat.core import events, wire
+from udpchat.core.clock import WallClock
 from udpchat.core.cookies import AddressCookies, HandshakeBudget
 from udpchat.core.handshake import (
+    CLOCK_PROBE_OFFSETS,
     FERNET_MAX_CLOCK_SKEW_S,
     ZERO_TAG,
     HandshakeRejected,
@@ -47,6 +51,12 @@ HANDSHAKE_TOKEN_MAC_BYTES = 32  # a Fernet token ends with its HMAC-SHA256
 MIN_ENVELOPE_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.ENVELOPE_MAC_BYTES
 #: Message 1s of one handshake a cookie reply may answer (the client's latest ones).
 RECENT_INITS = 4
+#: A change of the system clock's offset smaller than this is jitter (or NTP slewing,
+#: at most 0.5 ms/s), not a step.
+CLOCK_STEP_S = 1.0
+#: The client sends clock probes with its third message 1 of a handshake, when two
+#: went unanswered (after 3 s: 1 s, then 2 s, PROTOCOL.md 4.6 and 4.11).
+PROBE_AT_ATTEMPT = 3
 
 
 class UnknownSession(KeyError):
@@ -70,6 +80,13 @@ class _Endpoint:
         self._events: deque[events.Event] = deque()
         self._message_ids = itertools.count()
         self.stats = DropStats()
+        self.clock = WallClock()
+
+    def set_wall_clock(self, wall: float, now: float) -> None:
+        """The system clock reads `wall` (Unix time) at monotonic `now`. The I/O
+        adapter calls this before each of the other methods; a step of the system
+        clock then moves the Unix time of handshake messages, and no timer."""
+        self.clock.set(wall, now)
 
     def next_event(self) -> events.Event | None:
         return self._events.popleft() if self._events else None
@@ -91,6 +108,7 @@ class _Endpoint:
             now=now,
             addr=addr,
             handshake_keys=(self._psk32, self._f_hs),
+            clock=self.clock,
         )
 
 
@@ -213,14 +231,23 @@ class ServerEndpoint(_Endpoint):
         self.stats.drop("server-full")
         self._emit(events.HandshakeRefused(addr))
 
+    def set_wall_clock(self, wall: float, now: float) -> None:
+        step = self.clock.set(wall, now)
+        if step < -CLOCK_STEP_S:
+            # Stepped back: the message 1s seen lately stay fresh for that much longer
+            # by the clock that judges them, so they are remembered that much longer.
+            self._seen_tokens.extend(-step)
+            self._seen_ephemerals.extend(-step)
+
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
         ttl_s = self._config.handshake_ttl_s
+        wall = self.clock.at(now)
         # Cheap checks first (PROTOCOL.md 4.2): a returned cookie is one HMAC, the
         # token's MAC and timestamp another; Fernet decryption and X25519 come later.
         proven = len(data) == wire.INIT_WITH_COOKIE_BYTES and self._cookies.valid(
             data[INIT_BYTES:], addr, now
         )
-        check_handshake_token(self._hs_mac, data[1:INIT_BYTES], now, ttl_s)
+        check_handshake_token(self._hs_mac, data[1:INIT_BYTES], wall, ttl_s)
         token_mac = data[INIT_BYTES - HANDSHAKE_TOKEN_MAC_BYTES : INIT_BYTES]
         if self._seen_tokens.contains(token_mac, now):
             raise HandshakeRejected("replayed-handshake")
@@ -230,7 +257,7 @@ class ServerEndpoint(_Endpoint):
             cookie = self._cookies.make(addr, now)
             self._out.append((wire.build_cookie_reply(self._cookie_mac, cookie, data), addr))
             raise HandshakeRejected("cookie-required")
-        init = parse_initiation(self._f_hs, data[:INIT_BYTES], now, ttl_s)
+        init = parse_initiation(self._f_hs, data[:INIT_BYTES], wall, ttl_s)
         # A replay is refused before it can spend its (spoofable) source's budget; the
         # limit comes after authentication, so outsiders cannot spend anyone's budget,
         # and before remembering, so one address cannot fill the cache faster.
@@ -458,6 +485,8 @@ class ClientEndpoint(_Endpoint):
         # The latest message 1s sent in this session's handshake: a cookie reply may
         # answer any of them (the server's answers lag behind under load).
         self._recent_inits: deque[bytes] = deque(maxlen=RECENT_INITS)
+        # Clock probes (PROTOCOL.md 4.11) go out once until a handshake completes.
+        self._may_probe = True
 
     @property
     def session_id(self) -> bytes | None:
@@ -495,6 +524,8 @@ class ClientEndpoint(_Endpoint):
             self.stats.drop("unknown-session")
         elif data[0] == wire.HANDSHAKE_RESPONSE:
             session.receive_response(data, now)
+            if session.handshake_attempts == 0:  # completed
+                self._may_probe = True
         elif data[0] == wire.DATA and len(data) >= MIN_DATA_BYTES:
             session.receive_data(data, None, now)
         elif data[0] == wire.ENVELOPE and len(data) >= MIN_ENVELOPE_BYTES:
@@ -566,7 +597,12 @@ class ClientEndpoint(_Endpoint):
         return None if self._session is None else self._session.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        if self._session is not None:
-            deadline = self._session.next_deadline()
+        session = self._session
+        if session is not None:
+            deadline = session.next_deadline()
             if deadline is not None and deadline <= now:
-                self._session.handle_timer(now)
+                session.handle_timer(now)
+                if session.handshake_attempts == PROBE_AT_ATTEMPT and self._may_probe:
+                    # Two message 1s went unanswered: perhaps the clocks differ.
+                    self._may_probe = False
+                    session.send_clock_probes(CLOCK_PROBE_OFFSETS, now)

@@ -79,6 +79,17 @@ class HandshakeRefused:
 
 
 @dataclass(frozen=True)
+class ClockSkew:
+    """Client: the server's clock differs from this machine's by about `seconds`
+    (positive: the server is ahead), measured from a message 2 (PROTOCOL.md 4.11).
+    The client stamps its handshakes in the server's time from now on, so it keeps
+    working; the user should still set the clock right."""
+
+    session_id: bytes
+    seconds: float
+
+
+@dataclass(frozen=True)
 class SessionEnded:
     """The session is gone.
 
@@ -100,5 +111,6 @@ Event = (
     | SessionRoamed
     | SessionRekeyed
     | HandshakeRefused
+    | ClockSkew
     | SessionEnded
 )

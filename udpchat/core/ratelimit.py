@@ -220,6 +220,12 @@ class BoundedExpiringSet:
         self._expiry[key] = now + self.ttl_s
         return True
 
+    def extend(self, seconds: float) -> None:
+        """Remember every key ``seconds`` longer (their order is kept). For the
+        handshake caches when the wall clock that judges freshness is stepped back."""
+        for key in self._expiry:
+            self._expiry[key] += seconds
+
     def contains(self, key: Hashable, now: float) -> bool:
         """Whether ``key`` was added and has not expired by ``now``."""
         expiry = self._expiry.get(key)

@@ -10,13 +10,20 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from udpchat.core import events, wire
-from udpchat.core.handshake import ZERO_TAG, HandshakeRejected, Initiator, respond
+from udpchat.core.clock import WallClock
+from udpchat.core.handshake import (
+    CLOCK_SKEW_REPORT_S,
+    ZERO_TAG,
+    HandshakeRejected,
+    Initiator,
+    respond,
+)
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import TokenBucket
 from udpchat.core.reliability import MessageTooLarge, ReceiveBuffer, SendQueue
@@ -125,7 +132,7 @@ class Session:
         "session_id", "initiator", "addr", "_config", "_stats", "_emit", "_keys",
         "_send_epoch", "pending_epoch", "_candidates", "_sendq", "_recvq",
         "_message_bucket", "last_received", "last_sent", "_ack_due", "_ping_needed",
-        "_close_pending", "ended", "_handshake_keys", "_handshake_out",
+        "_close_pending", "ended", "_handshake_keys", "_clock", "_handshake_out",
         "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
         "_handshake_retry_at", "cookie",
         "_handshake_attempts", "path_checks", "_validated", "_path_credit",
@@ -142,10 +149,13 @@ class Session:
         emit: Emit,
         now: float,
         handshake_keys: tuple[bytes, Fernet],
+        clock: WallClock,
         addr: events.Address = None,
     ) -> None:
         """`handshake_keys` are the PSK's 32 bytes and K_hs: the initiator starts every
-        handshake of the session with them (rekeys included), the responder answers."""
+        handshake of the session with them (rekeys included), the responder answers.
+        `clock` turns `now` into the Unix time handshake messages carry (the
+        endpoint's, shared by its sessions)."""
         self.session_id = session_id
         self.initiator = initiator
         self.addr = addr
@@ -166,6 +176,7 @@ class Session:
         self._close_pending = False
         self.ended = False
         self._handshake_keys = handshake_keys
+        self._clock = clock
         self._handshake_out: list[tuple[bytes, events.Address]] = []  # with their address
         # False: no MessageDelivered events (a server relaying to a room needs none,
         # and one event per delivered message showed in its profile).
@@ -225,13 +236,26 @@ class Session:
         current = self._keys.get(self._send_epoch) if self._send_epoch is not None else None
         epoch = 0 if current is None else (current.epoch + 1) % 256
         resume = None if current is None else current.resume
-        self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, now, resume, self.cookie)
+        wall = self._clock.at(now)
+        self._initiator = Initiator(psk32, f_hs, self.session_id, epoch, wall, resume, self.cookie)
         self._handshake_out = [(self._initiator.message, self.addr)]  # a retry replaces it
         if not retry and self._handshake_retry_at is not None:
             return
         delay = self._config.handshake_retry_s * 2**self._handshake_attempts
         self._handshake_retry_at = now + min(delay, self._config.handshake_retry_max_s)
         self._handshake_attempts += 1
+
+    @property
+    def handshake_attempts(self) -> int:
+        """Initiator: message 1s sent for the handshake in progress (0: none)."""
+        return self._handshake_attempts
+
+    def send_clock_probes(self, offsets: Iterable[float], now: float) -> None:
+        """Initiator: send the latest message 1 again stamped at each of `offsets`
+        from our clock, for a server whose clock differs (PROTOCOL.md 4.11)."""
+        if self._initiator is not None:
+            probes = self._initiator.probes(offsets, self._clock.at(now))
+            self._handshake_out.extend((probe, self.addr) for probe in probes)
 
     @property
     def handshake_message(self) -> bytes | None:
@@ -244,10 +268,14 @@ class Session:
             self._stats.drop("unexpected-response")
             return
         try:
-            keys = self._initiator.receive_response(datagram, now, self._config.handshake_ttl_s)
+            keys, skew = self._initiator.receive_response(datagram, self._clock.at(now))
         except HandshakeRejected as rejected:
             self._stats.drop(rejected.reason)
             return
+        if abs(skew) >= CLOCK_SKEW_REPORT_S:
+            # Stamp later message 1s (rekeys, reconnects) in the server's time.
+            self._clock.correction += skew
+            self._emit(events.ClockSkew(self.session_id, self._clock.correction))
         epoch = self._initiator.epoch
         self._initiator = None
         self._handshake_retry_at = None
@@ -286,7 +314,7 @@ class Session:
         else:
             self._check_resume(init, now, may_establish)
         psk32, f_hs = self._handshake_keys
-        responded = respond(psk32, f_hs, datagram, init, now)
+        responded = respond(psk32, f_hs, datagram, init, self._clock.at(now))
         if not self.offer(responded.keys, init.epoch, now, addr):
             raise HandshakeRejected("stale-rekey")
         if not self.established:

@@ -9,6 +9,8 @@ import gc
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -23,6 +25,7 @@ from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
+from udpchat.reactorclock import use_monotonic_clock
 
 log = Logger(namespace="udpchat")
 
@@ -61,15 +64,24 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 class ChatService(Service):
     """Binds the UDP port at start; at stop, says goodbye and releases it."""
 
-    def __init__(self, config: ServerConfig, psk: bytes, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        psk: bytes,
+        reactor: Any = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """`reactor`: the global one by default, put on monotonic time; `wall` reads
+        the system clock (tests give a fake reactor and clock)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+            use_monotonic_clock(reactor)  # timers immune to steps of the system clock
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
         server = ChatServer(psk, settings_of(config))
-        self.protocol = ChatProtocol(server, config.address_allowed, reactor)
+        self.protocol = ChatProtocol(server, config.address_allowed, reactor, wall)
         self._port: Any = None
         self._summary = LoopingCall(self.log_rejections)
         self._summary.clock = reactor

@@ -7,6 +7,7 @@ lines. Every chat rule and timer policy lives in udpchat.chat.server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,10 +56,19 @@ class ChatProtocol(DatagramProtocol):
 
     noisy = False  # the service logs what matters, in the operator's words
 
-    def __init__(self, server: ChatServer, allowed: Callable[[str], bool], clock: Any) -> None:
+    def __init__(
+        self,
+        server: ChatServer,
+        allowed: Callable[[str], bool],
+        clock: Any,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock`: the reactor, on monotonic time (udpchat.reactorclock); `wall`
+        reads the system clock, for the Unix time in handshakes and history."""
         self.server = server
         self._allowed = allowed
         self._clock: Any = clock  # IReactorTime (zope interfaces are opaque to mypy)
+        self._wall = wall
         self._timer: Any = None  # the one IDelayedCall
         self._timer_at: float | None = None
         self._internal_errors = 0
@@ -66,8 +76,13 @@ class ChatProtocol(DatagramProtocol):
         self._traceback_logged_at: float | None = None
         self._stopped: Deferred[None] | None = None
 
+    def _now(self) -> float:
+        now: float = self._clock.seconds()
+        self.server.set_wall_clock(self._wall(), now)
+        return now
+
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        now = self._clock.seconds()
+        now = self._now()
         try:
             if self._allowed(addr[0]):
                 self.server.receive_datagram(data, addr, now)
@@ -79,7 +94,7 @@ class ChatProtocol(DatagramProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._clock.seconds()
+        now = self._now()
         try:
             self.server.handle_timer(now)
         except Exception:
@@ -89,7 +104,7 @@ class ChatProtocol(DatagramProtocol):
     def shutdown(self) -> Deferred[None]:
         """Say goodbye (see ChatServer.shutdown); fires once every session is closed."""
         self._stopped = Deferred()
-        now = self._clock.seconds()
+        now = self._now()
         try:
             self.server.shutdown(now)
         except Exception:
