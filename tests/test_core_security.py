@@ -1200,13 +1200,17 @@ def test_a_bug_in_one_session_ends_that_session_and_only_that_one(
     with pytest.raises(RuntimeError):
         server.handle_timer(now)
         sent += server.datagrams_to_send(now)
-    # The adapter calls again (its timer is always set again): the others go on.
+    # What the others had to send waits, due at once: the adapter calls again
+    # straight away (its timer is always set again), not at the next deadline.
+    timer = server.get_timer()
+    assert timer is not None and timer <= now
     server.handle_timer(now)
     sent += server.datagrams_to_send(now)
     assert {addr for _, addr in sent} == {addrs[0], addrs[2]}
     ended = [e for e in drain_events(server) if isinstance(e, events.SessionEnded)]
     assert ended == [events.SessionEnded(ids[1], "internal-error")]
     server.handle_timer(now)
+    server.datagrams_to_send(now)
     timer = server.get_timer()
     assert timer is not None and timer > now  # nothing left due for ever
     server.handle_timer(START + 100)  # the others expire as usual

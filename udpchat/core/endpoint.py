@@ -446,9 +446,10 @@ class ServerEndpoint(_Endpoint):
         return session
 
     def get_timer(self) -> float | None:
-        for session_id in self._dirty:  # normally none: datagrams_to_send clears them
-            if (session := self._sessions.get(session_id)) is not None:
-                self._schedule(session)
+        if self._out or self._dirty:
+            # Normally empty here: datagrams_to_send takes them. Left over when a bug
+            # interrupted it (or before the first call): due at once, whatever `now`.
+            return 0.0
         while self._timers and self._current(self._timers[0]) is None:
             heapq.heappop(self._timers)  # superseded: lazy deletion keeps this O(log n)
         return self._timers[0][0] if self._timers else None
