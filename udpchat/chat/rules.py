@@ -118,6 +118,7 @@ LogKind: TypeAlias = Literal[
     "server-full",
     "queue-full",
     "flood",
+    "key-retired",
 ]
 
 

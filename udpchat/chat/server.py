@@ -27,7 +27,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from udpchat.chat.messages import DEFAULT_ROOM
+from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
 from udpchat.chat.roomkeys import RoomKeys, seal
 from udpchat.chat.rules import (
     ROOM_BURST,
@@ -48,6 +48,11 @@ from udpchat.core.ratelimit import TokenBucket
 from udpchat.core.wire import MAX_SEALED_PAYLOAD_BYTES
 
 SHUTDOWN_TEXT = "stopped by its operator"
+#: What a member still on the previous key hears when a key rotation's overlap ends.
+KEY_RETIRED_TEXT = (
+    "the server's key was replaced and the old one is no longer accepted; "
+    "get the new key file from the server's operator"
+)
 #: A session that has not said a valid hello this long after its handshake is closed
 #: (it would otherwise hold a member slot without being a member).
 HELLO_DEADLINE_S = 10.0
@@ -62,7 +67,7 @@ REFUSAL_LOG_MAX_ADDRESSES = 1024
 REFUSAL_LOG_MAX_LINES = 10
 #: Lines a session causes that can come only once per session (it says hello once,
 #: it ends once): these pass the per-session limit, only the total limits them.
-ONCE_PER_SESSION = frozenset({"join", "takeover", "leave", "timeout"})
+ONCE_PER_SESSION = frozenset({"join", "takeover", "leave", "timeout", "key-retired"})
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ class ChatServer:
         # deadline order, since every deadline is now + HELLO_DEADLINE_S.
         self._hello_due: OrderedDict[bytes, float] = OrderedDict()
         self._held: list[bytes] | None = None  # shutting down: sessions to close last
+        # Sessions on a retired key, told why: closed when they acknowledged, or then.
+        self._retiring: dict[bytes, float] = {}
         self._shutdown_deadline: float | None = None
         self.done = False  # shutdown finished: every session closed
 
@@ -230,6 +237,10 @@ class ChatServer:
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
         self.rules.release(now)
+        for session_id, due in list(self._retiring.items()):
+            if due <= now or self.endpoint.is_idle(session_id):
+                del self._retiring[session_id]
+                self._close(session_id, now)
         while self._hello_due:
             session_id, due = next(iter(self._hello_due.items()))
             if due > now:
@@ -238,6 +249,29 @@ class ChatServer:
             if self.rules.nick_of(session_id) is None:
                 self._close(session_id, now)
         self._pump(now)
+
+    def set_previous_key(self, psk: bytes | None) -> None:
+        """Key rotation (PROTOCOL.md 4.12): accept handshakes under `psk` too, the key
+        being replaced, until retire_previous_key()."""
+        self.endpoint.set_previous_key(psk)
+
+    def retire_previous_key(self, now: float) -> int:
+        """The rotation's overlap is over: every member still on the previous key is
+        told (a `shutdown` message saying why, which every client shows) and its
+        session closed once that is acknowledged, or after SHUTDOWN_LINGER_S. The
+        room sees it quit. Returns how many were closed."""
+        retired = self.endpoint.retire_previous_key()
+        payload = encode(Shutdown(KEY_RETIRED_TEXT))
+        for session_id in retired:
+            nick = self.rules.nick_of(session_id)
+            addr = self._address_of(session_id)
+            self._send(session_id, payload, now)
+            self._hello_due.pop(session_id, None)
+            self.rules.session_ended(session_id, "closed", now)
+            self._retiring[session_id] = now + SHUTDOWN_LINGER_S
+            self._session_event(LogEvent("key-retired", nick, addr, session_id=session_id), now)
+        self._pump(now)
+        return len(retired)
 
     def shutdown(self, now: float) -> None:
         """Tell every member the server is going away; close each session once it has
@@ -259,6 +293,7 @@ class ChatServer:
         if self.done:
             return None
         deadlines = [self.endpoint.get_timer(), self._shutdown_deadline, self.rules.next_release()]
+        deadlines.extend(self._retiring.values())
         if self._hello_due:
             deadlines.append(next(iter(self._hello_due.values())))
         return min((d for d in deadlines if d is not None), default=None)

@@ -14,6 +14,7 @@ to log with its traceback.
 from __future__ import annotations
 
 import heapq
+import hmac
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from udpchat.core.handshake import (
     FERNET_MAX_CLOCK_SKEW_S,
     ZERO_TAG,
     HandshakeRejected,
-    check_handshake_token,
+    check_fresh,
     new_session_id,
     parse_initiation,
 )
@@ -67,16 +68,30 @@ class NotConnected(Exception):
     """ClientEndpoint.send() before connect(), or after the session ended."""
 
 
+class HandshakeKey:
+    """What a pre-shared key gives the handshake (PROTOCOL.md 2.4, 2.8): its 32 bytes,
+    K_hs as a Fernet, K_hs's signing half as a precomputed HMAC, and K_cookie."""
+
+    __slots__ = ("psk32", "f_hs", "hs_mac", "cookie_mac")
+
+    def __init__(self, psk: bytes) -> None:
+        self.psk32 = wire.psk_raw(psk)
+        k_hs = wire.handshake_key(self.psk32)
+        self.f_hs = wire.fernet_key(k_hs)
+        self.hs_mac = wire.HmacSha256(wire.fernet_signing_key(k_hs))
+        self.cookie_mac = wire.HmacSha256(wire.cookie_reply_key(self.psk32))
+
+    def signed(self, token: bytes) -> bool:
+        """Whether a handshake token carries K_hs's HMAC (PROTOCOL.md 4.2 step 3)."""
+        return hmac.compare_digest(self.hs_mac(token[:-32]), token[-32:])
+
+
 class _Endpoint:
     """What both sides share: keys, events, stats, and the timer heap."""
 
     def __init__(self, psk: bytes, config: ProtocolConfig) -> None:
         self._config = config
-        self._psk32 = wire.psk_raw(psk)
-        k_hs = wire.handshake_key(self._psk32)
-        self._f_hs = wire.fernet_key(k_hs)
-        self._hs_mac = wire.HmacSha256(wire.fernet_signing_key(k_hs))
-        self._cookie_mac = wire.HmacSha256(wire.cookie_reply_key(self._psk32))
+        self._key = HandshakeKey(psk)
         self._events: deque[events.Event] = deque()
         self._message_ids = itertools.count()
         self.stats = DropStats()
@@ -98,7 +113,9 @@ class _Endpoint:
     def _emit(self, event: events.Event) -> None:
         self._events.append(event)
 
-    def _new_session(self, session_id: bytes, now: float, addr: object, initiator: bool) -> Session:
+    def _new_session(
+        self, session_id: bytes, now: float, addr: object, initiator: bool, key: HandshakeKey
+    ) -> Session:
         return Session(
             session_id,
             initiator=initiator,
@@ -107,7 +124,7 @@ class _Endpoint:
             emit=self._emit,
             now=now,
             addr=addr,
-            handshake_keys=(self._psk32, self._f_hs),
+            handshake_keys=(key.psk32, key.f_hs),
             clock=self.clock,
         )
 
@@ -162,6 +179,7 @@ class ServerEndpoint(_Endpoint):
             config.handshake_budget_per_s, config.handshake_budget_burst, config.under_load_hold_s
         )
         self._cookies = AddressCookies(config.cookie_secret_s)
+        self._previous: HandshakeKey | None = None  # during a key rotation
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -239,6 +257,47 @@ class ServerEndpoint(_Endpoint):
             self._seen_tokens.extend(-step)
             self._seen_ephemerals.extend(-step)
 
+    # -- keys ------------------------------------------------------------------------
+
+    def set_previous_key(self, psk: bytes | None) -> None:
+        """Key rotation (PROTOCOL.md 4.12): also accept handshakes under `psk`, the
+        key being replaced, or stop (None). A session keeps the key it began with;
+        the overlap ends with retire_previous_key()."""
+        self._previous = None if psk is None else HandshakeKey(psk)
+        if self._previous is not None and self._previous.psk32 == self._key.psk32:
+            self._previous = None  # the same key twice: nothing to rotate
+
+    def retire_previous_key(self) -> list[bytes]:
+        """The end of a rotation's overlap: handshakes under the previous key are no
+        longer accepted, and its half-open sessions are forgotten. Returns the ids of
+        its established sessions, for the application to tell and close."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return []
+        established = []
+        for sid, session in list(self._sessions.items()):
+            if session.psk32 is previous.psk32:
+                if session.established and not session.ended:
+                    established.append(sid)
+                elif not session.established:
+                    self._forget(sid)
+        return established
+
+    def uses_previous_key(self, session_id: bytes) -> bool:
+        session = self._sessions.get(session_id)
+        previous = self._previous
+        return previous is not None and session is not None and session.psk32 is previous.psk32
+
+    def _key_of(self, token: bytes) -> HandshakeKey:
+        """The key whose K_hs signed a message 1's token: the current key, or during
+        a rotation the previous one."""
+        if len(token) >= wire.MIN_FERNET_BYTES and token[0] == wire.FERNET_VERSION:
+            if self._key.signed(token):
+                return self._key
+            if self._previous is not None and self._previous.signed(token):
+                return self._previous
+        raise HandshakeRejected("bad-token")
+
     def _receive_init(self, data: bytes, addr: events.Address, now: float) -> None:
         ttl_s = self._config.handshake_ttl_s
         wall = self.clock.at(now)
@@ -247,7 +306,9 @@ class ServerEndpoint(_Endpoint):
         proven = len(data) == wire.INIT_WITH_COOKIE_BYTES and self._cookies.valid(
             data[INIT_BYTES:], addr, now
         )
-        check_handshake_token(self._hs_mac, data[1:INIT_BYTES], wall, ttl_s)
+        token = data[1:INIT_BYTES]
+        key = self._key_of(token)  # the token's HMAC, under the current or previous key
+        check_fresh(int.from_bytes(token[1:9], "big"), wall, ttl_s)
         token_mac = data[INIT_BYTES - HANDSHAKE_TOKEN_MAC_BYTES : INIT_BYTES]
         if self._seen_tokens.contains(token_mac, now):
             raise HandshakeRejected("replayed-handshake")
@@ -255,9 +316,9 @@ class ServerEndpoint(_Endpoint):
             # Under load: a cookie for the source instead of a handshake. No state, no
             # decryption, and 33 bytes for 170: a forged source gets nothing to amplify.
             cookie = self._cookies.make(addr, now)
-            self._out.append((wire.build_cookie_reply(self._cookie_mac, cookie, data), addr))
+            self._out.append((wire.build_cookie_reply(key.cookie_mac, cookie, data), addr))
             raise HandshakeRejected("cookie-required")
-        init = parse_initiation(self._f_hs, data[:INIT_BYTES], wall, ttl_s)
+        init = parse_initiation(key.f_hs, data[:INIT_BYTES], wall, ttl_s)
         # A replay is refused before it can spend its (spoofable) source's budget; the
         # limit comes after authentication, so outsiders cannot spend anyone's budget,
         # and before remembering, so one address cannot fill the cache faster.
@@ -274,11 +335,13 @@ class ServerEndpoint(_Endpoint):
                 raise HandshakeRejected("unknown-session")
             if self._full():
                 raise HandshakeRejected("server-full")
-            session = self._new_session(init.session_id, now, addr, initiator=False)
+            session = self._new_session(init.session_id, now, addr, initiator=False, key=key)
             session.report_delivered = self._report_delivered
             session.accept_init(init, data, addr, now, may_establish=False)
             self._sessions[init.session_id] = session
             self._add_pending(session)
+        elif session.psk32 is not key.psk32:
+            raise HandshakeRejected("bad-token")  # a session keeps the key it began with
         else:
             session.accept_init(init, data, addr, now, may_establish=not self._full())
             if session.established:
@@ -506,7 +569,7 @@ class ClientEndpoint(_Endpoint):
         """Start a new session (a fresh id and handshake); ends any current one silently."""
         if self._session is not None and not self._session.ended:
             self._session.close(now)
-        session = self._new_session(new_session_id(), now, addr=None, initiator=True)
+        session = self._new_session(new_session_id(), now, addr=None, initiator=True, key=self._key)
         session.start_handshake(now)
         self._session = session
         self._recent_inits.clear()
@@ -549,7 +612,7 @@ class ClientEndpoint(_Endpoint):
             self.stats.drop("unexpected-response")
             return
         for message in reversed(self._recent_inits):
-            cookie = wire.open_cookie_reply(self._cookie_mac, data, message)
+            cookie = wire.open_cookie_reply(self._key.cookie_mac, data, message)
             if cookie is not None:
                 break
         else:

@@ -9,7 +9,6 @@ tokens under a key derived from the PSK, so nothing without the key gets an answ
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,7 +65,9 @@ def _exchange(private: X25519PrivateKey, peer: bytes) -> bytes:
         raise HandshakeRejected("bad-point") from exc
 
 
-def _check_fresh(timestamp: int, wall: float, ttl_s: float) -> None:
+def check_fresh(timestamp: int, wall: float, ttl_s: float) -> None:
+    """A message 1's freshness (PROTOCOL.md 4.2 steps 4-5): its timestamp is in the
+    clear, authenticated by the token's HMAC, so this can come before decryption."""
     if timestamp + ttl_s <= wall:
         raise HandshakeRejected("stale-handshake")
     if timestamp > wall + FERNET_MAX_CLOCK_SKEW_S:
@@ -79,22 +80,8 @@ def open_handshake(f_hs: Fernet, token: bytes, wall: float, ttl_s: float) -> byt
         plaintext, timestamp = wire.open_token(f_hs, token)
     except InvalidToken as exc:
         raise HandshakeRejected("bad-token") from exc
-    _check_fresh(timestamp, wall, ttl_s)
+    check_fresh(timestamp, wall, ttl_s)
     return plaintext
-
-
-def check_handshake_token(mac: wire.HmacSha256, token: bytes, wall: float, ttl_s: float) -> None:
-    """What open_handshake checks, without decrypting: the Fernet version byte, the
-    HMAC under K_hs's signing half (`mac`) and the timestamp, which is in the clear.
-    Enough to answer a message 1 with a cookie (PROTOCOL.md 4.2): an HMAC, where
-    Fernet's own check and the decryption cost many times more."""
-    if (
-        len(token) < wire.MIN_FERNET_BYTES
-        or token[0] != wire.FERNET_VERSION
-        or not hmac.compare_digest(mac(token[:-32]), token[-32:])
-    ):
-        raise HandshakeRejected("bad-token")
-    _check_fresh(int.from_bytes(token[1:9], "big"), wall, ttl_s)
 
 
 class Initiator:

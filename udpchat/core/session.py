@@ -246,6 +246,12 @@ class Session:
         self._handshake_attempts += 1
 
     @property
+    def psk32(self) -> bytes:
+        """The pre-shared key the session's handshakes use (the same object for all
+        sessions under one key)."""
+        return self._handshake_keys[0]
+
+    @property
     def handshake_attempts(self) -> int:
         """Initiator: message 1s sent for the handshake in progress (0: none)."""
         return self._handshake_attempts

@@ -41,6 +41,8 @@ _TEXTS = {
     "control ({detail} lines waiting for the room's rate)",
     "queue-full": "Closing the session of {nick} at {addr}: its send queue is full "
     "({detail} messages it never acknowledged; the room sees it time out)",
+    "key-retired": "Closing the session of {nick} at {addr}: it still uses the previous "
+    "key, whose overlap has ended (it was told to get the new key)",
 }
 
 
