@@ -48,9 +48,11 @@ def twistd_argv() -> list[str]:
 def subprocess_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for child processes: this checkout first on sys.path (so its
     udpchat package and twisted/plugins are found from any cwd), no systemd socket,
-    and the client's state (kept client ids) in a folder of the test's own."""
+    the client's state (kept client ids, input history) in a folder of the test's own,
+    and its config folder an empty one (the user's client.ini must not count)."""
     env = dict(os.environ)
     env["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    env["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONUNBUFFERED"] = "1"

@@ -22,6 +22,7 @@ from udpchat.client.display import (
     OwnLine,
     Problem,
     Style,
+    ViewOptions,
     clean,
     format_item,
     nick_colour,
@@ -108,13 +109,83 @@ def test_terminal_style_has_timestamps_and_colours() -> None:
     assert line is not None
     assert "22:13" in line
     assert f"\x1b[{nick_colour('alice')}malice\x1b[0m" in line
-    assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "22:13 <alice> hi"
+    assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "[22:13] <alice> hi"
 
 
 def test_timestamps_without_colour() -> None:
     """NO_COLOR: timestamps but not a single escape sequence."""
-    line = format_item(messages.SayOut("lobby", "alice", "hi", ID), Style(timestamps=True), now=NOW)
-    assert line == "22:13 <alice> hi"
+    line = format_item(
+        messages.SayOut("lobby", "alice", "hi", ID), Style(timestamps="hhmm"), now=NOW
+    )
+    assert line == "[22:13] <alice> hi"
+
+
+LIVE = messages.SayOut("lobby", "alice", "now", ID)
+TODAY = messages.SayOut("lobby", "alice", "old news", ID, ts=NOW - 3600)
+OLDER = messages.MeOut("lobby", "alice", "waved", ID, ts=NOW - 2 * 86400 - 17)
+
+
+@pytest.mark.parametrize(
+    ("timestamps", "item", "line"),
+    [
+        ("off", LIVE, "<alice> now"),
+        ("off", TODAY, "[21:13] <alice> old news"),
+        ("off", OLDER, "[2023-11-12 22:13] * alice waved"),
+        ("hhmm", LIVE, "[22:13] <alice> now"),
+        ("hhmm", TODAY, "[21:13] <alice> old news"),
+        ("hhmm", OLDER, "[2023-11-12 22:13] * alice waved"),
+        ("hhmm", Notice("reconnected"), "[22:13] -!- reconnected"),
+        ("iso", LIVE, "2023-11-14T22:13:20Z <alice> now"),
+        ("iso", TODAY, "2023-11-14T21:13:20Z <alice> old news"),
+        ("iso", OLDER, "2023-11-12T22:13:03Z * alice waved"),
+        ("iso", Problem("not delivered: hi"), "2023-11-14T22:13:20Z !!! not delivered: hi"),
+    ],
+)
+def test_timestamp_formats(timestamps: Any, item: object, line: str) -> None:
+    """The formats README documents for scripts: "iso" stamps every line with RFC 3339
+    UTC time (history lines with the time they were said), "hhmm" with local [HH:MM],
+    "off" only history lines (with [HH:MM], or the date and time if not from today)."""
+    assert format_item(item, Style(timestamps=timestamps), now=NOW) == line  # type: ignore[arg-type]
+
+
+def test_iso_time_is_utc_whatever_the_local_zone() -> None:
+    """ISO stamps do not depend on the time zone; [HH:MM] is local time."""
+    os.environ["TZ"] = "Asia/Kolkata"  # +05:30; the utc fixture restores it
+    time.tzset()
+    iso = format_item(LIVE, Style(timestamps="iso"), now=NOW)
+    assert iso == "2023-11-14T22:13:20Z <alice> now"
+    assert format_item(LIVE, Style(timestamps="hhmm"), now=NOW) == "[03:43] <alice> now"
+
+
+def test_no_history_style_leaves_history_lines_out() -> None:
+    """--no-history: lines replayed from history are not shown at all; live lines and
+    notices are."""
+    style = Style(timestamps="iso", history=False)
+    assert format_item(TODAY, style, now=NOW) is None
+    assert format_item(OLDER, style, now=NOW) is None
+    assert format_item(LIVE, style, now=NOW) == "2023-11-14T22:13:20Z <alice> now"
+    assert format_item(messages.Welcome("al", "lobby"), style, now=NOW) is not None
+
+
+@pytest.mark.parametrize(
+    ("view", "interactive", "env", "style"),
+    [
+        (ViewOptions(), False, {}, PLAIN),
+        (ViewOptions(), True, {}, TERMINAL),
+        (ViewOptions(), True, {"NO_COLOR": "1"}, Style(timestamps="hhmm")),
+        (ViewOptions(), True, {"TERM": "dumb"}, Style(timestamps="hhmm")),
+        (ViewOptions(colours=False), True, {}, Style(timestamps="hhmm")),
+        (ViewOptions(timestamps="iso"), False, {}, Style(timestamps="iso")),
+        (ViewOptions(timestamps="off"), True, {}, Style(colour=True)),
+        (ViewOptions(history=False), False, {}, Style(history=False)),
+    ],
+)
+def test_view_options_choose_the_style(
+    view: ViewOptions, interactive: bool, env: dict[str, str], style: Style
+) -> None:
+    """A pipe never gets colours and gets no live timestamps unless asked; a terminal
+    gets colours (unless NO_COLOR, TERM=dumb or colours = no) and [HH:MM] by default."""
+    assert view.style(interactive, env) == style
 
 
 def test_nick_colour_is_stable_and_case_insensitive() -> None:

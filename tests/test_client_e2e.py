@@ -547,7 +547,6 @@ def test_setup_mistake_is_one_line_and_status_2(
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        ([], "the following arguments are required: HOST"),
         (["127.0.0.1", "--port", "abc"], "argument --port: not a port number: 'abc'"),
         (["127.0.0.1", "--port", "0"], "argument --port: port must be 1..65535"),
         (["127.0.0.1", "--bogus"], "unrecognized arguments: --bogus"),
@@ -557,7 +556,6 @@ def test_setup_mistake_is_one_line_and_status_2(
         (["127.0.0.1", "--idle-timeout", "x"], "--idle-timeout: not a number of seconds"),
     ],
     ids=[
-        "no-host",
         "port-not-a-number",
         "port-zero",
         "unknown-option",

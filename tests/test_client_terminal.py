@@ -75,7 +75,8 @@ def alice(tmp_path: Path, daemon: Daemon, subprocess_env: dict[str, str]) -> Ite
     env = " ".join(
         f"{k}={shlex.quote(v)}"
         for k, v in subprocess_env.items()
-        if k in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL")
+        if k
+        in ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "XDG_STATE_HOME", "XDG_CONFIG_HOME")
     )
     command = " ".join(
         shlex.quote(part)

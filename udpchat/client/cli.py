@@ -1,5 +1,5 @@
-"""``udpchat-client``: the command line entry point (argument parsing, key lookup,
-name resolution, and the choice between terminal and pipe mode)."""
+"""``udpchat-client``: the command line entry point (argument parsing, the config file,
+key lookup, name resolution, and the choice between terminal and pipe mode)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ from typing import Any, NoReturn, cast
 
 from udpchat import __version__
 from udpchat.chat import messages
+from udpchat.client.chatlog import ChatLog, ChatLogError, open_chat_log
+from udpchat.client.config import (
+    ClientConfig,
+    ConfigError,
+    add_config_arguments,
+    config_path,
+    load_client_config,
+    merge,
+)
+from udpchat.client.display import ViewOptions
 from udpchat.core.limits import (
     IDLE_TIMEOUT_MAX_S,
     IDLE_TIMEOUT_MIN_S,
@@ -53,19 +63,29 @@ Terminal mode (stdin and stdout are a terminal): a line editor with history; typ
 Pipe mode (otherwise), for scripts: every input line is sent in order (commands work
 too, '//text' sends '/text'), and every event is printed as one plain line, such as
 "<alice> hello", "* alice waves", "*bob* hi", "-!- bob has joined lobby" or
-"!!! error". Your own lines are not printed. At end of input the client waits until
-the server acknowledged every line, says bye and exits. If nothing reads its output,
-it stops reading from the network (64 KiB of output wait) until output drains."""
+"!!! error"; a line replayed from the room's history starts with "[HH:MM] ".
+--timestamps puts the time before every line: "2026-12-01T21:27:37Z <alice> hello"
+(iso, UTC, the default) or "[21:27] <alice> hello" (hhmm, local time).
+Your own lines are not printed. At end of input the client waits until the server
+acknowledged every line, says bye and exits. If nothing reads its output, it stops
+reading from the network (64 KiB of output wait) until output drains."""
 
 EPILOG = """\
 key file (the group's pre-shared key, mode 0600), first found of:
-  --key PATH, $UDPCHAT_KEY_FILE, $XDG_CONFIG_HOME/udpchat/chat.key
-  (XDG_CONFIG_HOME defaults to ~/.config)
+  --key PATH, $UDPCHAT_KEY_FILE, key in the config file,
+  $XDG_CONFIG_HOME/udpchat/chat.key (XDG_CONFIG_HOME defaults to ~/.config)
+
+config file: $XDG_CONFIG_HOME/udpchat/client.ini (or --config PATH), section
+  [client], keys host, port, nick, room, key, colours, timestamps, bell, log,
+  timeout; a flag given here wins over the file (README lists the keys)
+
+input history (terminal mode): $XDG_STATE_HOME/udpchat/history, the last 1,000
+  lines (XDG_STATE_HOME defaults to ~/.local/state)
 
 exit status:
   0  done (pipe mode: every line was delivered)
   1  pipe mode: a line was refused or not delivered; or interrupted
-  2  bad arguments, unusable key file, unknown host"""
+  2  bad arguments, unusable key, config or log file, unknown host"""
 
 
 def fail(text: str) -> NoReturn:
@@ -154,8 +174,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser.add_argument(
         "host",
         metavar="HOST",
+        nargs="?",
         help="server name or IPv4/IPv6 address, with :PORT if you like (as the daemon"
-        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345)",
+        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); default: host in the config file",
     )
     parser.add_argument(
         "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
@@ -164,7 +185,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
-        "--room", metavar="ROOM", default=messages.DEFAULT_ROOM, help="room to start in"
+        "--room", metavar="ROOM", help=f"room to start in (default {messages.DEFAULT_ROOM})"
     )
     parser.add_argument(
         "--idle-timeout",
@@ -177,13 +198,17 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
             f" {IDLE_TIMEOUT_MIN_S:g}..{IDLE_TIMEOUT_MAX_S:g})"
         ),
     )
+    add_config_arguments(parser)
     return parser
 
 
-def split_host_port(text: str, port: int | None) -> tuple[str, int]:
+def split_host_port(
+    text: str, port: int | None, default_port: int | None = None
+) -> tuple[str, int]:
     """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
     "[::1]:PORT"; a bare IPv6 address ("::1") is a host. `port` is --port (None if
-    not given); a port in HOST and a different --port are a usage error."""
+    not given); a port in HOST and a different --port are a usage error. Without
+    either, `default_port` (the config file's), else DEFAULT_PORT."""
     given: str | None = None
     if text.startswith("["):
         close = text.find("]")
@@ -198,7 +223,9 @@ def split_host_port(text: str, port: int | None) -> tuple[str, int]:
     if not host:
         fail(f"bad HOST {text!r}: no name or address before the port")
     if given is None:
-        return host, DEFAULT_PORT if port is None else port
+        if port is None:
+            return host, DEFAULT_PORT if default_port is None else default_port
+        return host, port
     try:
         in_host = _port(given)
     except argparse.ArgumentTypeError as exc:
@@ -208,27 +235,82 @@ def split_host_port(text: str, port: int | None) -> tuple[str, int]:
     return host, in_host
 
 
+def read_config(args: argparse.Namespace, env: Mapping[str, str]) -> ClientConfig:
+    """The config file's settings (see udpchat.client.config); a mistake in it is a
+    setup error naming the file, the key and the fix."""
+    if args.no_config:
+        return ClientConfig()
+    try:
+        if args.config is not None:
+            return load_client_config(args.config, must_exist=True)
+        return load_client_config(config_path(env))
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def choose_address(args: argparse.Namespace, config: ClientConfig) -> tuple[str, int]:
+    """HOST and port: the flags', else the config file's (a port in HOST on the command
+    line wins over the file's port; --port wins over any)."""
+    if args.host is not None:
+        if not args.host.strip():
+            fail("HOST must not be empty")
+        return split_host_port(args.host, args.port, config.port)
+    if config.host is None:
+        where = config.path or config_path(os.environ)
+        fail(f"no HOST given; fix: udpchat-client HOST, or set host = HOST in [client] of {where}")
+    host, port = split_host_port(config.host, None, config.port)
+    return host, port if args.port is None else args.port
+
+
+def choose_key_path(args: argparse.Namespace, config: ClientConfig) -> Path:
+    """--key, else $UDPCHAT_KEY_FILE, else the config file's key, else the default."""
+    if args.key is not None:
+        return Path(args.key)
+    if config.key is not None and not os.environ.get("UDPCHAT_KEY_FILE"):
+        return config.key
+    return default_key_path(os.environ)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Console script entry point."""
     args = build_parser().parse_args(argv)
-    nick = args.nick if args.nick is not None else default_nick()
+    config = read_config(args, os.environ)
+    settings = merge(args, config)  # a flag given wins over the config file
+    nick = settings.nick if settings.nick is not None else default_nick()
     if reason := messages.nick_error(nick):
         fail(f"bad --nick {nick!r}: {reason}")
-    room = messages.normalize_room(args.room)
+    room = messages.normalize_room(
+        settings.room if settings.room is not None else messages.DEFAULT_ROOM
+    )
     if reason := messages.room_error(room):
-        fail(f"bad --room {args.room!r}: {reason}")
-    if not args.host.strip():
-        fail("HOST must not be empty")
-    host, port = split_host_port(args.host, args.port)
-    key_path = args.key if args.key is not None else default_key_path(os.environ)
+        fail(f"bad --room {settings.room!r}: {reason}")
+    host, port = choose_address(args, config)
+    key_path = choose_key_path(args, config)
     try:
         psk = load_key(key_path)
     except KeyFileNotFound as exc:
-        hint = "" if args.key else " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
+        hint = " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
+        if args.key is not None:
+            hint = ""
+        elif key_path == config.key:
+            hint = f" (named by key in {config.path})"
         fail(f"{exc}{hint}")
     except KeyFileError as exc:
         fail(str(exc))
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout))
+    view = ViewOptions(
+        colours=settings.colours is not False,
+        timestamps=settings.timestamps,
+        history=args.history is not False,
+    )
+    chat_log = None
+    if settings.log is not None:
+        try:
+            chat_log = open_chat_log(settings.log, history=view.history)
+        except ChatLogError as exc:
+            fail(str(exc))
+    # settings.bell and settings.timeout (config keys "bell" and "timeout") are the
+    # config file's values for --no-bell and --timeout: not used by this client yet.
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log))
 
 
 def run(
@@ -238,6 +320,8 @@ def run(
     nick: str,
     room: str,
     idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+    view: ViewOptions | None = None,
+    chat_log: ChatLog | None = None,
 ) -> int:
     """Resolve, connect and chat until done; return the exit status."""
     from twisted.internet import reactor as _reactor
@@ -246,7 +330,21 @@ def run(
     use_monotonic_clock(reactor)  # before anything is scheduled
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     with ExitStack() as cleanup:
-        runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s)
+        if chat_log is not None:
+            cleanup.callback(chat_log.close)
+        runner = Runner(
+            reactor,
+            cleanup,
+            host,
+            port,
+            psk,
+            nick,
+            room,
+            interactive,
+            idle_timeout_s,
+            view=view,
+            chat_log=chat_log,
+        )
         reactor.callWhenRunning(runner.start)
         reactor.run()
     # The terminal is restored here (ExitStack); only now may errors be printed.
@@ -280,6 +378,9 @@ class Runner:
         room: str,
         interactive: bool,
         idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+        *,
+        view: ViewOptions | None = None,
+        chat_log: ChatLog | None = None,
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
@@ -290,6 +391,8 @@ class Runner:
         self.exit_code = 0
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
         self.errors_dropped = 0
+        self.view = view or ViewOptions()  # colours, timestamps, history
+        self.chat_log = chat_log  # --log
         self.chat: Any = None
         self.link: Any = None
         self._exited: Any = None  # Deferred: the front end is gone (during shutdown)
@@ -353,8 +456,9 @@ class Runner:
         from twisted.internet import error, stdio
 
         from udpchat.client.chatclient import ChatClient
-        from udpchat.client.display import TERMINAL, Style
+        from udpchat.client.chatlog import LoggedFrontEnd
         from udpchat.client.identity import claim_client_id
+        from udpchat.client.inputhistory import SavedHistory, history_folder
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
         from udpchat.core.endpoint import ClientEndpoint
@@ -375,21 +479,25 @@ class Runner:
             fallback_after_s=fallback,
         )
         front: Any
+        style = self.view.style(self.interactive, os.environ)
         if self.interactive:
             from udpchat.client import terminal
 
-            style = TERMINAL
-            if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-                style = Style(colour=False, timestamps=True)
+            saved = SavedHistory(history_folder(os.environ))  # Up reaches earlier runs
             self.cleanup.enter_context(terminal.raw_terminal(sys.stdin.fileno()))
-            proto = terminal.make_terminal_protocol(self._front_exited, self.reactor.seconds, style)
+            proto = terminal.make_terminal_protocol(
+                self._front_exited, self.reactor.seconds, style, saved
+            )
             stdio.StandardIO(proto)
             front = proto.terminalProtocol
             self.cleanup.enter_context(terminal.follow_window_size(front, self.reactor))
         else:
-            front = PipeFrontEnd(self._front_exited, time.time)  # the date, for the reader
+            front = PipeFrontEnd(self._front_exited, time.time, style)  # the date, for the reader
             stdio.StandardIO(front)
-        self.link = ChatLink(self.chat, servers, self.reactor, front)
+        shown = front
+        if self.chat_log is not None:  # --log: what is shown is also written there
+            shown = LoggedFrontEnd(front, self.chat_log, time.time)  # the date, for the reader
+        self.link = ChatLink(self.chat, servers, self.reactor, shown)
         front.link = self.link
         try:
             self.link.start()

@@ -4,16 +4,19 @@ Every string that came from the network goes through ``clean`` before it is show
 whoever holds the group key (and can therefore impersonate the server) still cannot
 send terminal escape sequences, newlines or bidi overrides to a user's terminal.
 Plain style (pipes, scripts) has no colours and no timestamps on live lines; terminal
-style adds HH:MM timestamps and a stable colour per nick.
+style adds [HH:MM] timestamps and a stable colour per nick. A line replayed from a
+room's history always carries the time it was said (see ``Style``), so a script can
+tell it from a live line; README's client section lists every format.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Literal, cast
 
 from udpchat.chat import messages
 
@@ -88,17 +91,51 @@ class Info:
 Item = messages.ServerMessage | OwnLine | Notice | Problem | Info
 
 
+#: How lines are stamped with their time (--timestamps, config key ``timestamps``):
+#: "iso" puts RFC 3339 UTC time (2026-12-01T21:27:37Z) before every line, "hhmm" the
+#: local [HH:MM], "off" nothing before live lines (history lines get [HH:MM] anyway).
+Timestamps = Literal["iso", "hhmm", "off"]
+TIMESTAMP_FORMATS: tuple[Timestamps, ...] = ("iso", "hhmm", "off")
+
+
+def timestamps_format(text: str) -> Timestamps:
+    """``text`` as a Timestamps value; ValueError if it is none of TIMESTAMP_FORMATS."""
+    if text not in TIMESTAMP_FORMATS:
+        raise ValueError(text)
+    return cast(Timestamps, text)
+
+
 @dataclass(frozen=True)
 class Style:
-    """How to render: ``colour`` uses SGR codes, ``timestamps`` prefixes every line
-    with HH:MM (history lines always carry their time, also in plain style)."""
+    """How to render: ``colour`` uses SGR codes; ``timestamps`` says what goes before
+    each line (see Timestamps): a line replayed from history carries the time it was
+    said (ISO with "iso", else [HH:MM], with the date when not from today), a live line
+    the time it is shown (nothing with "off"); ``history`` False leaves history lines
+    out altogether (--no-history)."""
 
     colour: bool = False
-    timestamps: bool = False
+    timestamps: Timestamps = "off"
+    history: bool = True
 
 
 PLAIN = Style()
-TERMINAL = Style(colour=True, timestamps=True)
+TERMINAL = Style(colour=True, timestamps="hhmm")
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """What the user chose about the display (flags and config file), before the mode
+    (terminal or pipe) is known; ``style`` turns it into the Style for that mode."""
+
+    colours: bool = True  # in a terminal only, and not with NO_COLOR or TERM=dumb
+    timestamps: Timestamps | None = None  # None: "hhmm" in a terminal, "off" in a pipe
+    history: bool = True
+
+    def style(self, interactive: bool, env: Mapping[str, str]) -> Style:
+        if not interactive:
+            return Style(False, self.timestamps or "off", self.history)
+        colour = self.colours and not (env.get("NO_COLOR") or env.get("TERM") == "dumb")
+        return Style(colour, self.timestamps or "hhmm", self.history)
 
 
 class _Painter:
@@ -121,25 +158,36 @@ def _clock(ts: float, now: float) -> str:
     return when.strftime("%H:%M" if when.date() == today.date() else "%Y-%m-%d %H:%M")
 
 
+def iso_time(ts: float) -> str:
+    """``ts`` as RFC 3339 UTC time to the second: 2026-12-01T21:27:37Z."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def format_item(item: Item, style: Style = PLAIN, *, now: float) -> str | None:
     """One display line for ``item`` (None: nothing to show), rendered in ``style``.
 
-    ``now`` is the local time used for live timestamps and to decide whether a history
-    line needs its date. The result never contains a control character other than the
-    SGR sequences this function adds itself in colour style.
+    ``now`` is the time used for live timestamps and to decide whether a history line
+    needs its date. The result never contains a control character other than the SGR
+    sequences this function adds itself in colour style.
     """
+    ts = getattr(item, "ts", None)  # set on lines replayed from a room's history
+    if ts is not None and not style.history:
+        return None
     p = _Painter(style)
     body = _body(item, p)
     if body is None:
         return None
-    ts = getattr(item, "ts", None)
-    if ts is not None:
-        # History replayed by the server: always marked with its own time, so a
-        # script reading "<nick> text" lines can tell old lines from live ones.
-        return f"{p.sgr('[' + _clock(ts, now) + ']', _DIM)} {body}"
-    if style.timestamps:
-        return f"{p.sgr(_clock(now, now), _DIM)} {body}"
-    return body
+    if style.timestamps == "iso":
+        stamp = iso_time(now if ts is None else ts)
+    elif ts is not None:
+        # Also with "off": a script reading "<nick> text" lines can tell old lines
+        # from live ones.
+        stamp = f"[{_clock(ts, now)}]"
+    elif style.timestamps == "hhmm":
+        stamp = f"[{_clock(now, now)}]"
+    else:
+        return body
+    return f"{p.sgr(stamp, _DIM)} {body}"
 
 
 def _notice(p: _Painter, text: str) -> str:

@@ -23,13 +23,13 @@ import secrets
 from collections.abc import Mapping
 
 from udpchat.chat.messages import fold_nick
+from udpchat.client.statedir import open_folder, state_folder
 
 _ID = re.compile(rb"[0-9a-f]{16}")
 
 
-def state_folder(env: Mapping[str, str]) -> str:
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "udpchat", "ids")
+def ids_folder(env: Mapping[str, str]) -> str:
+    return os.path.join(state_folder(env), "ids")
 
 
 def claim_client_id(
@@ -39,8 +39,9 @@ def claim_client_id(
     (keep it open while the client runs); (fresh id, None) if it is in use or cannot
     be kept."""
     try:
-        folder = state_folder(env)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.close(open_folder(state_folder(env)))  # private (0700), as its other files
+        folder = ids_folder(env)
+        os.close(open_folder(folder))
         key = f"{host.lower()}\0{port}\0{fold_nick(nick)}".encode()
         path = os.path.join(folder, hashlib.sha256(key).hexdigest()[:32])
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -8,6 +8,7 @@ knows what it wrote, and its output then holds only what others said, notices an
 errors. On end of input the client waits until the server acknowledged every line,
 says bye and exits 0; if a line was refused or could not be delivered it is printed
 ("!!! not delivered: LINE") and the exit status is 1.
+With --timestamps each line starts with its time; README lists the formats.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from udpchat.client.display import PLAIN, Item, Renderer
+from udpchat.client.display import PLAIN, Item, Renderer, Style
 from udpchat.client.link import ChatLink
 
 #: An input line longer than this cannot be a valid chat line: it is skipped (reported)
@@ -40,7 +41,9 @@ class PipeFrontEnd(Protocol):
 
     transport: Any  # stdio.StandardIO: also a producer (pause/resume reading)
 
-    def __init__(self, on_exit: Callable[[], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self, on_exit: Callable[[], None], clock: Callable[[], float], style: Style = PLAIN
+    ) -> None:
         self.link: ChatLink | None = None
         self._on_exit = on_exit
         self._clock = clock
@@ -52,7 +55,7 @@ class PipeFrontEnd(Protocol):
         self._paused = False
         self._stdout_gone = False
         self._feeding = False
-        self._renderer = Renderer(PLAIN)
+        self._renderer = Renderer(style)  # plain: never colours
 
     def attach(self, link: ChatLink) -> None:
         """Start reading: only now can lines go anywhere. The link becomes the producer

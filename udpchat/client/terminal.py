@@ -3,8 +3,9 @@
 Incoming lines are printed above the input line and the line being typed is redrawn
 below them intact. Editing keys: arrows (up/down walk the history), Home/End, ^A ^E
 ^B ^F, Backspace/^H, Delete, ^U ^K ^W, ^L redraw. /quit, ^D on an empty line and ^C
-leave cleanly (bye is sent). ``run_raw`` puts the tty in raw mode and always restores
-it (termios and the modes we set), also after an exception.
+leave cleanly (bye is sent). The history is kept across runs (inputhistory).
+``run_raw`` puts the tty in raw mode and always restores it (termios and the modes we
+set), also after an exception.
 
 The input area is redrawn as a whole after every edit rather than patched with the
 terminal's insert mode, so long lines that wrap over several rows stay correct.
@@ -29,11 +30,12 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from udpchat.client.display import Item, Renderer, Style, clean, nick_colour
+from udpchat.client.inputhistory import SAVED_LINES, SavedHistory
 from udpchat.client.link import ChatLink
 
 STDOUT_FD = 1
-#: Input history kept for the up/down arrows.
-HISTORY_MAX_LINES = 500
+#: Input history kept for the up/down arrows: as many lines as are saved for next time.
+HISTORY_MAX_LINES = SAVED_LINES
 #: A typed line not acknowledged after this long is counted in the prompt ("…2").
 STALLED_AFTER_S = 1.5
 #: How often the prompt is refreshed for that count and the connection state.
@@ -56,8 +58,15 @@ def text_width(text: str) -> int:
 class ChatTerminal(HistoricRecvLine):
     """The chat's terminal front end (see module docstring); a FrontEnd for ChatLink."""
 
-    def __init__(self, on_exit: Callable[[], None], clock: Callable[[], float], style: Style):
+    def __init__(
+        self,
+        on_exit: Callable[[], None],
+        clock: Callable[[], float],
+        style: Style,
+        saved_history: SavedHistory | None = None,
+    ):
         self.link: ChatLink | None = None
+        self._saved_history = saved_history
         self._on_exit = on_exit
         self._clock = clock
         self._style = style
@@ -77,6 +86,9 @@ class ChatTerminal(HistoricRecvLine):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self._saved_history is not None:  # lines typed in earlier runs
+            self.historyLines = self._saved_history.load()[-HISTORY_MAX_LINES:]
+            self.historyPosition = len(self.historyLines)
         controls: dict[bytes, Callable[[], None]] = {
             b"\x01": self.handle_HOME,  # ^A
             b"\x02": self.handle_LEFT,  # ^B
@@ -191,6 +203,8 @@ class ChatTerminal(HistoricRecvLine):
         if line:
             self.historyLines.append(line)
             del self.historyLines[:-HISTORY_MAX_LINES]
+            if self._saved_history is not None:
+                self._saved_history.add(line)
         self.historyPosition = len(self.historyLines)
         self._set_line(b"")
         self.lineReceived(line)
@@ -333,11 +347,14 @@ def raw_terminal(fd: int) -> Iterator[None]:
 
 
 def make_terminal_protocol(
-    on_exit: Callable[[], None], clock: Callable[[], float], style: Style
+    on_exit: Callable[[], None],
+    clock: Callable[[], float],
+    style: Style,
+    saved_history: SavedHistory | None = None,
 ) -> ServerProtocol:
     """The insults protocol for stdio.StandardIO; its terminalProtocol (a ChatTerminal)
     exists once the transport is connected."""
-    return ServerProtocol(ChatTerminal, on_exit, clock, style)
+    return ServerProtocol(ChatTerminal, on_exit, clock, style, saved_history)
 
 
 @contextmanager
