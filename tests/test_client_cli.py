@@ -370,3 +370,10 @@ def test_version_prints_the_program_and_its_version(capsys: pytest.CaptureFixtur
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"udpchat-client {__version__}"
+
+
+def test_no_bell_turns_the_bell_off_and_only_that() -> None:
+    """--no-bell: terminal mode rings no bell for mentions and private lines; the bell
+    rings by default."""
+    assert build_parser({}).parse_args(["h"]).bell is True
+    assert build_parser({}).parse_args(["h", "--no-bell"]).bell is False

@@ -11,6 +11,7 @@ import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -45,8 +46,10 @@ IDLE_TIMEOUT_DEFAULT_S = 30.0
 DESCRIPTION = """\
 Encrypted group chat over UDP: connect to the udpchat server on HOST.
 
-Terminal mode (stdin and stdout are a terminal): a line editor with history; type
-/help for the commands. /quit, Ctrl-D or Ctrl-C leaves.
+Terminal mode (stdin and stdout are a terminal): a line editor with history, Tab
+completion and Ctrl-R search; type /help for the commands. /quit leaves, and so do
+Ctrl-D and Ctrl-C on an empty line. A line that mentions your nick, or a private
+one, rings the terminal bell (--no-bell: not) and is highlighted.
 
 Pipe mode (otherwise), for scripts: every input line is sent in order (commands work
 too, '//text' sends '/text'), and every event is printed as one plain line, such as
@@ -165,6 +168,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--room", metavar="ROOM", default=messages.DEFAULT_ROOM, help="room to start in"
     )
     parser.add_argument(
+        "--no-bell",
+        dest="bell",
+        action="store_false",
+        help="terminal mode: no bell when your nick is mentioned or a private line arrives",
+    )
+    parser.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
         type=_idle_timeout(idle_min_s),
@@ -226,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(f"{exc}{hint}")
     except KeyFileError as exc:
         fail(str(exc))
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout))
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, bell=args.bell))
 
 
 def run(
@@ -236,6 +245,8 @@ def run(
     nick: str,
     room: str,
     idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+    *,
+    bell: bool = True,
 ) -> int:
     """Resolve, connect and chat until done; return the exit status."""
     from twisted.internet import reactor as _reactor
@@ -244,6 +255,7 @@ def run(
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     with ExitStack() as cleanup:
         runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s)
+        runner.bell = bell
         reactor.callWhenRunning(runner.start)
         reactor.run()
     # The terminal is restored here (ExitStack); only now may errors be printed.
@@ -284,6 +296,7 @@ class Runner:
         self.nick, self.room = nick, room
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
+        self.bell = True  # terminal mode: ring for mentions and private lines
         self.exit_code = 0
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
         self.errors_dropped = 0
@@ -350,7 +363,7 @@ class Runner:
         from twisted.internet import error, stdio
 
         from udpchat.client.chatclient import ChatClient
-        from udpchat.client.display import TERMINAL, Style
+        from udpchat.client.display import terminal_style
         from udpchat.client.identity import claim_client_id
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
@@ -375,9 +388,7 @@ class Runner:
         if self.interactive:
             from udpchat.client import terminal
 
-            style = TERMINAL
-            if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-                style = Style(colour=False, timestamps=True)
+            style = replace(terminal_style(os.environ), bell=self.bell)
             self.cleanup.enter_context(terminal.raw_terminal(sys.stdin.fileno()))
             proto = terminal.make_terminal_protocol(self._front_exited, self.reactor.seconds, style)
             stdio.StandardIO(proto)
