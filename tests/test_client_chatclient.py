@@ -1,6 +1,7 @@
 """ChatClient (the client's chat logic) against the real core and chat rules, in
 memory: hello/welcome, own lines, nick retry, reconnect with re-sending, lines shown
-once by their line ids, pipe-mode draining and its exit status."""
+once by their line ids, pipe-mode draining and its exit status; the member list on
+joining, the room's nicks for completion, /msg echoes and long lines split."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from client_net import FAST, Net, Peer
 
 from udpchat.chat import messages
 from udpchat.client import chatclient as client_session
+from udpchat.client import echoes
 from udpchat.client.chatclient import State
+from udpchat.client.display import OwnLine
 from udpchat.client.outbox import OUTBOX_MAX_LINES
 from udpchat.core.limits import ProtocolConfig
 
@@ -42,6 +45,7 @@ def test_hello_welcome_and_chat() -> None:
     net = Net()
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.state is State.READY and bob.chat.state is State.READY)
+    net.run(1)  # the member lists asked for on joining arrive
     net.submit(alice, "hi", "/me waves")
     net.run(1)
     assert "<alice> hi" in bob.lines and "* alice waves" in bob.lines
@@ -92,17 +96,17 @@ def test_nick_and_room_follow_the_server() -> None:
 
 
 def test_local_errors_send_nothing() -> None:
-    """Lines refused locally (unknown command, too long, bad nick) send nothing to the
-    server; each is reported and counted as a failure."""
+    """Lines refused locally (unknown command, control character, bad nick) send
+    nothing to the server; each is reported and counted as a failure."""
     net = Net()
     alice = net.client("alice", pipe=True)
     net.run_until(lambda: alice.chat.connected and alice.chat.room_keys_active)
     sent = len(net.server_seen)  # hello and caps
-    net.submit(alice, "/bogus", "x" * 401, "/nick 1bad")
+    net.submit(alice, "/bogus", "x" * 401 + "\x1b", "/nick 1bad")
     net.run(1)
     assert len(net.server_seen) == sent
     assert alice.lines[-3].startswith("!!! unknown command /bogus")
-    assert alice.lines[-2] == "!!! line too long: 401 bytes, the limit is 400"
+    assert alice.lines[-2] == "!!! line contains a control character (U+001B)"
     assert alice.chat.failures == 3
 
 
@@ -344,6 +348,7 @@ def test_quit_sends_bye_and_ends() -> None:
     net = Net()
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.run(1)  # the member lists asked for on joining arrive
     net.submit(alice, "last words", "/quit")
     net.run_until(lambda: alice.chat.done)
     net.run(1)
@@ -368,11 +373,12 @@ def test_who_chunks_are_shown_as_one_line() -> None:
     nicks = [f"user_with_a_long_nick{i:03d}" for i in range(60)]
     peers = [net.client(n) for n in nicks]
     net.run_until(lambda: all(p.chat.connected for p in peers), timeout=60)
+    net.run(2)  # the member lists asked for on joining
     net.submit(peers[0], "/who")
     net.run(2)
     who = [line for line in peers[0].lines if line.startswith("-!- Users in lobby:")]
-    assert len(who) == 1
-    assert who[0].split(": ", 1)[1].split() == sorted(nicks, key=str.casefold)
+    assert len(who) == 2  # on joining, alone, and now
+    assert who[-1].split(": ", 1)[1].split() == sorted(nicks, key=str.casefold)
 
 
 def test_malformed_server_messages_are_reported_once() -> None:
@@ -487,6 +493,7 @@ def test_the_pump_is_never_re_entered(monkeypatch: pytest.MonkeyPatch) -> None:
     net = Net()
     alice, bob = net.client("alice", pipe=True), net.client("bob")
     net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.run(1)  # bob's member list, asked for on joining, arrives
     net.submit(alice, "last words")
     alice.chat.finish(net.now)
     net.run_until(lambda: alice.chat.done)
@@ -494,3 +501,138 @@ def test_the_pump_is_never_re_entered(monkeypatch: pytest.MonkeyPatch) -> None:
     assert alice.chat.exit_code == 0
     assert bob.lines[-2:] == ["<alice> last words", "-!- alice has left lobby (quit)"]
     assert depth[1] == 1
+
+
+def test_the_member_list_is_shown_on_joining_a_room() -> None:
+    """On joining (hello, /join, /part) a terminal client asks who is there and shows
+    it; a pipe-mode client neither asks nor shows it (scripts see what they saw)."""
+    net = Net()
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.connected)
+    bob = net.client("bob")
+    net.run_until(lambda: bob.chat.connected)
+    net.run(1)
+    assert "-!- Users in lobby: alice" in alice.lines
+    assert bob.lines[bob.lines.index("-!- bob has joined lobby") + 1] == (
+        "-!- Users in lobby: alice bob"
+    )
+    asked = len(net.server_seen)
+    script = net.client("script", pipe=True)
+    net.run_until(lambda: script.chat.connected)
+    net.run(1)
+    assert not any(line.startswith("-!- Users") for line in script.lines)
+    assert {"t": "who"} not in [json.loads(p) for p in net.server_seen[asked:]]
+    net.submit(bob, "/join dev")
+    net.run(1)
+    assert bob.lines[-1] == "-!- Users in dev: bob"
+    net.submit(bob, "/part")
+    net.run(1)
+    assert bob.lines[-1] == "-!- Users in lobby: alice bob script"
+
+
+def test_the_roster_follows_the_room_for_completion() -> None:
+    """The client knows its room's nicks (for Tab): from the member list, joins, parts
+    and nick changes; who spoke last comes first."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.run(1)
+    assert alice.chat.roster.nicks() == ["alice", "bob"]
+    carol = net.client("carol")
+    net.run_until(lambda: carol.chat.connected)
+    net.submit(carol, "hi")
+    net.run(1)
+    assert alice.chat.roster.nicks() == ["carol", "alice", "bob"]
+    net.submit(bob, "/nick Robert")
+    net.submit(carol, "/join dev")
+    net.run(1)
+    assert alice.chat.roster.nicks() == ["alice", "Robert"]
+    assert carol.chat.roster.nicks() == ["carol"]
+
+
+def test_a_msg_to_nobody_shows_only_the_error() -> None:
+    """/msg to a nick nobody holds shows the server's error and no "-> *nobody*" echo;
+    a /msg that arrives is echoed once the server took it, in order."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.run(1)
+    shown = len(alice.lines)
+    for line in ("/msg nobody hi", "/msg bob psst", "/msg ghost boo", "/msg bob again"):
+        alice.chat.submit(line, net.now)
+    alice.collect(net.now)
+    assert alice.lines[shown:] == []  # nothing before the server answered
+    net.run(1)
+    assert alice.lines[shown:] == [
+        "!!! no such nick: nobody",
+        "!!! no such nick: ghost",
+        "-> *bob* psst",
+        "-> *bob* again",
+    ]
+    assert bob.lines[-2:] == ["*alice* psst", "*alice* again"]
+
+
+def test_an_echo_waits_for_an_error_in_a_later_datagram() -> None:
+    """The acknowledgement of a msg and the server's error may arrive in two datagrams
+    (room-keys: acks travel with sealed room lines): an error within ECHO_GRACE_S of
+    the acknowledgement still cancels the echo; the echoes keep their order, and one
+    waits for those before it."""
+    waiting = echoes.PrivateEchoes()
+    for seq, to in enumerate(["nobody", "bob", "carol"]):
+        waiting.add(seq, OwnLine("alice", "hi", to=to))
+    waiting.acknowledged(0, 10.0)
+    waiting.acknowledged(2, 10.0)
+    assert waiting.next_deadline() == 10.0 + echoes.ECHO_GRACE_S
+    assert waiting.due(10.0 + echoes.ECHO_GRACE_S / 2) == []
+    waiting.refused("no such nick: nobody")  # the error, in a datagram of its own
+    assert waiting.next_deadline() is None  # bob's msg is not acknowledged yet
+    assert waiting.due(11.0) == []  # carol's waits for bob's
+    waiting.acknowledged(1, 11.0)
+    assert [line.to for line in waiting.due(11.0 + echoes.ECHO_GRACE_S)] == ["bob", "carol"]
+    waiting.add(3, OwnLine("alice", "lost", to="bob"))
+    waiting.forget(3)  # reported as not delivered instead
+    assert waiting.next_deadline() is None and waiting.due(99.0) == []
+    for seq, to in enumerate(["bob", "ghost", "carol"], start=4):
+        waiting.add(seq, OwnLine("alice", "hi", to=to))
+    waiting.refused("no such nick: ghost")  # the one it names, not the oldest
+    waiting.refused("gone")  # names none: the oldest
+    for seq in (4, 5, 6):
+        waiting.acknowledged(seq, 20.0)
+    assert [line.to for line in waiting.due(21.0)] == ["carol"]
+
+
+def test_a_long_line_arrives_as_several_lines_in_order_once() -> None:
+    """A line over 400 bytes goes out as several lines, each with its own line id,
+    and the room sees them once each, in order, even across a reconnect that resends
+    them; the sender sees them as typed pieces."""
+    net = Net()
+    alice, bob = net.client("alice"), net.client("bob")
+    net.run_until(lambda: alice.chat.connected and bob.chat.connected)
+    net.run(1)
+    words = " ".join(f"w{i:03d}" for i in range(200))
+    alice.cut = True
+    net.submit(alice, words)
+    net.run(FAST.session_expiry_s + 1)
+    alice.cut = False
+    net.run_until(lambda: alice.chat.connected and alice.chat.unsent == 0, timeout=60)
+    net.run(1)
+    pieces = [line.removeprefix("<alice> ") for line in bob.lines if line.startswith("<alice>")]
+    assert len(pieces) == 3 and " ".join(pieces) == words
+    assert said(net) == pieces
+    assert len({i for p in pieces for i in sent_ids(net, p)}) == 3
+    assert [line for line in alice.lines if line.startswith("<alice>")] == [
+        f"<alice> {piece}" for piece in pieces
+    ]
+
+
+def test_a_split_line_that_does_not_fit_the_outbox_is_refused_whole() -> None:
+    """Pieces of one line are queued all or none: never half a line."""
+    net = Net()
+    alice = net.client("alice", pipe=True)
+    net.up = False
+    for i in range(OUTBOX_MAX_LINES - 2):
+        alice.chat.submit(f"line {i}", net.now)
+    alice.chat.submit(" ".join(["word"] * 200), net.now)  # 3 pieces, 2 places left
+    net.step()
+    assert alice.lines[-1].startswith("!!! not sent, 1000 lines already wait")
+    assert alice.chat.unsent == OUTBOX_MAX_LINES - 2

@@ -22,6 +22,7 @@ from udpchat.client.cli import (
     default_key_path,
     nick_from_login,
 )
+from udpchat.client.display import ViewOptions
 from udpchat.core.limits import TESTING_SHORT_IDLE_ENV
 
 CLIENT = [sys.executable, "-m", "udpchat.client.cli"]
@@ -370,3 +371,12 @@ def test_version_prints_the_program_and_its_version(capsys: pytest.CaptureFixtur
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"udpchat-client {__version__}"
+
+
+def test_no_bell_turns_the_bell_off_and_only_that() -> None:
+    """--no-bell: terminal mode rings no bell for mentions and private lines; the bell
+    rings by default, unless the config file says `bell = no` (the flag is None when
+    not given, so that the file's value counts)."""
+    assert build_parser({}).parse_args(["h"]).bell is None
+    assert build_parser({}).parse_args(["h", "--no-bell"]).bell is False
+    assert ViewOptions().bell and not ViewOptions(bell=False).style(True, {}).bell

@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,17 +16,24 @@ from hypothesis import strategies as st
 
 from udpchat.chat import messages
 from udpchat.client.display import (
+    NICK_COLOURS,
+    NICK_COLOURS_256,
     PLAIN,
     TERMINAL,
     Info,
     Notice,
     OwnLine,
     Problem,
+    Renderer,
     Style,
     ViewOptions,
     clean,
     format_item,
+    is_alert,
+    mentions,
     nick_colour,
+    rings_bell,
+    terminal_style,
 )
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -172,11 +180,13 @@ def test_no_history_style_leaves_history_lines_out() -> None:
     [
         (ViewOptions(), False, {}, PLAIN),
         (ViewOptions(), True, {}, TERMINAL),
-        (ViewOptions(), True, {"NO_COLOR": "1"}, Style(timestamps="hhmm")),
-        (ViewOptions(), True, {"TERM": "dumb"}, Style(timestamps="hhmm")),
-        (ViewOptions(colours=False), True, {}, Style(timestamps="hhmm")),
+        (ViewOptions(), True, {"NO_COLOR": "1"}, Style(timestamps="hhmm", bell=True)),
+        (ViewOptions(), True, {"TERM": "dumb"}, Style(timestamps="hhmm", bell=True)),
+        (ViewOptions(colours=False), True, {}, Style(timestamps="hhmm", bell=True)),
+        (ViewOptions(bell=False), True, {}, replace(TERMINAL, bell=False)),
+        (ViewOptions(), True, {"TERM": "xterm-256color"}, replace(TERMINAL, colours_256=True)),
         (ViewOptions(timestamps="iso"), False, {}, Style(timestamps="iso")),
-        (ViewOptions(timestamps="off"), True, {}, Style(colour=True)),
+        (ViewOptions(timestamps="off"), True, {}, replace(TERMINAL, timestamps="off")),
         (ViewOptions(history=False), False, {}, Style(history=False)),
     ],
 )
@@ -189,11 +199,103 @@ def test_view_options_choose_the_style(
 
 
 def test_nick_colour_is_stable_and_case_insensitive() -> None:
-    """A nick's colour ignores letter case, and different nicks are spread over more
-    than five colours."""
-    assert nick_colour("Alice") == nick_colour("alice") == nick_colour("ALICE")
-    colours = {nick_colour(f"user{i}") for i in range(100)}
-    assert len(colours) > 5  # spread over the palette
+    """A nick's colour ignores letter case, is the same in every run and version (a
+    known answer), and different nicks are spread over the whole palette."""
+    for many in (False, True):
+        assert (
+            nick_colour("Alice", many) == nick_colour("alice", many) == nick_colour("ALICE", many)
+        )
+    assert (nick_colour("alice"), nick_colour("alice", True)) == ("32", "38;5;37")
+    assert {nick_colour(f"user{i}") for i in range(200)} == {str(c) for c in NICK_COLOURS}
+    spread = {nick_colour(f"user{i}", True) for i in range(1000)}
+    assert spread == {f"38;5;{c}" for c in NICK_COLOURS_256}
+
+
+def test_the_usual_names_have_colours_of_their_own() -> None:
+    """alice, bob, carol, dave and eve never share a colour, with 12 colours or 256."""
+    names = ("alice", "bob", "carol", "dave", "eve")
+    for many in (False, True):
+        assert len({nick_colour(name, many) for name in names}) == len(names)
+
+
+def test_the_256_colour_palette_is_large_and_readable() -> None:
+    """61 colours of the xterm cube: no greys, none too dark for a black background
+    or too light for a white one (the darkest blue and the palest yellow are out)."""
+    assert len(NICK_COLOURS_256) == 61
+    assert all(16 <= c <= 231 for c in NICK_COLOURS_256)
+    assert 17 not in NICK_COLOURS_256 and 230 not in NICK_COLOURS_256  # navy, cream
+    assert not set(range(232, 256)) & set(NICK_COLOURS_256)  # the grey ramp
+
+
+def test_terminal_style_follows_the_environment() -> None:
+    """256 nick colours when TERM or COLORTERM says so; none at all with NO_COLOR or
+    TERM=dumb (the bell and timestamps stay)."""
+    assert terminal_style({"TERM": "xterm-256color"}).colours_256
+    assert terminal_style({"TERM": "xterm", "COLORTERM": "truecolor"}).colours_256
+    basic = terminal_style({"TERM": "xterm"})
+    assert basic.colour and not basic.colours_256 and basic.bell and basic.highlight
+    for env in ({"TERM": "dumb"}, {"TERM": "xterm-256color", "NO_COLOR": "1"}):
+        style = terminal_style(env)
+        assert not style.colour and style.timestamps and style.bell
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("alice: lunch?", True),
+        ("hi Alice!", True),
+        ("ping @ALICE", True),
+        ("(alice)", True),
+        ("malice aforethought", False),
+        ("alice_ is someone else", False),
+        ("alice-bob", False),
+        ("alices", False),
+        ("", False),
+    ],
+)
+def test_a_mention_is_the_nick_as_a_word_ignoring_case(text: str, said: bool) -> None:
+    """The nick counts as said when it stands as a word of its own: letters, digits,
+    '_' and '-' around it make it part of another word."""
+    assert mentions(text, "alice") is said
+
+
+def test_mentions_of_nicks_with_brackets() -> None:
+    """Nicks may hold characters that mean something in a pattern: taken literally."""
+    assert mentions("thanks [x]!", "[x]")
+    assert not mentions("thanks x!", "[x]")
+    assert mentions("a^b: hi", "a^b") and not mentions("aab: hi", "a^b")
+
+
+def test_alerts_are_mentions_and_private_lines_from_others() -> None:
+    """Someone else saying the user's nick, or a private line from someone else, is an
+    alert; the user's own lines and notices are not; history alerts ring no bell."""
+    assert is_alert(messages.SayOut("lobby", "bob", "alice: hi", ID), "alice")
+    assert is_alert(messages.MeOut("lobby", "bob", "pokes Alice", ID), "alice")
+    assert is_alert(messages.PrivateMsgIn("bob", "psst", ID), "alice")
+    assert not is_alert(messages.PrivateMsgIn("Alice", "note to self", ID), "alice")
+    assert not is_alert(messages.SayOut("lobby", "ALICE", "alice here", ID), "alice")
+    assert not is_alert(messages.SayOut("lobby", "bob", "hi all", ID), "alice")
+    assert not is_alert(messages.JoinNotice("lobby", "alice"), "alice")
+    assert not is_alert(OwnLine("bob", "alice: hi"), "alice")
+    old = messages.SayOut("lobby", "bob", "alice: hi", ID, ts=NOW - 60)
+    assert is_alert(old, "alice") and not rings_bell(old, "alice")
+    assert rings_bell(messages.PrivateMsgIn("bob", "psst", ID), "alice")
+
+
+def test_alerts_show_the_sender_in_reverse_video() -> None:
+    """In a highlighting colour style an alert shows its sender in reverse video (SGR
+    7); other lines do not, and plain style never has escapes."""
+    renderer = Renderer(TERMINAL)
+    mention = messages.SayOut("lobby", "bob", "alice: hi", ID)
+    other = messages.SayOut("lobby", "bob", "hi all", ID)
+    private = messages.PrivateMsgIn("bob", "psst", ID)
+    lines = renderer.lines([mention, other, private], NOW, "alice")
+    assert f"\x1b[{nick_colour('bob')};7mbob" in lines[0]
+    assert ";7m" not in lines[1]
+    assert f"\x1b[{nick_colour('bob')};1;7mbob" in lines[2]
+    assert Renderer(PLAIN).lines([mention], NOW, "alice") == ["<bob> alice: hi"]
+    unlit = Renderer(Style(colour=True)).lines([mention], NOW, "alice")
+    assert ";7m" not in unlit[0]
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,25 @@ def test_private_message_reaches_only_its_target(
     assert not [line for line in alice.lines if "psst" in line], "own lines are not echoed"
 
 
+def test_a_long_piped_line_arrives_as_three_lines_and_tabs_as_spaces(
+    daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
+) -> None:
+    """A script's 1,000-byte line is not refused: the room gets it as three lines, cut
+    at spaces, in order, each once, and the script exits 0; a tab in a piped line
+    becomes spaces (to the next multiple of 8 columns) instead of an error."""
+    alice, bob = start_pair(clients, daemon.port, daemon.key_file, env)
+    line = " ".join(f"word{i:04d}" for i in range(111))  # 111 * 8 + 110 spaces
+    assert len(line.encode()) == 998
+    alice.type(line, "name\tscore", "done")
+    bob.wait_for("<alice> done")
+    pieces = bob.said("alice")[:-2]
+    assert len(pieces) == 3 and " ".join(pieces) == line
+    assert all(len(piece.encode()) <= 400 for piece in pieces)
+    assert bob.said("alice")[-2] == "name    score"
+    assert alice.finish() == 0
+    assert not any(shown.startswith("!!!") for shown in alice.lines)
+
+
 def test_rooms_keep_their_lines_apart(
     daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:

@@ -681,7 +681,8 @@ def test_a_version_1_server_answering_caps_with_bad_message_is_not_a_problem() -
 def test_a_member_back_in_a_room_it_emptied_reads_it_after_rotations_elsewhere() -> None:
     """Alice is the last to leave "den" (so no part notice rotates its key) and goes
     to lobby, where four rotations hand her four newer keys; back in "den" a minute
-    later she sees her own join, Bob's join and Bob's line, and no problem."""
+    later she sees her own join (and the member list), Bob's join and Bob's line, and
+    no problem."""
     net = Net()
     alice, bob = net.client("alice", room="den"), net.client("bob", room="den")
     net.run_until(lambda: alice.chat.room_keys_active and bob.chat.room_keys_active)
@@ -702,8 +703,9 @@ def test_a_member_back_in_a_room_it_emptied_reads_it_after_rotations_elsewhere()
     net.run(1)
     net.submit(bob, "are you there")
     net.run(1)
-    assert alice.lines[-3:] == [
+    assert alice.lines[-4:] == [
         "-!- alice has joined den",
+        "-!- Users in den: alice",
         "-!- bob has joined den",
         "<bob> are you there",
     ]

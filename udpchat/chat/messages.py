@@ -75,7 +75,7 @@ def nick_error(nick: str) -> str | None:
     if len(nick) > NICK_MAX_CHARS:
         return f"nick too long: {len(nick)} characters, the limit is {NICK_MAX_CHARS}"
     if not set(nick) <= _NICK_CHARS:
-        return "a nick may contain only letters, digits and _ - [ ] \\ ^ { } | `"
+        return "a nick may contain only ASCII letters and digits, and _ - [ ] \\ ^ { } | `"
     if nick[0] not in _NICK_FIRST:
         return "a nick must not start with a digit or '-'"
     return None

@@ -26,8 +26,10 @@ from udpchat.chat import lineids, messages
 from udpchat.chat.roomkeys import open_sealed
 from udpchat.client import commands
 from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
+from udpchat.client.echoes import PrivateEchoes
 from udpchat.client.incoming import Incoming
 from udpchat.client.outbox import OUTBOX_MAX_LINES, Line, Outbox
+from udpchat.client.roster import Roster
 from udpchat.core import events
 from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
 
@@ -108,6 +110,11 @@ class ChatClient:
         # Pipe mode: the user's own lines are not shown (a script knows what it wrote)
         # and /quit means "end of input": deliver everything first, like EOF.
         self.pipe = pipe
+        # Ask for the member list on every join and show it (pipe mode: not asked, so a
+        # script's output holds no more than before).
+        self.who_on_join = not pipe
+        self.roster = Roster()  # the room's nicks, for Tab completion
+        self._echoes = PrivateEchoes()  # own /msg lines, shown once the server took them
         # With several server addresses, a handshake not answered within this time is
         # given up and the next address is tried (see address_index).
         self.fallback_after_s = fallback_after_s
@@ -200,17 +207,17 @@ class ChatClient:
     def submit(self, line: str, now: float) -> None:
         """Handle one line the user typed: a command, a chat line, or a local error."""
         try:
-            action = commands.parse_line(line, lineids.new_line_id())
+            actions = commands.parse_line(line, lineids.new_line_id)
         except commands.CommandError as exc:
             self.failures += 1
             self._output.append(Problem(str(exc)))
             return
-        if action is None:
+        if not actions:
             return
-        if isinstance(action, commands.LocalHelp):
+        if isinstance(actions[0], commands.LocalHelp):
             self._output.extend(Info(text) for text in commands.help_lines())
             return
-        if isinstance(action, commands.LocalQuit):
+        if isinstance(actions[0], commands.LocalQuit):
             if self.pipe:
                 self.finish(now)
             else:
@@ -218,20 +225,25 @@ class ChatClient:
             return
         if self._draining or self.state in (State.QUITTING, State.DONE):
             return
-        if self._outbox.full:
+        if not self._outbox.has_room_for(len(actions)):
             self.failures += 1
             self._output.append(
                 Problem(f"not sent, {OUTBOX_MAX_LINES} lines already wait for the server: {line}")
             )
             return
-        if isinstance(action, (messages.Say, messages.Me)):
-            # In both modes: the room history replayed after a reconnect or a /join
-            # must not show our own lines (not even in pipe mode, which never shows
-            # them). A /msg to ourselves is shown when it arrives, as before.
-            self._incoming.own_line(action.line_id)
-        if not self.pipe:
-            self._show_own(action)
-        self._outbox.add(action, line, now)
+        for action in actions:
+            assert not isinstance(action, commands.LocalHelp | commands.LocalQuit)
+            # A line split in pieces: each piece is a line of its own (and is reported
+            # as such if it cannot be delivered).
+            typed = line if len(actions) == 1 else commands.typed_form(action)
+            if isinstance(action, (messages.Say, messages.Me)):
+                # In both modes: the room history replayed after a reconnect or a /join
+                # must not show our own lines (not even in pipe mode, which never shows
+                # them). A /msg to ourselves is shown when it arrives, as before.
+                self._incoming.own_line(action.line_id)
+            queued = self._outbox.add(action, typed, now)
+            if not self.pipe:
+                self._show_own(action, queued.seq)
         self._pump(now)
 
     def quit(self, now: float) -> None:
@@ -288,7 +300,7 @@ class ChatClient:
 
     def get_timer(self) -> float | None:
         deadlines = [self.endpoint.get_timer(), self._reconnect_at, self._attempt_deadline]
-        deadlines += [self._quit_deadline, self._hello_deadline]
+        deadlines += [self._quit_deadline, self._hello_deadline, self._echoes.next_deadline()]
         if self._draining and self.state not in (State.QUITTING, State.DONE):
             deadlines.append(self._drain_deadline())
         return min((d for d in deadlines if d is not None), default=None)
@@ -348,8 +360,10 @@ class ChatClient:
         self._reconnect_at = self._attempt_deadline = self._quit_deadline = None
         self._hello_deadline = None
         self._draining = False
+        self._echoes.clear()
 
     def _report(self, line: Line, what: str) -> None:
+        self._echoes.forget(line.seq)
         if line.typed is not None:
             self.failures += 1
             self._output.append(Problem(f"{what}: {line.typed}"))
@@ -368,6 +382,7 @@ class ChatClient:
         if self.state is State.DONE:
             while self.endpoint.next_event() is not None:
                 pass  # the close() aftermath; nothing is waiting for it any more
+        self._output.extend(self._echoes.due(now))
 
     def _flush(self, now: float) -> bool:
         """Send queued lines if the session is ready; True if something changed."""
@@ -416,7 +431,9 @@ class ChatClient:
         elif isinstance(event, events.MessageDelivered):
             if event.message_id == self._hello_id:
                 self._hello_id = self._hello_deadline = None
-            self._outbox.settled(event.message_id)
+            settled = self._outbox.settled(event.message_id)
+            if settled is not None and isinstance(settled.msg, messages.PrivateMsg):
+                self._echoes.acknowledged(settled.seq, now)
             self._last_progress = now
             if self.state is State.QUITTING and self._outbox.empty:
                 # Bye and everything before it acknowledged (acks can be selective, so
@@ -510,7 +527,10 @@ class ChatClient:
             if isinstance(msg, messages.NickNotice) and self._is_me(msg.old):
                 self.nick = msg.new
             elif isinstance(msg, messages.JoinNotice) and self._is_me(msg.nick):
-                self.room = msg.room
+                if msg.room != self.room:  # /join, /part (a hello's room had its welcome)
+                    self.room = msg.room
+                    self._entered_room(now)
+            self.roster.update(msg if shown is None else shown)
             if shown is not None:
                 self._output.append(shown)
 
@@ -534,8 +554,17 @@ class ChatClient:
         self._caps_pending = self._caps_asked_path_check = True
         self.endpoint.use_path_checks()
         self._send_control(messages.Caps(self._want_room_keys, path_check=True), now)
+        self._entered_room(now)
+
+    def _entered_room(self, now: float) -> None:
+        """Welcomed into a room, or moved to another: a fresh member list, asked for."""
+        self.roster.enter(self.room, self.nick)
+        if self.who_on_join:
+            self._send_control(messages.Who(), now)
 
     def _error(self, msg: messages.Error, now: float) -> None:
+        if msg.code == "no-such-nick":
+            self._echoes.refused(msg.text)
         self._output.append(msg)
         if self.state is not State.JOINING:
             self.failures += 1  # a refused line (unknown nick, too long, ...): exit non-zero
@@ -553,8 +582,10 @@ class ChatClient:
             self._output.append(Problem("the server refused to let us in; giving up"))
             self._give_up(now, "not sent")
 
-    def _show_own(self, action: commands.Action) -> None:
+    def _show_own(self, action: commands.Action, seq: int) -> None:
+        """Show what the user said: at once, or a /msg once the server took it (its
+        target may not exist: then only the server's error shows, see echoes)."""
         if isinstance(action, (messages.Say, messages.Me)):
             self._output.append(OwnLine(self.nick, action.text, isinstance(action, messages.Me)))
         elif isinstance(action, messages.PrivateMsg):
-            self._output.append(OwnLine(self.nick, action.text, to=action.to))
+            self._echoes.add(seq, OwnLine(self.nick, action.text, to=action.to))

@@ -57,8 +57,10 @@ IDLE_TIMEOUT_DEFAULT_S = 30.0
 DESCRIPTION = """\
 Encrypted group chat over UDP: connect to the udpchat server on HOST.
 
-Terminal mode (stdin and stdout are a terminal): a line editor with history; type
-/help for the commands. /quit, Ctrl-D or Ctrl-C leaves.
+Terminal mode (stdin and stdout are a terminal): a line editor with history, Tab
+completion and Ctrl-R search; type /help for the commands. /quit leaves, and so do
+Ctrl-D and Ctrl-C on an empty line. A line that mentions your nick, or a private
+one, rings the terminal bell (--no-bell: not) and is highlighted.
 
 Pipe mode (otherwise), for scripts: every input line is sent in order (commands work
 too, '//text' sends '/text'), and every event is printed as one plain line, such as
@@ -188,6 +190,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--room", metavar="ROOM", help=f"room to start in (default {messages.DEFAULT_ROOM})"
     )
     parser.add_argument(
+        "--no-bell",
+        dest="bell",
+        action="store_false",
+        default=None,  # not given: the config file's "bell", else yes
+        help="terminal mode: no bell when your nick is mentioned or a private line arrives",
+    )
+    parser.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
         type=_idle_timeout(idle_min_s),
@@ -301,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         colours=settings.colours is not False,
         timestamps=settings.timestamps,
         history=args.history is not False,
+        bell=settings.bell is not False,
     )
     chat_log = None
     if settings.log is not None:
@@ -308,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             chat_log = open_chat_log(settings.log, history=view.history)
         except ChatLogError as exc:
             fail(str(exc))
-    # settings.bell and settings.timeout (config keys "bell" and "timeout") are the
-    # config file's values for --no-bell and --timeout: not used by this client yet.
+    # settings.timeout (config key "timeout") is the config file's value for
+    # --timeout: not used by this client yet.
     sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log))
 
 

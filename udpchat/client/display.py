@@ -4,17 +4,19 @@ Every string that came from the network goes through ``clean`` before it is show
 whoever holds the group key (and can therefore impersonate the server) still cannot
 send terminal escape sequences, newlines or bidi overrides to a user's terminal.
 Plain style (pipes, scripts) has no colours and no timestamps on live lines; terminal
-style adds [HH:MM] timestamps and a stable colour per nick. A line replayed from a
-room's history always carries the time it was said (see ``Style``), so a script can
-tell it from a live line; README's client section lists every format.
+style adds [HH:MM] timestamps, a stable colour per nick (from 61 colours on a
+terminal with 256, else 12) and highlights the lines that mention the user or are
+private. A line replayed from a room's history always carries the time it was said
+(see ``Style``), so a script can tell it from a live line; README's client section
+lists every format.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, cast
 
@@ -31,6 +33,8 @@ REPLACEMENT = "\ufffd"
 # Basic 16-colour SGR codes only, readable on dark and light backgrounds alike (no
 # black/white/grey), so every terminal shows them.
 NICK_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
+#: The label of the nick hash (BLAKE2b "person"): changing it changes every colour.
+_NICK_HASH_LABEL = b"udpchat-nick"
 _RESET = "\x1b[0m"
 _BOLD = "1"
 _DIM = "2"
@@ -47,11 +51,66 @@ def clean(text: str) -> str:
     return _UNSAFE.sub(REPLACEMENT, text)
 
 
-def nick_colour(nick: str) -> int:
-    """The SGR colour of ``nick``: the same for every run and every client, and the
-    same for nicks that differ only in case (they are the same user)."""
+def _cube_colours() -> tuple[int, ...]:
+    """The colours of the xterm 256-colour cube that are readable on black and on white
+    (contrast at least 4.5 and 2.5, WCAG's formula) and not greyish: 61 of them."""
+    levels = (0, 95, 135, 175, 215, 255)
+
+    def linear(level: int) -> float:
+        c = level / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    found = []
+    for r in range(6):
+        for g in range(6):
+            for b in range(6):
+                if max(r, g, b) - min(r, g, b) < 2:
+                    continue  # grey or nearly: hard to tell apart
+                lum = 0.2126 * linear(levels[r]) + 0.7152 * linear(levels[g])
+                lum += 0.0722 * linear(levels[b])
+                if (lum + 0.05) / 0.05 >= 4.5 and 1.05 / (lum + 0.05) >= 2.5:
+                    found.append(16 + 36 * r + 6 * g + b)
+    return tuple(found)
+
+
+#: Nick colours on a terminal with 256 colours (SGR 38;5;N).
+NICK_COLOURS_256 = _cube_colours()
+
+
+def nick_colour(nick: str, colours_256: bool = False) -> str:
+    """The SGR code of ``nick``'s colour: the same for every run and every client, and
+    the same for nicks that differ only in case (they are the same user). From
+    NICK_COLOURS_256 when the terminal has 256 colours, else from NICK_COLOURS."""
     key = messages.fold_nick(nick).encode("utf-8", "replace")
-    return NICK_COLOURS[zlib.crc32(key) % len(NICK_COLOURS)]
+    digest = hashlib.blake2b(key, digest_size=8, person=_NICK_HASH_LABEL).digest()
+    number = int.from_bytes(digest, "big")
+    if colours_256:
+        return f"38;5;{NICK_COLOURS_256[number % len(NICK_COLOURS_256)]}"
+    return str(NICK_COLOURS[number % len(NICK_COLOURS)])
+
+
+def mentions(text: str, nick: str) -> bool:
+    """Whether ``text`` says ``nick`` as a word of its own, ignoring case: "alice:",
+    "hi Alice!" and "@alice" do, "malice" and "alice_" do not."""
+    pattern = r"(?<![\w-])" + re.escape(nick) + r"(?![\w-])"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def is_alert(item: Item, nick: str) -> bool:
+    """Whether ``item`` is for the user ``nick`` in particular: someone else's line
+    that mentions the nick, or a private line from someone else."""
+    if isinstance(item, messages.PrivateMsgIn):
+        return messages.fold_nick(item.sender) != messages.fold_nick(nick)
+    if isinstance(item, messages.SayOut | messages.MeOut):
+        return messages.fold_nick(item.nick) != messages.fold_nick(nick) and mentions(
+            item.text, nick
+        )
+    return False
+
+
+def rings_bell(item: Item, nick: str) -> bool:
+    """An alert as it happens (a line from the room's history is one no more)."""
+    return is_alert(item, nick) and getattr(item, "ts", None) is None
 
 
 # --- local things to show (the server's messages are udpchat.chat.messages classes) -------
@@ -107,19 +166,35 @@ def timestamps_format(text: str) -> Timestamps:
 
 @dataclass(frozen=True)
 class Style:
-    """How to render: ``colour`` uses SGR codes; ``timestamps`` says what goes before
-    each line (see Timestamps): a line replayed from history carries the time it was
-    said (ISO with "iso", else [HH:MM], with the date when not from today), a live line
-    the time it is shown (nothing with "off"); ``history`` False leaves history lines
-    out altogether (--no-history)."""
+    """How to render: ``colour`` uses SGR codes (``colours_256``: nick colours from
+    the 256-colour palette); ``timestamps`` says what goes before each line (see
+    Timestamps): a line replayed from history carries the time it was said (ISO with
+    "iso", else [HH:MM], with the date when not from today), a live line the time it
+    is shown (nothing with "off"); ``history`` False leaves history lines out
+    altogether (--no-history). ``highlight`` shows the lines that are alerts
+    (``is_alert``) with the sender in reverse video (colour only), and ``bell`` rings
+    the terminal bell for them (terminal mode)."""
 
     colour: bool = False
     timestamps: Timestamps = "off"
     history: bool = True
+    colours_256: bool = False
+    highlight: bool = False
+    bell: bool = False
 
 
 PLAIN = Style()
-TERMINAL = Style(colour=True, timestamps="hhmm")
+TERMINAL = Style(colour=True, timestamps="hhmm", highlight=True, bell=True)
+
+
+def terminal_style(env: Mapping[str, str]) -> Style:
+    """TERMINAL as the environment allows: no colours with NO_COLOR or TERM=dumb (but
+    timestamps and the bell), 256 nick colours when TERM or COLORTERM says so."""
+    term = env.get("TERM", "")
+    if env.get("NO_COLOR") or term == "dumb":
+        return Style(timestamps="hhmm", bell=True)
+    many = "256color" in term or env.get("COLORTERM", "") in ("truecolor", "24bit")
+    return replace(TERMINAL, colours_256=many)
 
 
 @dataclass(frozen=True)
@@ -130,12 +205,17 @@ class ViewOptions:
     colours: bool = True  # in a terminal only, and not with NO_COLOR or TERM=dumb
     timestamps: Timestamps | None = None  # None: "hhmm" in a terminal, "off" in a pipe
     history: bool = True
+    bell: bool = True  # terminal mode: for mentions and private lines (--no-bell)
 
     def style(self, interactive: bool, env: Mapping[str, str]) -> Style:
         if not interactive:
             return Style(False, self.timestamps or "off", self.history)
-        colour = self.colours and not (env.get("NO_COLOR") or env.get("TERM") == "dumb")
-        return Style(colour, self.timestamps or "hhmm", self.history)
+        base = terminal_style(env)
+        if not self.colours:
+            base = replace(base, colour=False, highlight=False)
+        return replace(
+            base, timestamps=self.timestamps or "hhmm", history=self.history, bell=self.bell
+        )
 
 
 class _Painter:
@@ -147,9 +227,9 @@ class _Painter:
     def sgr(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}{_RESET}" if self.style.colour and text else text
 
-    def nick(self, nick: str, bold: bool = False) -> str:
-        code = str(nick_colour(nick)) + (";1" if bold else "")
-        return self.sgr(clean(nick), code)
+    def nick(self, nick: str, bold: bool = False, reverse: bool = False) -> str:
+        code = nick_colour(nick, self.style.colours_256) + (";1" if bold else "")
+        return self.sgr(clean(nick), code + (";7" if reverse else ""))
 
 
 def _clock(ts: float, now: float) -> str:
@@ -163,18 +243,21 @@ def iso_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_item(item: Item, style: Style = PLAIN, *, now: float) -> str | None:
+def format_item(
+    item: Item, style: Style = PLAIN, *, now: float, highlight: bool = False
+) -> str | None:
     """One display line for ``item`` (None: nothing to show), rendered in ``style``.
 
-    ``now`` is the time used for live timestamps and to decide whether a history line
-    needs its date. The result never contains a control character other than the SGR
-    sequences this function adds itself in colour style.
+    ``now`` is the local time used for live timestamps and to decide whether a history
+    line needs its date; ``highlight``: show the sender in reverse video (an alert, in
+    colour style only). The result never contains a control character other than the
+    SGR sequences this function adds itself in colour style.
     """
     ts = getattr(item, "ts", None)  # set on lines replayed from a room's history
     if ts is not None and not style.history:
         return None
     p = _Painter(style)
-    body = _body(item, p)
+    body = _body(item, p, highlight)
     if body is None:
         return None
     if style.timestamps == "iso":
@@ -194,14 +277,14 @@ def _notice(p: _Painter, text: str) -> str:
     return f"{p.sgr('-!-', _DIM)} {text}"
 
 
-def _body(item: Item, p: _Painter) -> str | None:
+def _body(item: Item, p: _Painter, highlight: bool = False) -> str | None:
     """The line for ``item`` without timestamp; all network strings cleaned."""
     if isinstance(item, messages.SayOut):
-        return f"<{p.nick(item.nick)}> {clean(item.text)}"
+        return f"<{p.nick(item.nick, reverse=highlight)}> {clean(item.text)}"
     if isinstance(item, messages.MeOut):
-        return f"* {p.nick(item.nick)} {clean(item.text)}"
+        return f"* {p.nick(item.nick, reverse=highlight)} {clean(item.text)}"
     if isinstance(item, messages.PrivateMsgIn):
-        return f"*{p.nick(item.sender, bold=True)}* {clean(item.text)}"
+        return f"*{p.nick(item.sender, bold=True, reverse=highlight)}* {clean(item.text)}"
     if isinstance(item, OwnLine):
         if item.to is not None:
             return f"-> *{p.nick(item.to)}* {clean(item.text)}"
@@ -248,12 +331,14 @@ class Renderer:
         self._unreported = 0
         self._reported_at: float | None = None
 
-    def lines(self, items: Iterable[Item], now: float) -> list[str]:
-        """One line per item that shows as one, in order (see class docstring)."""
+    def lines(self, items: Iterable[Item], now: float, nick: str | None = None) -> list[str]:
+        """One line per item that shows as one, in order (see class docstring); with
+        ``nick`` (the user's) and a highlighting style, alerts are highlighted."""
         out: list[str] = []
         for item in items:
             try:
-                line = format_item(item, self.style, now=now)
+                alert = nick is not None and self.style.highlight and is_alert(item, nick)
+                line = format_item(item, self.style, now=now, highlight=alert)
             except Exception as exc:  # anything: one item, one guard
                 line = self._unshowable(exc, now)
             if line is not None:

@@ -39,12 +39,18 @@ class Outbox:
         self.waiting: list[Line] = []
         self.in_flight: dict[int, Line] = {}
 
-    def add(self, msg: messages.ClientMessage, typed: str | None, now: float) -> None:
-        self.waiting.append(Line(next(self._seq), msg, typed, now))
+    def add(self, msg: messages.ClientMessage, typed: str | None, now: float) -> Line:
+        line = Line(next(self._seq), msg, typed, now)
+        self.waiting.append(line)
+        return line
 
     @property
     def full(self) -> bool:
-        return len(self.waiting) >= OUTBOX_MAX_LINES
+        return not self.has_room_for(1)
+
+    def has_room_for(self, lines: int) -> bool:
+        """Whether ``lines`` more lines may wait (a split line goes in whole or not)."""
+        return len(self.waiting) + lines <= OUTBOX_MAX_LINES
 
     @property
     def empty(self) -> bool:
