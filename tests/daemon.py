@@ -34,12 +34,19 @@ class Daemon:
     """`twistd -n udpchat --config` on a temporary config, stopped by SIGTERM."""
 
     def __init__(
-        self, folder: Path, env: dict[str, str], prefix: tuple[str, ...] = (), **settings: Any
+        self,
+        folder: Path,
+        env: dict[str, str],
+        prefix: tuple[str, ...] = (),
+        pass_fds: tuple[int, ...] = (),
+        **settings: Any,
     ) -> None:
-        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME)."""
+        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME);
+        `pass_fds` are descriptors the command inherits (e.g. for socket activation)."""
         self.folder = folder
         self.env = env
         self.prefix = prefix
+        self.pass_fds = pass_fds
         self.settings = {"interface": "127.0.0.1", "port": free_udp_port(), **settings}
         self.config = folder / "chat.ini"
         self.key_file = folder / "chat.key"
@@ -67,6 +74,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env=self.env,
             cwd=self.folder,
+            pass_fds=self.pass_fds,
         )
         deadline = time.monotonic() + timeout
         while READY_LINE not in self.log():

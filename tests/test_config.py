@@ -58,6 +58,7 @@ def test_empty_server_section_gives_documented_defaults(tmp_path: Path) -> None:
         log_rejects_interval=60.0,
         handshake_rate=20.0,
         handshake_burst=5,
+        log_level="info",
     )
 
 
@@ -113,6 +114,28 @@ def test_all_keys_are_parsed(tmp_path: Path) -> None:
     assert config.handshake_burst == 1
 
 
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [("debug", "debug"), ("INFO", "info"), ("Warning", "warning"), ("error", "error")],
+)
+def test_log_level_names_a_level_in_any_case(tmp_path: Path, value: str, level: str) -> None:
+    """log_level is one of debug, info, warning, error (written in any case)."""
+    config = load_config(write_ini(tmp_path, f"[server]\nlog_level = {value}\n"))
+    assert config.log_level == level
+
+
+@pytest.mark.parametrize("value", ["warn", "verbose", "", "3"])
+def test_bad_log_level_lists_the_levels(tmp_path: Path, value: str) -> None:
+    """Anything else is one line naming the key, the value and the four levels."""
+    path = write_ini(tmp_path, f"[server]\nlog_level = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: [server] log_level = {value!r} is not a log level; "
+        "use one of debug, info, warning, error"
+    )
+
+
 @pytest.mark.parametrize("interface", ["", '""', "0.0.0.0", "::", "127.0.0.1"])
 def test_wildcard_and_loopback_interfaces_are_accepted(tmp_path: Path, interface: str) -> None:
     """ "" (all IPv4), "::" (dual stack), 0.0.0.0 and a local address are all fine."""
@@ -161,12 +184,14 @@ def test_address_allowed_matches_ipv4_clients_of_a_dual_stack_socket(tmp_path: P
 
 
 def test_missing_config_file_names_it_and_says_what_to_do(tmp_path: Path) -> None:
-    """A config path that does not exist is an error naming the path and --config."""
+    """A config path that does not exist is an error naming the path, --config, and
+    the command that writes the example there (a pip install has no etc/ folder)."""
     path = tmp_path / "missing.ini"
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == (
-        f"{path}: config file not found; fix: pass --config PATH, or copy etc/chat.ini there"
+        f"{path}: config file not found; fix: pass --config PATH, or write the example "
+        f"there: udpchat-example config > {path}"
     )
 
 

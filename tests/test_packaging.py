@@ -159,3 +159,105 @@ def test_ci_runs_lint_format_and_type_checks_with_pinned_tools(repo_root: Path) 
     extra = setup["options.extras_require"]["test"].split()
     for tool in ("ruff", "mypy"):
         assert any(line.startswith(f"{tool}==") for line in extra), tool
+
+
+# --- what an operator gets besides the code ------------------------------------------------
+
+EXAMPLES = {"config": "chat.ini", "service": "udpchat.service", "socket": "udpchat.socket"}
+
+
+@pytest.mark.parametrize(("name", "file"), sorted(EXAMPLES.items()))
+def test_udpchat_example_prints_the_shipped_file(
+    repo_root: Path, capsys: pytest.CaptureFixture[str], name: str, file: str
+) -> None:
+    """`udpchat-example NAME` prints etc/FILE exactly: the package carries links to
+    the checkout's etc/ files (one copy to edit), which a wheel turns into copies."""
+    from udpchat.daemon.examples import main
+
+    link = repo_root / "udpchat" / "daemon" / "etc" / file
+    assert link.is_symlink() and link.resolve() == (repo_root / "etc" / file).resolve()
+    assert main([name]) == 0
+    assert capsys.readouterr().out == (repo_root / "etc" / file).read_text()
+
+
+def test_udpchat_example_config_for_systemd_keeps_the_key_in_the_state_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`udpchat-example config --systemd` is the example config with key_file in the
+    unit's StateDirectory= (/var/lib/udpchat), the one folder the sandboxed daemon may
+    write; every other setting is the default."""
+    from udpchat.daemon.config import load_config
+    from udpchat.daemon.examples import main
+
+    assert main(["config", "--systemd"]) == 0
+    path = tmp_path / "chat.ini"
+    path.write_text(capsys.readouterr().out)
+    config = load_config(path)
+    assert config.key_file == Path("/var/lib/udpchat/chat.key")
+    defaults = load_config(write_empty_config(tmp_path / "empty.ini"))
+    for field in ("interface", "port", "history_lines", "max_members", "log_level"):
+        assert getattr(config, field) == getattr(defaults, field), field
+
+
+def write_empty_config(path: Path) -> Path:
+    path.write_text("[server]\n")
+    return path
+
+
+def test_udpchat_example_refuses_systemd_for_a_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    """--systemd is about the config; with a unit it is a usage error (exit 2)."""
+    from udpchat.daemon.examples import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["service", "--systemd"])
+    assert info.value.code == 2
+    assert "--systemd goes with config only" in capsys.readouterr().err
+
+
+def test_twistd_help_points_to_the_example_command_not_a_checkout_file() -> None:
+    """`twistd udpchat --help` names `udpchat-example config`, which a pip install
+    has, not etc/chat.ini, which it does not."""
+    from udpchat.daemon.tap import Options
+
+    assert "udpchat-example config" in Options.longdesc
+    assert "etc/chat.ini" not in str(Options())
+
+
+def test_license_file_is_the_mit_license_setup_cfg_names(repo_root: Path) -> None:
+    """setup.cfg says MIT, and the LICENSE file (put in the wheel by setuptools) is it."""
+    setup = configparser.ConfigParser()
+    setup.read(repo_root / "setup.cfg")
+    assert setup["metadata"]["license"] == "MIT"
+    text = (repo_root / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert "Permission is hereby granted, free of charge" in text
+
+
+def test_twistd_files_in_the_checkout_are_ignored(repo_root: Path) -> None:
+    """`twistd -n` writes twistd.pid into the folder it runs in, daemonized twistd also
+    twistd.log: neither belongs in git."""
+    ignored = (repo_root / ".gitignore").read_text().splitlines()
+    assert "twistd.pid" in ignored and "twistd.log*" in ignored
+
+
+@requires_install
+def test_installed_udpchat_example_prints_the_config_from_any_folder(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    """After a non-editable install the console script prints the config, read from
+    the package data (no checkout needed)."""
+    dist = installed_distribution()
+    assert dist is not None
+    files = {str(f) for f in dist.files or []}
+    assert {f"udpchat/daemon/etc/{file}" for file in EXAMPLES.values()} <= files
+    example = Path(sysconfig.get_path("scripts")) / "udpchat-example"
+    result = subprocess.run(
+        [str(example), "config"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (repo_root / "etc" / "chat.ini").read_text()

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon import free_udp_port
 from twisted.application.service import Service
 
 from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.listen import Listening
 from udpchat.daemon.sdnotify import notify
 from udpchat.daemon.tap import Options, makeService
 
@@ -130,7 +132,8 @@ def test_daemon_reports_ready_after_the_chat_service_and_stopping_before_it(
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     made: list[tuple[ServerConfig, bytes, RecordingChatService]] = []
 
-    def make_chat_service(config: ServerConfig, psk: bytes) -> Service:
+    def make_chat_service(config: ServerConfig, psk: bytes, listening: Listening) -> Service:
+        listening.sock.close()  # the tap bound it; this stand-in serves nothing
         service = RecordingChatService(sock)
         made.append((config, psk, service))
         return service
@@ -140,13 +143,14 @@ def test_daemon_reports_ready_after_the_chat_service_and_stopping_before_it(
     monkeypatch.setitem(sys.modules, "udpchat.daemon.service", stub)
 
     ini = tmp_path / "chat.ini"
-    ini.write_text("[server]\ninterface = 127.0.0.1\nport = 4000\n")
+    port = free_udp_port()
+    ini.write_text(f"[server]\ninterface = 127.0.0.1\nport = {port}\n")
     options = Options()
     options.parseOptions(["--config", str(ini)])
     top = makeService(options)
 
     [(config, psk, chat)] = made
-    assert config.port == 4000 and (tmp_path / "chat.key").read_bytes() == psk + b"\n"
+    assert config.port == port and (tmp_path / "chat.key").read_bytes() == psk + b"\n"
 
     top.startService()
     assert chat.seen_at_start == []

@@ -1,4 +1,5 @@
-"""Specification of etc/udpchat.service: valid for systemd and hardened for a UDP daemon."""
+"""Specification of etc/udpchat.service and etc/udpchat.socket: valid for systemd,
+hardened for a UDP daemon, and agreeing with each other and with chat.ini."""
 
 from __future__ import annotations
 
@@ -26,13 +27,21 @@ def unit(repo_root: Path) -> Path:
     return repo_root / "etc" / "udpchat.service"
 
 
+@pytest.fixture
+def socket_unit(repo_root: Path) -> Path:
+    return repo_root / "etc" / "udpchat.socket"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_analyze_verify_reports_nothing_but_the_uninstalled_binary(unit: Path) -> None:
-    """`systemd-analyze verify` accepts the unit; the only thing it may report here is
-    that the ExecStart binary (installed by the deployment) does not exist."""
+def test_systemd_analyze_verify_reports_nothing_but_the_uninstalled_binary(
+    unit: Path, socket_unit: Path
+) -> None:
+    """`systemd-analyze verify` accepts both units (the socket finds its service); the
+    only thing it may report here is that the ExecStart binary (installed by the
+    deployment) does not exist."""
     exec_start = unit_settings(unit)["ExecStart"][0].split()[0]
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        ["systemd-analyze", "verify", str(socket_unit), str(unit)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -108,3 +117,27 @@ def test_memory_limit_covers_the_budget_of_the_shipped_config(unit: Path, repo_r
     high = int(settings["MemoryHigh"][0].removesuffix("M")) * MIB
     limit = int(settings["MemoryMax"][0].removesuffix("M")) * MIB
     assert budget <= high <= limit <= 1.25 * budget
+
+
+def test_unit_logs_as_udpchat(unit: Path) -> None:
+    """journald files the lines under udpchat (`journalctl -t udpchat`), not twistd."""
+    assert unit_settings(unit)["SyslogIdentifier"] == ["udpchat"]
+
+
+def test_socket_unit_passes_one_dual_stack_udp_socket_on_the_configs_port(
+    socket_unit: Path, repo_root: Path
+) -> None:
+    """udpchat.socket binds one UDP socket (the daemon serves exactly one) on the
+    shipped chat.ini's port, for IPv4 and IPv6, with the daemon's socket buffers; and
+    it is named after the service, which it therefore activates."""
+    from udpchat.daemon.config import load_config
+    from udpchat.daemon.service import SOCKET_BUFFER_BYTES
+
+    settings = unit_settings(socket_unit)
+    config = load_config(repo_root / "etc" / "chat.ini")
+    assert settings["ListenDatagram"] == [str(config.port)]
+    assert not {"ListenStream", "ListenSequentialPacket", "Accept", "Service"} & settings.keys()
+    assert settings["BindIPv6Only"] == ["both"]
+    assert settings["ReceiveBuffer"] == settings["SendBuffer"] == ["4M"]
+    assert SOCKET_BUFFER_BYTES == 4 * 1024 * 1024
+    assert settings["WantedBy"] == ["sockets.target"]

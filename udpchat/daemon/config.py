@@ -26,6 +26,8 @@ SECTION = "server"
 # History is sent to a joiner as one message per line, all queued at once: it must fit
 # the session's send queue (64 + 1024 messages) with room for what else is going on.
 MAX_HISTORY_LINES = 500
+# log_level values, least to most severe (udpchat.daemon.logs maps them to Twisted's).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
@@ -48,6 +50,7 @@ class ServerConfig:
     log_rejects_interval: float = 60.0  # seconds between summaries of rejected datagrams
     handshake_rate: float = 20.0  # handshakes per second per source address (refill)
     handshake_burst: int = 5  # handshakes a source address may send at once
+    log_level: str = "info"  # least severe log lines written: debug, info, warning, error
 
     def address_allowed(self, host: str) -> bool:
         """True if datagrams from IP `host` may be answered (allow/deny lists).
@@ -163,6 +166,14 @@ def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _log_level(reader: _Reader) -> str:
+    key = "log_level"
+    value = _unquote(reader.values[key]).lower()
+    if value not in LOG_LEVELS:
+        raise reader.fail(key, "is not a log level", f"use one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
 def _check_interface(reader: _Reader) -> str:
     """Return the interface if it is "" or an IP address this machine can bind."""
     key = "interface"
@@ -201,7 +212,8 @@ def _read_ini(name: str) -> configparser.RawConfigParser:
             parser.read_file(fh, source=name)
     except FileNotFoundError:
         raise ConfigError(
-            f"{name}: config file not found; fix: pass --config PATH, or copy etc/chat.ini there"
+            f"{name}: config file not found; fix: pass --config PATH, or write the "
+            f"example there: udpchat-example config > {name}"
         ) from None
     except IsADirectoryError:
         raise ConfigError(f"{name}: is a directory; fix: pass the path of an INI file") from None
@@ -287,4 +299,5 @@ def load_config(
         log_rejects_interval=reader.number("log_rejects_interval", "seconds"),
         handshake_rate=reader.number("handshake_rate", "handshakes per second"),
         handshake_burst=reader.integer("handshake_burst", 1),
+        log_level=_log_level(reader),
     )

@@ -1,20 +1,18 @@
-"""The chat daemon as a twistd service: binds the UDP port, announces where clients
-connect, handles SIGTERM, logs a periodic summary of dropped datagrams and of log
-lines held back by the rate limits, and on stop says goodbye to every member before
-releasing the port."""
+"""The chat daemon as a twistd service: serves the UDP socket the tap opened (or
+systemd passed), announces where clients connect, handles SIGTERM, logs a periodic
+summary of dropped datagrams and of log lines held back by the rate limits, and on
+stop says goodbye to every member before releasing the port."""
 
 from __future__ import annotations
 
 import gc
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -22,6 +20,7 @@ from twisted.logger import Logger
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import COOKIE_REPLIES, EVICTIONS, WITHHELD
 from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.listen import Listening, open_socket, where
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
@@ -62,17 +61,21 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 
 
 class ChatService(Service):
-    """Binds the UDP port at start; at stop, says goodbye and releases it."""
+    """Serves the UDP socket from start; at stop, says goodbye and releases it.
+
+    `listening` is the socket the tap opened before twistd daemonized; without it,
+    startService opens one (a failure is then a ListenError from startService).
+    `reactor`: the global one by default, put on monotonic time; `wall` reads the
+    system clock (tests give a fake reactor and clock)."""
 
     def __init__(
         self,
         config: ServerConfig,
         psk: bytes,
         reactor: Any = None,
+        listening: Listening | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        """`reactor`: the global one by default, put on monotonic time; `wall` reads
-        the system clock (tests give a fake reactor and clock)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -83,6 +86,8 @@ class ChatService(Service):
         server = ChatServer(psk, settings_of(config))
         self.protocol = ChatProtocol(server, config.address_allowed, reactor, wall)
         self._port: Any = None
+        self._listening = listening
+        self._from_systemd = False
         self._summary = LoopingCall(self.log_rejections)
         self._summary.clock = reactor
         self.memory = MemoryReturn()
@@ -91,19 +96,13 @@ class ChatService(Service):
 
     def startService(self) -> None:
         config = self.config
-        try:
-            self._port = self._reactor.listenUDP(
-                config.port, self.protocol, interface=config.interface
-            )
-        except error.CannotListenError as exc:
-            where = f"{config.interface or '*'}:{config.port}"
-            print(
-                f"udpchat: cannot listen on {where}: {exc.socketError}; fix: stop what uses "
-                f"the port or set another [server] port in {config.path}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1) from None
+        listening = self._listening or open_socket(config.interface, config.port, config.path)
+        self._listening = None
+        sock = listening.sock
+        # The port works on its own duplicate of the descriptor.
+        self._port = self._reactor.adoptDatagramPort(sock.fileno(), sock.family, self.protocol)
+        sock.close()
+        self._from_systemd = listening.from_systemd
         _enlarge_buffers(self._port.socket)
         super().startService()
         # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
@@ -123,8 +122,23 @@ class ChatService(Service):
         # clean shutdown; a stop that was asked for and went well is exit status 0.
         signal.signal(signal.SIGTERM, self._on_sigterm)
         config = self.config
-        port = self._port.getHost().port
-        addresses = listening_addresses(config.interface)
+        host = self._port.getHost()
+        port = host.port
+        interface = "" if host.host == "0.0.0.0" else host.host
+        at = where(interface, port)
+        if self._from_systemd:
+            log.info("Serving the UDP socket systemd passed (socket activation): {where}", where=at)
+            configured = "" if config.interface == "0.0.0.0" else config.interface
+            if port != config.port or configured not in ("", interface):
+                log.warn(
+                    "The socket systemd passed is on {where}, not on {config_where} as "
+                    "[server] interface and port in {path} say; serving {where}. Fix: "
+                    "make udpchat.socket's ListenDatagram= and the config agree",
+                    where=at,
+                    config_where=where(configured, config.port),
+                    path=str(config.path),
+                )
+        addresses = listening_addresses(interface)
         for address in addresses:
             shown = f"[{address}]" if ":" in address else address
             log.info("Clients can connect to {address}:{port}", address=shown, port=port)
@@ -135,10 +149,8 @@ class ChatService(Service):
                 port=port,
             )
         log.info(
-            "Listening on UDP {interface}:{port}; pre-shared key: {key} "
-            "(every client needs a copy)",
-            interface=config.interface or "*",
-            port=port,
+            "Listening on UDP {where}; pre-shared key: {key} (every client needs a copy)",
+            where=at,
             key=str(config.key_file),
         )
 

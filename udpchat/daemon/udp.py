@@ -46,10 +46,19 @@ _TEXTS = {
 }
 
 
+#: How a dual-stack ("::") socket spells an IPv4 client: ::ffff:a.b.c.d (RFC 4291 2.5.5.2).
+IPV4_MAPPED_PREFIX = "::ffff:"
+
+
 def format_addr(addr: Any) -> str:
+    """An address as an operator writes it: 192.0.2.7:5000, [2001:db8::7]:5000; an
+    IPv4 client of a dual-stack socket shows as the IPv4 address it is, the way
+    allow/deny match it."""
     if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        host, port = str(addr[0]), addr[1]
+        if host[: len(IPV4_MAPPED_PREFIX)].lower() == IPV4_MAPPED_PREFIX and "." in host:
+            host = host[len(IPV4_MAPPED_PREFIX) :]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(addr)
 
 
