@@ -24,7 +24,7 @@ NEW = Fernet.generate_key()
 
 def world(protocol: ProtocolConfig | None = None) -> ChatWorld:
     server = ChatServer(NEW, ServerSettings(), protocol=protocol)
-    server.set_previous_key(OLD)
+    server.set_keys(NEW, OLD, 0.0)
     return ChatWorld(server)
 
 
@@ -66,13 +66,13 @@ def test_members_on_either_key_chat_in_one_room_across_rekeys() -> None:
 
 
 def test_the_end_of_the_overlap_tells_and_closes_the_previous_keys_members() -> None:
-    """retire_previous_key: alice (previous key) gets a shutdown message saying why,
+    """set_keys without the previous key: alice (previous key) gets a shutdown message saying why,
     and her session is closed once she acknowledged it; bob sees her quit and stays.
     Her client's next handshake under the previous key gets no answer at all."""
     w = world()
     alice = join(w, "alice", 1001, OLD)
     bob = join(w, "bob", 1002, NEW)
-    assert w.server.retire_previous_key(w.now) == 1
+    assert w.server.set_keys(NEW, None, w.now) == 1
     w.settle()
     w.advance(SHUTDOWN_LINGER_S + 0.5)
     assert {"t": "shutdown", "text": KEY_RETIRED_TEXT} in w.inbox[alice]
@@ -97,7 +97,7 @@ def test_without_a_previous_key_the_old_key_gets_silence() -> None:
     w.add_client(alice, OLD)
     w.advance(5.0)
     assert w.written == []
-    server.set_previous_key(OLD)  # a reload that adds it: the next retry gets in
+    server.set_keys(NEW, OLD, w.now)  # a reload that adds it: the next retry gets in
     w.advance(10.0)
     assert w.clients[alice].connected
 
@@ -115,3 +115,22 @@ def test_a_session_keeps_the_key_it_began_with() -> None:
     w.datagram(message_1, alice)
     assert w.server.endpoint.stats["bad-token"] == before + 1
     assert w.server.endpoint.uses_previous_key(session_id)
+
+
+def test_a_rotation_while_running_keeps_everyone_until_the_overlap_ends() -> None:
+    """What a reload after `udpchat-keygen --rotate` does: the running key becomes
+    the previous one and a new key the current one. Nobody is dropped; both keys get
+    in; a second rotation (a third key) ends the members of the oldest key."""
+    server = ChatServer(OLD, ServerSettings())
+    w = ChatWorld(server)
+    alice = join(w, "alice", 1001, OLD)
+    assert server.set_keys(NEW, OLD, w.now) == 0
+    bob = join(w, "bob", 1002, NEW)
+    say(w, alice, "hello bob", 1)
+    assert texts(w, bob) == ["hello bob"]
+    third = Fernet.generate_key()
+    assert server.set_keys(third, NEW, w.now) == 1  # alice's key is gone
+    w.advance(SHUTDOWN_LINGER_S + 0.5)
+    assert {"t": "shutdown", "text": KEY_RETIRED_TEXT} in w.inbox[alice]
+    say(w, bob, "still here", 2)
+    assert not any(isinstance(e, events.SessionEnded) for e in w.client_events[bob])

@@ -274,7 +274,7 @@ def test_daemon_startup_logs_where_it_created_the_key(tmp_path: Path) -> None:
     config = tmp_path / "chat.ini"
     config.write_text("[server]\ninterface = 127.0.0.1\nkey_file = keys/chat.key\n")
     with capturedLogs() as events:
-        _, psk = load_settings(str(config))
+        _, psk, _ = load_settings(str(config))
     text = "\n".join(formatEvent(e) for e in events)
     assert str(tmp_path / "keys" / "chat.key") in text
     assert "clients need a copy" in text

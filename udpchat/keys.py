@@ -355,7 +355,9 @@ def _fsync_folder(folder_fd: int) -> None:
         os.close(fd)
 
 
-def create_key(path: str | os.PathLike[str], overwrite: bool = False) -> bytes:
+def create_key(
+    path: str | os.PathLike[str], overwrite: bool = False, key: bytes | None = None
+) -> bytes:
     """Write a new random key to `path` (mode 0600, atomically) and return it (base64).
 
     Missing folders are created with mode 0700; existing ones must pass folder_problem.
@@ -367,7 +369,7 @@ def create_key(path: str | os.PathLike[str], overwrite: bool = False) -> bytes:
     """
     name = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(name))
-    key = Fernet.generate_key()
+    key = key or Fernet.generate_key()
     try:
         folder_fd = _open_folder(folder, name, create=True)
     except OSError as exc:
@@ -482,3 +484,29 @@ def keygen_main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(keygen_main())
+
+
+#: Where `rotate_key` keeps the key it replaces, next to the key file.
+PREVIOUS_SUFFIX = ".previous"
+
+
+def previous_key_path(path: str | os.PathLike[str]) -> str:
+    """The previous key of a rotation: the key file's name plus PREVIOUS_SUFFIX."""
+    return os.fspath(path) + PREVIOUS_SUFFIX
+
+
+def rotate_key(path: str | os.PathLike[str]) -> bytes:
+    """Key rotation (PROTOCOL.md 4.12): keep the key at `path` as its previous key
+    (previous_key_path, written anew, so its modification time is when the overlap
+    began) and put a new key at `path`; return the new key. Refused (KeyFileExists)
+    while a previous key is still there: one rotation at a time."""
+    old = load_key(path)
+    previous = previous_key_path(path)
+    try:
+        create_key(previous, key=old)
+    except KeyFileExists:
+        raise KeyFileExists(
+            f"{previous} exists: a rotation is still in its overlap; once the daemon "
+            f"has logged that the overlap ended, delete {previous} and rotate again"
+        ) from None
+    return create_key(path, overwrite=True)

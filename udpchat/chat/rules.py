@@ -251,9 +251,12 @@ class _Room:
 
     def remember(self, line: bytes, max_lines: int) -> None:
         """Add a line to the history, forgetting the oldest beyond either bound."""
-        history = self.history
-        history.append(line)
+        self.history.append(line)
         self.history_bytes += len(line) + HISTORY_LINE_OVERHEAD_BYTES
+        self.trim(max_lines)
+
+    def trim(self, max_lines: int) -> None:
+        history = self.history
         while len(history) > max_lines or self.history_bytes > HISTORY_BYTES_PER_ROOM:
             self.history_bytes -= len(history.popleft()) + HISTORY_LINE_OVERHEAD_BYTES
 
@@ -331,6 +334,15 @@ class ChatRules:
             self._sessions[session_id] = addr
             if member := self._members.get(session_id):
                 member.addr = addr
+
+    def set_limits(self, history_lines: int, max_members: int) -> None:
+        """A reload: a shorter history forgets the oldest lines at once; a lower member
+        limit refuses newcomers until members left, and closes nobody."""
+        if history_lines < 0 or max_members < 1:
+            raise ValueError("history_lines >= 0 and max_members >= 1")
+        self._history_lines, self._max_members = history_lines, max_members
+        for room in self._rooms.values():
+            room.trim(history_lines)
 
     def session_ended(self, session_id: bytes, reason: str, now: float) -> None:
         """The session is gone ("timeout", "closed", "local-close"): a member parts

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
 from udpchat.chat.roomkeys import RoomKeys, seal
@@ -250,17 +250,23 @@ class ChatServer:
                 self._close(session_id, now)
         self._pump(now)
 
-    def set_previous_key(self, psk: bytes | None) -> None:
-        """Key rotation (PROTOCOL.md 4.12): accept handshakes under `psk` too, the key
-        being replaced, until retire_previous_key()."""
-        self.endpoint.set_previous_key(psk)
+    def update_settings(self, settings: ServerSettings) -> None:
+        """A reload: history_lines and max_members apply at once (ChatRules.set_limits);
+        the other settings are fixed at construction (the daemon says they need a
+        restart)."""
+        self.rules.set_limits(settings.history_lines, settings.max_members)
+        self.endpoint.max_sessions = sessions_for(settings.max_members)
+        self.settings = replace(
+            self.settings, history_lines=settings.history_lines, max_members=settings.max_members
+        )
 
-    def retire_previous_key(self, now: float) -> int:
-        """The rotation's overlap is over: every member still on the previous key is
-        told (a `shutdown` message saying why, which every client shows) and its
-        session closed once that is acknowledged, or after SHUTDOWN_LINGER_S. The
-        room sees it quit. Returns how many were closed."""
-        retired = self.endpoint.retire_previous_key()
+    def set_keys(self, psk: bytes, previous: bytes | None, now: float) -> int:
+        """Key rotation (PROTOCOL.md 4.12): accept handshakes under `psk` and, during
+        an overlap, `previous`. Every member on a key that is now neither is told why
+        (a `shutdown` message, which every client shows) and its session closed once
+        that is acknowledged, or after SHUTDOWN_LINGER_S; the room sees it quit.
+        Returns how many were closed."""
+        retired = self.endpoint.set_keys(psk, previous)
         payload = encode(Shutdown(KEY_RETIRED_TEXT))
         for session_id in retired:
             nick = self.rules.nick_of(session_id)

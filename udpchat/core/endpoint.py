@@ -259,34 +259,37 @@ class ServerEndpoint(_Endpoint):
 
     # -- keys ------------------------------------------------------------------------
 
-    def set_previous_key(self, psk: bytes | None) -> None:
-        """Key rotation (PROTOCOL.md 4.12): also accept handshakes under `psk`, the
-        key being replaced, or stop (None). A session keeps the key it began with;
-        the overlap ends with retire_previous_key()."""
-        self._previous = None if psk is None else HandshakeKey(psk)
-        if self._previous is not None and self._previous.psk32 == self._key.psk32:
-            self._previous = None  # the same key twice: nothing to rotate
+    def set_keys(self, psk: bytes, previous: bytes | None = None) -> list[bytes]:
+        """Key rotation (PROTOCOL.md 4.12): handshakes are accepted under `psk` and,
+        during an overlap, under `previous` too. A session keeps the key it began
+        with. Sessions under a key that is now neither end: the half-open ones are
+        forgotten, and the ids of the established ones are returned, for the
+        application to tell and close."""
+        known = {key.psk32: key for key in (self._key, self._previous) if key is not None}
 
-    def retire_previous_key(self) -> list[bytes]:
-        """The end of a rotation's overlap: handshakes under the previous key are no
-        longer accepted, and its half-open sessions are forgotten. Returns the ids of
-        its established sessions, for the application to tell and close."""
-        previous, self._previous = self._previous, None
-        if previous is None:
-            return []
-        established = []
+        def key_for(raw: bytes) -> HandshakeKey:
+            # The same object for a key kept: sessions compare keys by identity.
+            return known.get(wire.psk_raw(raw)) or HandshakeKey(raw)
+
+        self._key = key_for(psk)
+        self._previous = None if previous is None else key_for(previous)
+        if self._previous is self._key:
+            self._previous = None  # the same key twice: nothing to rotate
+        kept = {self._key.psk32} | ({self._previous.psk32} if self._previous else set())
+        dropped = []
         for sid, session in list(self._sessions.items()):
-            if session.psk32 is previous.psk32:
-                if session.established and not session.ended:
-                    established.append(sid)
-                elif not session.established:
-                    self._forget(sid)
-        return established
+            if session.psk32 in kept:
+                continue
+            if session.established and not session.ended:
+                dropped.append(sid)
+            elif not session.established:
+                self._forget(sid)
+        return dropped
 
     def uses_previous_key(self, session_id: bytes) -> bool:
         session = self._sessions.get(session_id)
         previous = self._previous
-        return previous is not None and session is not None and session.psk32 is previous.psk32
+        return previous is not None and session is not None and session.psk32 == previous.psk32
 
     def _key_of(self, token: bytes) -> HandshakeKey:
         """The key whose K_hs signed a message 1's token: the current key, or during
@@ -340,7 +343,7 @@ class ServerEndpoint(_Endpoint):
             session.accept_init(init, data, addr, now, may_establish=False)
             self._sessions[init.session_id] = session
             self._add_pending(session)
-        elif session.psk32 is not key.psk32:
+        elif session.psk32 != key.psk32:
             raise HandshakeRejected("bad-token")  # a session keeps the key it began with
         else:
             session.accept_init(init, data, addr, now, may_establish=not self._full())

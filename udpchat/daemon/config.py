@@ -51,6 +51,7 @@ class ServerConfig:
     handshake_rate: float = 20.0  # handshakes per second per source address (refill)
     handshake_burst: int = 5  # handshakes a source address may send at once
     log_level: str = "info"  # least severe log lines written: debug, info, warning, error
+    key_overlap: float = 86400.0  # seconds a rotated-out key (KEY_FILE.previous) still works
 
     def address_allowed(self, host: str) -> bool:
         """True if datagrams from IP `host` may be answered (allow/deny lists).
@@ -300,4 +301,5 @@ def load_config(
         handshake_rate=reader.number("handshake_rate", "handshakes per second"),
         handshake_burst=reader.integer("handshake_burst", 1),
         log_level=_log_level(reader),
+        key_overlap=reader.number("key_overlap", "seconds"),
     )

@@ -1,7 +1,8 @@
 """The chat daemon as a twistd service: serves the UDP socket the tap opened (or
-systemd passed), announces where clients connect, handles SIGTERM, logs a periodic
-summary of dropped datagrams and of log lines held back by the rate limits, and on
-stop says goodbye to every member before releasing the port."""
+systemd passed), announces where clients connect, handles SIGTERM, reloads on SIGHUP
+(settings and keys, key rotation), logs a periodic summary of dropped datagrams and of
+log lines held back by the rate limits, and on stop says goodbye to every member
+before releasing the port."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from twisted.application.service import Service
@@ -19,14 +21,34 @@ from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import COOKIE_REPLIES, EVICTIONS, WITHHELD
-from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.config import ConfigError, ServerConfig, load_config
 from udpchat.daemon.listen import Listening, open_socket, where
+from udpchat.daemon.logs import LEVELS
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
+from udpchat.daemon.rotation import PreviousKey, load_previous_key, when
 from udpchat.daemon.udp import ChatProtocol
+from udpchat.keys import KeyFileError, load_key
 from udpchat.reactorclock import use_monotonic_clock
 
 log = Logger(namespace="udpchat")
+
+
+#: What a reload (SIGHUP) applies while members chat; any other change of the config
+#: file needs a restart, and the reload's log line says so. key_file and key_overlap
+#: are read again too (the keys themselves, PROTOCOL.md 4.12).
+LIVE_SETTINGS = frozenset(
+    {
+        "allow",
+        "deny",
+        "max_members",
+        "history_lines",
+        "log_level",
+        "log_rejects_interval",
+        "key_file",
+        "key_overlap",
+    }
+)
 
 
 def settings_of(config: ServerConfig) -> ServerSettings:
@@ -75,7 +97,9 @@ class ChatService(Service):
         reactor: Any = None,
         listening: Listening | None = None,
         wall: Callable[[], float] = time.time,
+        previous: PreviousKey | None = None,
     ) -> None:
+        """`previous`: a rotated-out key still in its overlap (udpchat.daemon.rotation)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -84,6 +108,11 @@ class ChatService(Service):
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
         server = ChatServer(psk, settings_of(config))
+        self._psk, self._previous = psk, previous
+        if previous is not None:
+            server.set_keys(psk, previous.psk, 0.0)  # no session yet: nobody to tell
+        self._retire_call: Any = None  # the end of the previous key's overlap
+        self._wall = wall
         self.protocol = ChatProtocol(server, config.address_allowed, reactor, wall)
         self._port: Any = None
         self._listening = listening
@@ -110,6 +139,7 @@ class ChatService(Service):
         self._reactor.callWhenRunning(self._announce)
         self._summary.start(self.config.log_rejects_interval, now=False)
         self._memory_check.start(MEMORY_CHECK_INTERVAL_S, now=False)
+        self._schedule_retirement()
 
     def _announce(self) -> None:
         # Everything made while starting (Twisted, the config, the protocol) lives as
@@ -121,6 +151,8 @@ class ChatService(Service):
         # twistd's own SIGTERM handler makes the process die by the signal after a
         # clean shutdown; a stop that was asked for and went well is exit status 0.
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        # systemctl reload (ExecReload=): re-read the config and keys, keep everyone.
+        signal.signal(signal.SIGHUP, self._on_sighup)
         config = self.config
         host = self._port.getHost()
         port = host.port
@@ -153,10 +185,107 @@ class ChatService(Service):
             where=at,
             key=str(config.key_file),
         )
+        if self._previous is not None:
+            log.info(
+                "Key rotation: the previous key {path} is accepted too, until {until} "
+                "(key_overlap); members on it are then told to get the new key",
+                path=self._previous.path,
+                until=when(self._previous.until),
+            )
 
     def _on_sigterm(self, number: int, frame: object) -> None:
         log.info("Received SIGTERM: telling members and shutting down")
         self._reactor.callFromThread(self._reactor.stop)
+
+    def _on_sighup(self, number: int, frame: object) -> None:
+        self._reactor.callFromThread(self.reload)
+
+    # -- reload and key rotation ---------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: read the config file and the keys again and apply what can change
+        while members chat (LIVE_SETTINGS, the keys); say what needs a restart. A
+        config or key that cannot be used changes nothing: the daemon goes on with what
+        it had, and says why."""
+        old = self.config
+        try:
+            new = load_config(old.path)
+            psk = load_key(new.key_file)
+            previous, expired = load_previous_key(new, self._wall())
+        except (ConfigError, KeyFileError) as exc:
+            log.error(
+                "Reload failed; still running with the configuration loaded before: {why}",
+                why=str(exc),
+            )
+            return
+        changed = [f.name for f in fields(new) if getattr(new, f.name) != getattr(old, f.name)]
+        live = [name for name in changed if name in LIVE_SETTINGS]
+        later = [name for name in changed if name not in LIVE_SETTINGS]
+        self.config = new
+        self.protocol.allowed = new.address_allowed
+        self.protocol.server.update_settings(settings_of(new))
+        log_filter = getattr(self.parent, "log_filter", None)
+        if log_filter is not None:
+            log_filter.level = LEVELS[new.log_level]
+        if "log_rejects_interval" in live and self._summary.running:
+            self._summary.stop()
+            self._summary.start(new.log_rejects_interval, now=False)
+        rotated = self._set_keys(psk, previous, expired)
+        log.info(
+            "Reloaded {path}: {applied}{later}",
+            path=str(new.path),
+            applied=(f"applied {', '.join(live)}" if live else "no setting changed")
+            + (f"; {rotated}" if rotated else ""),
+            later=(
+                f"; {', '.join(later)} changed but take effect only after a restart"
+                if later
+                else ""
+            ),
+        )
+
+    def _set_keys(self, psk: bytes, previous: PreviousKey | None, expired: str | None) -> str:
+        """Apply the keys read at a reload; what changed, for the reload's log line."""
+        before = (self._psk, None if self._previous is None else self._previous.psk)
+        after = (psk, None if previous is None else previous.psk)
+        if expired is not None:
+            log.info(expired)
+        if before == after:
+            return ""
+        self._psk, self._previous = psk, previous
+        closed = self.protocol.set_keys(psk, after[1])
+        self._schedule_retirement()
+        if previous is not None:
+            return (
+                f"key rotation: the new key {self.config.key_file} and, until "
+                f"{when(previous.until)}, the previous key {previous.path} are accepted"
+            )
+        text = f"the key {self.config.key_file} changed"
+        if closed:
+            text += f"; {closed} members on the key no longer accepted were told and closed"
+        return text
+
+    def _schedule_retirement(self) -> None:
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
+        self._retire_call = None
+        if self._previous is not None:
+            delay = max(0.0, self._previous.until - self._wall())
+            self._retire_call = self._reactor.callLater(delay, self._retire_previous_key)
+
+    def _retire_previous_key(self) -> None:
+        """The end of the overlap: members still on the previous key are told to get
+        the new one and closed (PROTOCOL.md 4.12)."""
+        self._retire_call = None
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        closed = self.protocol.set_keys(self._psk, None)
+        log.info(
+            "The previous key's overlap ended: {closed} members still on it were told "
+            "to get the new key and disconnected; {path} can be deleted",
+            closed=closed,
+            path=previous.path,
+        )
 
     def log_rejections(self) -> None:
         """One summary line of what was dropped since the last one (never per datagram),
@@ -219,6 +348,8 @@ class ChatService(Service):
 
     def stopService(self) -> Deferred[object]:
         super().stopService()
+        if self._retire_call is not None and self._retire_call.active():
+            self._retire_call.cancel()
         for call in (self._summary, self._memory_check):
             if call.running:
                 call.stop()

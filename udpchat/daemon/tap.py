@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +31,7 @@ from udpchat.daemon.logs import (
     daemon_observer,
     journal_stream_matches,
 )
+from udpchat.daemon.rotation import PreviousKey, load_previous_key
 from udpchat.keys import KeyFileError, ensure_key
 
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 stops systemd from
@@ -147,8 +149,9 @@ def key_problem(message: str, config: ServerConfig, environ: Mapping[str, str]) 
     )
 
 
-def load_settings(config_path: str) -> tuple[ServerConfig, bytes]:
-    """Load config and key, exiting with one clear line if either is unusable."""
+def load_settings(config_path: str) -> tuple[ServerConfig, bytes, PreviousKey | None]:
+    """Load config, key and a rotation's previous key (udpchat.daemon.rotation),
+    exiting with one clear line if any is unusable."""
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -163,7 +166,13 @@ def load_settings(config_path: str) -> tuple[ServerConfig, bytes]:
             "clients need a copy of this file",
             path=str(config.key_file),
         )
-    return config, psk
+    try:
+        previous, expired = load_previous_key(config, time.time())
+    except KeyFileError as exc:
+        _fail(str(exc))
+    if expired is not None:
+        log.info(expired)
+    return config, psk, previous
 
 
 def open_listening(config: ServerConfig) -> Listening:
@@ -177,7 +186,7 @@ def open_listening(config: ServerConfig) -> Listening:
 
 def makeService(options: Options) -> MultiService:
     """Build the daemon's service tree: the chat service, then the readiness notifier."""
-    config, psk = load_settings(options["config"])
+    config, psk, previous = load_settings(options["config"])
     listening = open_listening(config)
     # Imported here, after config and key checks, so those errors never depend on the
     # service module (and `twistd --help` stays light).
@@ -186,6 +195,6 @@ def makeService(options: Options) -> MultiService:
     # twistd's own options (the parent of ours): where twistd would log.
     twistd = getattr(options, "parent", None)
     top = DaemonService(daemon_observer(twistd, LEVELS[config.log_level], sys.stdout))
-    ChatService(config, psk, listening=listening).setServiceParent(top)
+    ChatService(config, psk, listening=listening, previous=previous).setServiceParent(top)
     ReadinessNotifier().setServiceParent(top)
     return top

@@ -77,7 +77,7 @@ class ChatProtocol(DatagramProtocol):
         """`clock`: the reactor, on monotonic time (udpchat.reactorclock); `wall`
         reads the system clock, for the Unix time in handshakes and history."""
         self.server = server
-        self._allowed = allowed
+        self.allowed = allowed  # the allow/deny lists; a reload may replace them
         self._clock: Any = clock  # IReactorTime (zope interfaces are opaque to mypy)
         self._wall = wall
         self._timer: Any = None  # the one IDelayedCall
@@ -95,7 +95,7 @@ class ChatProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         now = self._now()
         try:
-            if self._allowed(addr[0]):
+            if self.allowed(addr[0]):
                 self.server.receive_datagram(data, addr, now)
             else:
                 self.server.address_refused(addr, now)
@@ -111,6 +111,18 @@ class ChatProtocol(DatagramProtocol):
         except Exception:
             self._bug(now)
         self._service(now)
+
+    def set_keys(self, psk: bytes, previous: bytes | None) -> int:
+        """Key rotation (ChatServer.set_keys): returns how many members on a key no
+        longer accepted were told and are being closed."""
+        now = self._now()
+        closed = 0
+        try:
+            closed = self.server.set_keys(psk, previous, now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
+        return closed
 
     def shutdown(self) -> Deferred[None]:
         """Say goodbye (see ChatServer.shutdown); fires once every session is closed."""
