@@ -23,6 +23,7 @@ from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
+from udpchat.fingerprint import fingerprint
 
 log = Logger(namespace="udpchat")
 
@@ -68,6 +69,9 @@ class ChatService(Service):
             reactor = default_reactor
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
+        # Shown at start-up: a client whose key differs gets no answer at all, and
+        # compares its key's fingerprint with this one (udpchat.fingerprint).
+        self.key_fingerprint = fingerprint(psk)
         server = ChatServer(psk, settings_of(config))
         self.protocol = ChatProtocol(server, config.address_allowed, reactor)
         self._port: Any = None
@@ -123,11 +127,12 @@ class ChatService(Service):
                 port=port,
             )
         log.info(
-            "Listening on UDP {interface}:{port}; pre-shared key: {key} "
-            "(every client needs a copy)",
+            "Listening on UDP {interface}:{port}; pre-shared key: {key}, "
+            "fingerprint {fingerprint} (every client needs a copy)",
             interface=config.interface or "*",
             port=port,
             key=str(config.key_file),
+            fingerprint=self.key_fingerprint,
         )
 
     def _on_sigterm(self, number: int, frame: object) -> None:
