@@ -1,26 +1,23 @@
 """The key fingerprint (udpchat.fingerprint, PROTOCOL.md 2.9): eight characters two
-people can read aloud to tell whether they hold the same key; the daemon logs it,
-udpchat-keygen prints it, and it reveals nothing usable about the key."""
+people can read aloud to tell whether they hold the same key; udpchat-keygen prints
+it (the daemon's start-up line: test_client_diagnosis.py), and it reveals nothing
+usable about the key."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from daemon import Daemon
 from hypothesis import given
 from hypothesis import strategies as st
 
 from udpchat.core import wire
 from udpchat.fingerprint import ALPHABET, LABEL_FINGERPRINT, fingerprint
 from udpchat.keygen import main as keygen_main
-from udpchat.keys import create_key
 
 #: PROTOCOL.md 2.9's test vector: the key whose raw bytes are 00 01 .. 1f.
 VECTOR_KEY = base64.urlsafe_b64encode(bytes(range(32)))
@@ -86,26 +83,3 @@ def test_keygen_fingerprint_of_a_missing_key_is_one_line_and_status_1(
     assert keygen_main(["--fingerprint", str(tmp_path / "nope.key")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
-
-
-def test_the_daemon_logs_its_keys_fingerprint_at_start_up(
-    tmp_path: Path, subprocess_env: dict[str, str]
-) -> None:
-    """The start-up line names the key file and its fingerprint, the same one
-    `udpchat-keygen --fingerprint` prints for that file."""
-    key = create_key(tmp_path / "chat.key")
-    daemon = Daemon(tmp_path, subprocess_env).start()
-    try:
-        line = next(x for x in daemon.log().splitlines() if "Listening on UDP" in x)
-        assert f"pre-shared key: {daemon.key_file}, fingerprint {fingerprint(key)}" in line
-        assert key.decode() not in daemon.log()
-        printed = subprocess.run(
-            [sys.executable, "-m", "udpchat.keygen", "--fingerprint", str(daemon.key_file)],
-            env=subprocess_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert printed.stdout.split()[0] == fingerprint(key)
-    finally:
-        daemon.stop()

@@ -1,5 +1,5 @@
 """``udpchat-client``: the command line entry point (argument parsing, key lookup,
-name resolution, and the choice between terminal and pipe mode)."""
+invite lines, name resolution, and the choice between terminal and pipe mode)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from udpchat import __version__
+from udpchat.address import DEFAULT_PORT, AddressError, join_host_port, parse_port
+from udpchat.address import split_host_port as parse_host_port
 from udpchat.chat import messages
 from udpchat.core.limits import (
     IDLE_TIMEOUT_MAX_S,
@@ -22,14 +24,17 @@ from udpchat.core.limits import (
     ProtocolConfig,
     idle_timeout_floor_s,
 )
-from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
+from udpchat.fingerprint import fingerprint
+from udpchat.invite import InviteError, is_invite, parse_invite, save_key
+from udpchat.keys import CLIENT, KeyFileError, KeyFileNotFound, load_key
 
 PROG = "udpchat-client"
-DEFAULT_PORT = 12345
 #: Exit status for a usage or setup problem (bad arguments, key, unknown host).
 EXIT_SETUP = 2
 #: Exit status when the run was interrupted or lines were not delivered.
 EXIT_FAILED = 1
+#: Exit status when the server did not answer within --timeout.
+EXIT_NO_ANSWER = 3
 #: With several addresses for the server, a handshake unanswered this long moves on
 #: to the next one (e.g. "localhost" = ::1 and 127.0.0.1, server on IPv4 only).
 ADDRESS_FALLBACK_S = 3.0
@@ -60,10 +65,16 @@ key file (the group's pre-shared key, mode 0600), first found of:
   --key PATH, $UDPCHAT_KEY_FILE, $XDG_CONFIG_HOME/udpchat/chat.key
   (XDG_CONFIG_HOME defaults to ~/.config)
 
+invite line: HOST may be a line from `udpchat-keygen --invite` (quote it):
+  udpchat-client 'udpchat://HOST:PORT/#KEY' [--save-key [--key PATH] [--force]]
+  connects with the line's key; --save-key keeps it (mode 0600) at --key PATH or where
+  the client looks by default, so that next time `udpchat-client HOST:PORT` is enough
+
 exit status:
   0  done (pipe mode: every line was delivered)
   1  pipe mode: a line was refused or not delivered; or interrupted
-  2  bad arguments, unusable key file, unknown host"""
+  2  bad arguments, unusable key file, unknown host
+  3  the server did not answer within --timeout"""
 
 
 def fail(text: str) -> NoReturn:
@@ -98,12 +109,19 @@ def default_nick() -> str:
 
 def _port(text: str) -> int:
     try:
-        port = int(text)
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, not {port}")
-    return port
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return seconds
 
 
 def _idle_timeout(minimum_s: float) -> Any:
@@ -153,12 +171,30 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "host",
         metavar="HOST",
         help="server name or IPv4/IPv6 address, with :PORT if you like (as the daemon"
-        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345)",
+        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); or an invite line"
+        " (udpchat://HOST:PORT/#KEY, see below)",
     )
     parser.add_argument(
         "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
+    parser.add_argument(
+        "--save-key",
+        action="store_true",
+        help="with an invite line: save its key (mode 0600) at --key PATH or the default place",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --save-key: replace a different key already there",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        help="give up (exit status 3) when the server has not answered for this long, at"
+        " the start or after losing it; with no input, still wait to see it answer",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
@@ -180,30 +216,68 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
 def split_host_port(text: str, port: int | None) -> tuple[str, int]:
     """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
-    "[::1]:PORT"; a bare IPv6 address ("::1") is a host. `port` is --port (None if
-    not given); a port in HOST and a different --port are a usage error."""
-    given: str | None = None
-    if text.startswith("["):
-        close = text.find("]")
-        host, rest = text[1:close], text[close + 1 :]
-        if close < 0 or (rest and (not rest.startswith(":") or len(rest) == 1)):
-            fail(f"bad HOST {text!r}: write [IPv6 address] or [IPv6 address]:PORT")
-        given = rest[1:] or None
-    elif text.count(":") == 1:
-        host, given = text.split(":")
-    else:
-        host = text
-    if not host:
-        fail(f"bad HOST {text!r}: no name or address before the port")
-    if given is None:
-        return host, DEFAULT_PORT if port is None else port
+    "[::1]:PORT"; a bare IPv6 address ("::1") is a host (udpchat.address). `port` is
+    --port (None if not given); a port in HOST and a different --port are a usage
+    error."""
     try:
-        in_host = _port(given)
-    except argparse.ArgumentTypeError as exc:
-        fail(f"bad HOST {text!r}: {exc}")
+        host, in_host = parse_host_port(text)
+    except AddressError as exc:
+        fail(str(exc))
+    return host, _one_port(text, in_host, port)
+
+
+def _one_port(text: str, in_host: int | None, port: int | None) -> int:
+    if in_host is None:
+        return DEFAULT_PORT if port is None else port
     if port is not None and in_host != port:
         fail(f"HOST {text!r} says port {in_host} but --port says {port}: give one")
-    return host, in_host
+    return in_host
+
+
+def server_and_key(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, int, bytes]:
+    """(host, port, key) from HOST and the key options: an invite line carries all
+    three (and --save-key keeps its key); otherwise the key comes from its file."""
+    if not is_invite(args.host):
+        if args.save_key or args.force:
+            fail("--save-key and --force go with an invite line (udpchat://HOST:PORT/#KEY)")
+        host, port = split_host_port(args.host, args.port)
+        return host, port, _load_client_key(args.key, env)
+    try:
+        invite = parse_invite(args.host)
+    except InviteError as exc:
+        fail(str(exc))  # never quotes the line: it holds the key
+    port = _one_port(join_host_port(invite.host, invite.port), invite.port, args.port)
+    where = args.key if args.key is not None else default_key_path(env)
+    if args.force and not args.save_key:
+        fail("--force goes with --save-key")
+    if args.save_key:
+        try:
+            saved = save_key(where, invite.key, force=args.force)
+        except KeyFileError as exc:
+            fail(str(exc))
+        done = "saved" if saved else "already had"
+        print(f"{PROG}: {done} the invite's key in {where} (mode 0600)", file=sys.stderr)
+    elif args.key is not None:
+        fail("an invite line carries its key: leave out --key (or add --save-key to save it there)")
+    else:
+        print(
+            f"{PROG}: using the invite's key; add --save-key to keep it in {where}, then"
+            f" `{PROG} {join_host_port(invite.host, port)}` is enough",
+            file=sys.stderr,
+        )
+    return invite.host, port, invite.key
+
+
+def _load_client_key(path: Path | None, env: Mapping[str, str]) -> bytes:
+    """The key from --key or the default place, with a client's advice on failure."""
+    key_path = path if path is not None else default_key_path(env)
+    try:
+        return load_key(key_path, CLIENT)
+    except KeyFileNotFound as exc:
+        hint = "" if path else " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
+        fail(f"{exc}{hint}, or connect with an invite line and --save-key")
+    except KeyFileError as exc:
+        fail(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -217,16 +291,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         fail(f"bad --room {args.room!r}: {reason}")
     if not args.host.strip():
         fail("HOST must not be empty")
-    host, port = split_host_port(args.host, args.port)
-    key_path = args.key if args.key is not None else default_key_path(os.environ)
-    try:
-        psk = load_key(key_path)
-    except KeyFileNotFound as exc:
-        hint = "" if args.key else " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
-        fail(f"{exc}{hint}")
-    except KeyFileError as exc:
-        fail(str(exc))
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout))
+    host, port, psk = server_and_key(args, os.environ)
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, args.timeout))
 
 
 def run(
@@ -236,14 +302,18 @@ def run(
     nick: str,
     room: str,
     idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+    timeout_s: float | None = None,
 ) -> int:
-    """Resolve, connect and chat until done; return the exit status."""
+    """Resolve, connect and chat until done; return the exit status. ``timeout_s``:
+    --timeout (None: wait for the server for ever)."""
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     with ExitStack() as cleanup:
-        runner = Runner(reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s)
+        runner = Runner(
+            reactor, cleanup, host, port, psk, nick, room, interactive, idle_timeout_s, timeout_s
+        )
         reactor.callWhenRunning(runner.start)
         reactor.run()
     # The terminal is restored here (ExitStack); only now may errors be printed.
@@ -277,6 +347,7 @@ class Runner:
         room: str,
         interactive: bool,
         idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
+        timeout_s: float | None = None,
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
@@ -284,6 +355,7 @@ class Runner:
         self.nick, self.room = nick, room
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
+        self.timeout_s = timeout_s  # --timeout
         self.exit_code = 0
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
         self.errors_dropped = 0
@@ -354,6 +426,8 @@ class Runner:
         from udpchat.client.identity import claim_client_id
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
+        from udpchat.client.reachability import Reachability
+        from udpchat.client.udpport import listen_udp
         from udpchat.core.endpoint import ClientEndpoint
 
         if not servers:
@@ -370,6 +444,13 @@ class Runner:
             client_id=client_id,
             pipe=not self.interactive,
             fallback_after_s=fallback,
+            reachability=Reachability(
+                join_host_port(self.host, self.port),
+                self.port,
+                fingerprint(self.psk),
+                ipv6=":" in self.host,
+            ),
+            give_up_after_s=self.timeout_s,
         )
         front: Any
         if self.interactive:
@@ -386,7 +467,7 @@ class Runner:
         else:
             front = PipeFrontEnd(self._front_exited, self.reactor.seconds)
             stdio.StandardIO(front)
-        self.link = ChatLink(self.chat, servers, self.reactor, front)
+        self.link = ChatLink(self.chat, servers, self.reactor, front, listen_udp(self.reactor))
         front.link = self.link
         try:
             self.link.start()
@@ -401,6 +482,11 @@ class Runner:
         if chat is not None and self.exit_code == 0:
             failed = chat.fatal or (chat.exit_code and not self.interactive)
             self.exit_code = EXIT_FAILED if failed else 0
+            if chat.timed_out:
+                self.exit_code = EXIT_NO_ANSWER
+                if self.interactive:  # the screen said why; the shell gets one line
+                    server = chat.reachability.server
+                    self.add_error(f"{PROG}: no answer from {server} within --timeout")
         if self._exited is not None and not self._exited.called:
             self._exited.callback(None)
         self._stop()

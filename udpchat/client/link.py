@@ -10,8 +10,9 @@ udpchat.client.chatclient.
 
 from __future__ import annotations
 
+import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet import error, interfaces, threads
@@ -21,6 +22,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import Item, Problem
+from udpchat.client.reachability import Finding
 
 Address = tuple[str, int]
 #: A bug (an exception escaping the ChatClient) is shown at most once per this long.
@@ -28,6 +30,15 @@ BUG_SHOW_INTERVAL_S = 60.0
 #: If the ChatClient cannot even say when it next needs the timer (a bug), it gets
 #: one this soon anyway: a client without a timer would never retransmit again.
 BUG_RETRY_S = 1.0
+#: What an ICMP error (as errno) says about the server (udpchat.client.udpport).
+FINDINGS = {
+    errno.ECONNREFUSED: Finding.REFUSED,
+    errno.EHOSTUNREACH: Finding.UNREACHABLE,
+    errno.ENETUNREACH: Finding.UNREACHABLE,
+}
+#: A socket with an ICMP error pending fails the next send with it, without sending:
+#: that datagram is sent again once (the error itself is read from the error queue).
+SEND_AGAIN_ERRORS = frozenset(FINDINGS)
 
 
 class FrontEnd(Protocol):
@@ -68,6 +79,10 @@ class _Socket(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: tuple[object, ...]) -> None:
         self.link.datagram_received(datagram, addr)
 
+    def network_error(self, destination: Address, error: int) -> None:
+        """The network refused a datagram we sent to ``destination`` (ErrorQueuePort)."""
+        self.link.network_error(destination, error)
+
 
 @implementer(interfaces.IPushProducer)
 class ChatLink:
@@ -83,13 +98,17 @@ class ChatLink:
         servers: Sequence[tuple[int, Address]],
         reactor: Any,
         front: FrontEnd | None = None,
+        listen: Callable[[int, Any, str], Any] | None = None,
     ) -> None:
+        """``listen`` opens a UDP port like reactor.listenUDP (the default); the client
+        gives udpchat.client.udpport.listen_udp, to hear the network's errors."""
         if not servers:
             raise ValueError("no server address")
         self.chat = chat
         self.servers = list(servers)
         self.reactor = reactor
         self.front = front
+        self._listen = listen or reactor.listenUDP
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
@@ -110,7 +129,7 @@ class ChatLink:
         for family in dict.fromkeys(f for f, _ in self.servers):
             interface = "::" if family == socket.AF_INET6 else ""
             try:
-                port = self.reactor.listenUDP(0, _Socket(self), interface=interface)
+                port = self._listen(0, _Socket(self), interface)
             except error.CannotListenError as exc:
                 problems.append(exc)
                 continue
@@ -132,6 +151,22 @@ class ChatLink:
             return
         try:
             self.chat.receive_datagram(datagram, self.now())
+        except Exception as exc:
+            self._bug(exc)
+        self.pump()
+
+    def network_error(self, destination: Address, error: int) -> None:
+        """An ICMP error about a datagram to ``destination``: a hint for the ChatClient
+        if it is about one of the server's addresses (unauthenticated: it decides)."""
+        finding = FINDINGS.get(error)
+        if finding is None:
+            return
+        indexes = [i for i, (_, address) in enumerate(self.servers) if address == destination]
+        if not indexes:
+            return
+        index = indexes[0]
+        try:
+            self.chat.network_error(index, finding, self.now())
         except Exception as exc:
             self._bug(exc)
         self.pump()
@@ -219,8 +254,13 @@ class ChatLink:
         for datagram in datagrams:
             try:
                 sendto(datagram, addr)
-            except OSError:
-                pass  # e.g. network unreachable: UDP may lose it, the core retransmits
+            except OSError as exc:
+                # e.g. network unreachable: UDP may lose it, the core retransmits
+                if exc.errno in SEND_AGAIN_ERRORS:
+                    try:
+                        sendto(datagram, addr)
+                    except OSError:
+                        pass
 
     def _schedule(self, deadline: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
