@@ -172,7 +172,7 @@ def test_addresses_as_the_daemon_logs_them_and_an_invite_connect(
     dual = Daemon(folder, subprocess_env, interface="::", port=free_udp_port("::1")).start()
     key, port = str(dual.key_file), str(dual.port)
     invite = subprocess.run(
-        [sys.executable, "-m", "udpchat.keygen", "--invite", f"localhost:{port}", key],
+        [sys.executable, "-m", "udpchat.daemon.keygen", "--invite", f"localhost:{port}", key],
         capture_output=True,
         text=True,
         env=subprocess_env,

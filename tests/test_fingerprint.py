@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from udpchat.core import wire
+from udpchat.daemon.keygen import main as keygen_main
 from udpchat.fingerprint import ALPHABET, LABEL_FINGERPRINT, fingerprint
-from udpchat.keygen import main as keygen_main
 
 #: PROTOCOL.md 2.9's test vector: the key whose raw bytes are 00 01 .. 1f.
 VECTOR_KEY = base64.urlsafe_b64encode(bytes(range(32)))

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from udpchat.client.cli import build_parser, server_and_key
+from udpchat.daemon.keygen import main as keygen_main
 from udpchat.fingerprint import fingerprint
 from udpchat.invite import Invite, InviteError, is_invite, parse_invite, save_key
-from udpchat.keygen import main as keygen_main
 from udpchat.keys import KeyFileError, create_key, load_key
 
 #: A fixed key (pytest-xdist needs the same test ids in every worker).
@@ -147,7 +147,7 @@ def test_keygen_invite_takes_key_and_port_from_the_daemons_config(
 def test_keygen_invite_without_a_key_names_both_ways(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("udpchat.keygen.DAEMON_CONFIG_PATH", str(tmp_path / "none.ini"))
+    monkeypatch.setattr("udpchat.daemon.keygen.DAEMON_CONFIG_PATH", str(tmp_path / "none.ini"))
     with pytest.raises(SystemExit) as usage:
         keygen_main(["--invite", "chat.example"])
     assert usage.value.code == 2

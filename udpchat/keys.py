@@ -1,4 +1,5 @@
-"""Pre-shared key files: strict loading, atomic 0600 creation, and the udpchat-keygen CLI.
+"""Pre-shared key files: strict loading and atomic 0600 creation (the udpchat-keygen
+command is udpchat.daemon.keygen).
 
 A key file holds one Fernet key (32 random bytes as 44 characters of URL-safe base64,
 exactly what `Fernet.generate_key()` returns) plus an optional trailing newline. The
@@ -18,7 +19,6 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet
@@ -491,15 +491,3 @@ def ensure_key(path: str | os.PathLike[str]) -> tuple[bytes, bool]:
     except KeyFileExists:
         # Another process created it between our load and create.
         return load_key(path), False
-
-
-def keygen_main(argv: Sequence[str] | None = None) -> int:
-    """The `udpchat-keygen` console script of installs made before it moved to
-    udpchat.keygen (setup.cfg names udpchat.keygen:main now)."""
-    from udpchat.keygen import main
-
-    return main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(keygen_main())

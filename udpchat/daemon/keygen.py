@@ -1,4 +1,5 @@
-"""``udpchat-keygen``: make a key file, show a key's fingerprint, or write an invite line.
+"""``udpchat-keygen``, the operator's key tool: make a key file, show a key's
+fingerprint, or write an invite line.
 
     udpchat-keygen PATH [--force]                 a new random key at PATH (mode 0600)
     udpchat-keygen --fingerprint PATH             the fingerprint of the key at PATH
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from udpchat.address import DEFAULT_PORT, AddressError, split_host_port
+from udpchat.daemon.config import ConfigError, load_config
 from udpchat.fingerprint import fingerprint
 from udpchat.invite import Invite
 from udpchat.keys import KeyFileError, create_key, load_key
@@ -126,8 +128,6 @@ def _invite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _daemon_key(parser: argparse.ArgumentParser, config: Path | None) -> tuple[Path, int]:
     """The key file and port of the daemon's config (``config`` or the default)."""
-    from udpchat.daemon.config import ConfigError, load_config
-
     path = config or Path(DAEMON_CONFIG_PATH)
     if config is None and not path.exists():
         parser.error(
