@@ -196,8 +196,9 @@ class Reachability:
         if self.ipv6:
             lines.append(
                 Diagnosis(
-                    "this is an IPv6 address: a daemon with interface = 0.0.0.0 (the default)"
-                    " listens on IPv4 only; use its IPv4 address, or set interface = ::"
+                    "this is an IPv6 address: a daemon with the default interface (all IPv4"
+                    " addresses) listens on IPv4 only; use its IPv4 address, or set"
+                    " interface = :: there"
                 )
             )
         return lines
