@@ -56,9 +56,10 @@ Terminal mode (stdin and stdout are a terminal): a line editor with history; typ
 Pipe mode (otherwise), for scripts: every input line is sent in order (commands work
 too, '//text' sends '/text'), and every event is printed as one plain line, such as
 "<alice> hello", "* alice waves", "*bob* hi", "-!- bob has joined lobby" or
-"!!! error". Your own lines are not printed. At end of input the client waits until
-the server acknowledged every line, says bye and exits. If nothing reads its output,
-it stops reading from the network (64 KiB of output wait) until output drains."""
+"!!! error"; what the client says about reaching the server goes to stderr.
+Your own lines are not printed. At end of input the client waits until the server
+acknowledged every line, says bye and exits. If nothing reads its output, it stops
+reading from the network (64 KiB of output wait) until output drains."""
 
 EPILOG = """\
 key file (the group's pre-shared key, mode 0600), first found of:
@@ -73,7 +74,7 @@ invite line: HOST may be a line from `udpchat-keygen --invite` (quote it):
 exit status:
   0  done (pipe mode: every line was delivered)
   1  pipe mode: a line was refused or not delivered; or interrupted
-  2  bad arguments, unusable key file, unknown host
+  2  bad arguments or invite line, unusable key file, unknown host
   3  the server did not answer within --timeout"""
 
 
