@@ -1,7 +1,8 @@
 """An in-memory udpchat network for client tests: the real chat server (ChatServer:
 protocol core, chat rules and server policy) wired to ChatClients, with a fake clock,
-optional loss, outages (both ways, or only from the server to one peer) and server
-crashes. No sockets, no sleeping."""
+optional loss, outages (both ways, or only from the server to one peer), server
+crashes and a dead server's port (the network refuses what is sent to it). No
+sockets, no sleeping."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cryptography.fernet import Fernet
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import PLAIN, format_item
+from udpchat.client.reachability import Finding
 from udpchat.core.endpoint import ClientEndpoint
 from udpchat.core.limits import ProtocolConfig
 
@@ -54,6 +56,9 @@ class Net:
         self.rng = random.Random(seed)
         self.now = START
         self.up = True  # False: every datagram is lost, both ways
+        # True: the server process is gone; the network answers each datagram to its
+        # port with "port unreachable" (ICMP), which reaches the client at once.
+        self.refusing = False
         self.peers: list[Peer] = []
         self.server_seen: list[bytes] = []  # payloads the chat server received
         self.server_sent: list[tuple[bytes, tuple[str, int]]] = []  # datagrams, to whom
@@ -99,10 +104,14 @@ class Net:
         now = self.now
         for peer in self.peers:
             for data in peer.chat.datagrams_to_send(now):
-                if self._delivered(peer):
+                if self.refusing and self.up and not peer.cut:
+                    peer.chat.network_error(peer.chat.address_index, Finding.REFUSED, now)
+                elif self._delivered(peer):
                     self.chat_server.receive_datagram(data, peer.addr, now)
         by_addr = {peer.addr: peer for peer in self.peers}
         for data, addr in self.chat_server.datagrams_to_send(now):
+            if self.refusing:
+                continue  # a dead process sends nothing
             self.server_sent.append((data, addr))
             if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
                 by_addr[addr].chat.receive_datagram(data, now)

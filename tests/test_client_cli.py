@@ -77,6 +77,28 @@ def test_missing_key_file(env: dict[str, str], tmp_path: Path) -> None:
     assert_setup_error(result, str(missing), "does not exist")
 
 
+def test_missing_corrupt_or_misplaced_keys_get_a_clients_advice(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A client's key must be a copy of the server's: a missing, corrupt or misplaced
+    key file gets that advice, never "make one with udpchat-keygen" (a new key never
+    matches the server's) nor the daemon's key_file setting."""
+    missing = tmp_path / "nope.key"
+    result = run_client(["127.0.0.1", "--key", str(missing)], env)
+    assert_setup_error(result, str(missing), "get a copy of the server's key file", "invite")
+    corrupt = tmp_path / "corrupt.key"
+    corrupt.write_text("not a key\n")
+    corrupt.chmod(0o600)
+    result = run_client(["127.0.0.1", "--key", str(corrupt)], env)
+    assert_setup_error(result, "corrupt", "get a fresh copy of the server's key file")
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    result = run_client(["127.0.0.1", "--key", str(folder)], env)
+    assert_setup_error(result, "is a folder", "fix: give the path of the key file itself")
+    for text in (result.stderr, run_client(["127.0.0.1", "--key", str(corrupt)], env).stderr):
+        assert "udpchat-keygen" not in text and "key_file" not in text
+
+
 def test_missing_default_key_names_the_path_and_the_options(env: dict[str, str]) -> None:
     """With no key given and none at the default place, the setup error names the
     default path under XDG_CONFIG_HOME and both ways to give a key: --key and

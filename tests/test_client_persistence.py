@@ -183,8 +183,8 @@ def test_a_malformed_config_exits_2_naming_file_key_and_fix(
         (
             [],
             "[client]\nhost = 127.0.0.1\nkey = nokey\n",
-            "key file {cfg}/nokey does not exist; create one with: udpchat-keygen {cfg}/nokey"
-            " (named by key in {cfg}/client.ini)",
+            "key file {cfg}/nokey does not exist; get a copy of the server's key file from its"
+            " operator and put it at {cfg}/nokey (named by key in {cfg}/client.ini)",
         ),
     ],
     ids=["unknown-key", "missing-config", "no-host", "bad-log", "config-key-missing"],

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from twisted.logger import capturedLogs, formatEvent
 
 from udpchat.core.wire import psk_raw
+from udpchat.daemon.keygen import main as keygen_main
 from udpchat.keys import (
     KeyFileError,
     KeyFileNotFound,
     create_key,
     ensure_key,
-    keygen_main,
     load_key,
 )
 
@@ -324,10 +324,11 @@ def test_keygen_force_replaces_the_key(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_keygen_runs_as_a_program(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
-    """`python -m udpchat.keys PATH` behaves like the udpchat-keygen console script."""
+    """`python -m udpchat.daemon.keygen PATH` behaves like the udpchat-keygen console
+    script."""
     path = tmp_path / "chat.key"
     result = subprocess.run(
-        [sys.executable, "-m", "udpchat.keys", str(path)],
+        [sys.executable, "-m", "udpchat.daemon.keygen", str(path)],
         env=subprocess_env,
         capture_output=True,
         text=True,

@@ -2,7 +2,9 @@
 
 udpchat.core    imports nothing from Twisted or from the rest of udpchat
 udpchat.chat    imports udpchat.core (and itself), never Twisted
-udpchat.keys    imports udpchat.core only
+udpchat.keys    imports udpchat.core only; beside it, never importing Twisted either,
+                udpchat.address (nothing), udpchat.fingerprint (core) and
+                udpchat.invite (core, keys, address, fingerprint)
 udpchat.reactorclock  (a Twisted helper) imports nothing from udpchat
 udpchat.daemon  and udpchat.client may import the layers below, never each other
 """
@@ -19,15 +21,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "udpchat"
 
 #: For each layer, the udpchat packages it may import (besides itself).
+#: Key files and what goes with them (fingerprints, invite lines, the addresses they
+#: name), for the daemon and the client alike.
+KEY_SIDE = {"udpchat.keys", "udpchat.address", "udpchat.fingerprint", "udpchat.invite"}
 ALLOWED = {
     "udpchat.core": set(),
     "udpchat.chat": {"udpchat.core"},
     "udpchat.keys": {"udpchat.core"},
+    "udpchat.address": set(),
+    "udpchat.fingerprint": {"udpchat.core"},
+    "udpchat.invite": {"udpchat.core", "udpchat.keys", "udpchat.address", "udpchat.fingerprint"},
     "udpchat.reactorclock": set(),
-    "udpchat.daemon": {"udpchat.core", "udpchat.chat", "udpchat.keys", "udpchat.reactorclock"},
-    "udpchat.client": {"udpchat.core", "udpchat.chat", "udpchat.keys", "udpchat.reactorclock"},
+    "udpchat.daemon": {"udpchat.core", "udpchat.chat", "udpchat.reactorclock", *KEY_SIDE},
+    "udpchat.client": {"udpchat.core", "udpchat.chat", "udpchat.reactorclock", *KEY_SIDE},
 }
-NO_TWISTED = {"udpchat.core", "udpchat.chat", "udpchat.keys"}
+NO_TWISTED = {"udpchat.core", "udpchat.chat", *KEY_SIDE}
 
 
 def layer_of(module: str) -> str:

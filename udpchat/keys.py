@@ -1,4 +1,5 @@
-"""Pre-shared key files: strict loading, atomic 0600 creation, and the udpchat-keygen CLI.
+"""Pre-shared key files: strict loading and atomic 0600 creation (the udpchat-keygen
+command is udpchat.daemon.keygen).
 
 A key file holds one Fernet key (32 random bytes as 44 characters of URL-safe base64,
 exactly what `Fernet.generate_key()` returns) plus an optional trailing newline. The
@@ -13,15 +14,12 @@ never chmod by path.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import grp
 import os
 import pwd
 import stat
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet
 
@@ -34,6 +32,36 @@ KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
 
 KEYGEN_HINT = "udpchat-keygen"
+
+
+@dataclass(frozen=True)
+class Advice:
+    """The fixes a key-file message suggests, by who reads it. The daemon's operator
+    makes keys; a client's user can only get a copy of the server's key, because a key
+    made anywhere else never matches it. ``{name}`` is the key file, ``{folder}`` its
+    folder. Problems that both fix the same way (modes, owners, folders) say so alike.
+    """
+
+    missing: str
+    corrupt: str
+    not_a_file: str
+    cannot_create: str
+
+
+#: For the daemon and udpchat-keygen: the operator makes (and hands out) the key.
+SERVER = Advice(
+    missing=f"create one with: {KEYGEN_HINT} {{name}}",
+    corrupt=f"make a new one with: {KEYGEN_HINT} --force {{name}} (and give clients a copy)",
+    not_a_file=f"fix: point it at a key file made by {KEYGEN_HINT}",
+    cannot_create="fix: make {folder} writable or choose another key_file",
+)
+#: For udpchat-client: the key must be a copy of the server's.
+CLIENT = Advice(
+    missing="get a copy of the server's key file from its operator and put it at {name}",
+    corrupt="fix: get a fresh copy of the server's key file from its operator",
+    not_a_file="fix: give the path of the key file itself (a copy of the server's)",
+    cannot_create="fix: make {folder} writable, or save the key elsewhere with --key PATH",
+)
 
 
 class KeyFileError(Exception):
@@ -215,15 +243,17 @@ def _make_folder(parent_fd: int, base: str) -> None:
         os.close(fd)
 
 
-def _open_key(folder_fd: int, base: str, name: str) -> int:
+def _missing(name: str, advice: Advice) -> KeyFileNotFound:
+    return KeyFileNotFound(f"key file {name} does not exist; {advice.missing.format(name=name)}")
+
+
+def _open_key(folder_fd: int, base: str, name: str, advice: Advice) -> int:
     """Open the key file `base` in the folder open at `folder_fd`, never following a
     symlink and never blocking; return the descriptor."""
     try:
         return os.open(base, _READ_FLAGS, dir_fd=folder_fd)
     except FileNotFoundError:
-        raise KeyFileNotFound(
-            f"key file {name} does not exist; create one with: {KEYGEN_HINT} {name}"
-        ) from None
+        raise _missing(name, advice) from None
     except OSError as exc:
         # Linux says ELOOP for a symlink under O_NOFOLLOW, FreeBSD EMLINK.
         if exc.errno not in (errno.ELOOP, errno.EMLINK):
@@ -234,13 +264,12 @@ def _open_key(folder_fd: int, base: str, name: str) -> int:
         ) from None
 
 
-def _check_key_file(st: os.stat_result, name: str) -> None:
+def _check_key_file(st: os.stat_result, name: str, advice: Advice) -> None:
     """Refuse anything but a regular file of ours (or root's) with no group/other bits."""
     if not stat.S_ISREG(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "something else")
         raise KeyFileError(
-            f"key file {name} is not a regular file (it is {kind}); "
-            f"fix: point it at a key file made by {KEYGEN_HINT}"
+            f"key file {name} is not a regular file (it is {kind}); {advice.not_a_file}"
         )
     euid = os.geteuid()
     if not trusted_owner(st.st_uid, euid):
@@ -267,12 +296,13 @@ def _read_bounded(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def load_key(path: str | os.PathLike[str]) -> bytes:
+def load_key(path: str | os.PathLike[str], advice: Advice = SERVER) -> bytes:
     """Load a key file and return the key in base64 form (as `Fernet.generate_key()`).
 
     Raises KeyFileNotFound if the file is missing, KeyFileError if it is unreadable,
     not a regular file, a symlink, owned by someone else, open to group/others, in a
     folder others could change (folder_problem), or does not hold exactly one key.
+    The messages suggest the fixes of `advice` (SERVER or CLIENT).
     """
     name = os.fspath(path)
     folder, base = os.path.split(name)
@@ -281,20 +311,18 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
             raise KeyFileError(f"key file {name} names a folder; fix: name the key file in it")
         folder_fd = _open_folder(folder or ".", name, create=False)
         try:
-            fd = _open_key(folder_fd, base, name)
+            fd = _open_key(folder_fd, base, name, advice)
         finally:
             os.close(folder_fd)
         try:
             # fstat the open file: the checks are about the very bytes read, even if
             # the path is swapped meanwhile.
-            _check_key_file(os.fstat(fd), name)
+            _check_key_file(os.fstat(fd), name, advice)
             data = _read_bounded(fd)
         finally:
             os.close(fd)
     except FileNotFoundError:  # a missing folder
-        raise KeyFileNotFound(
-            f"key file {name} does not exist; create one with: {KEYGEN_HINT} {name}"
-        ) from None
+        raise _missing(name, advice) from None
     except PermissionError:
         raise KeyFileError(
             f"cannot read key file {name}: permission denied; "
@@ -309,8 +337,7 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
         # Deliberately no detail from the content: a near-miss would leak key bytes.
         raise KeyFileError(
             f"key file {name} is corrupt (it must hold one key: {PSK_B64_CHARS} characters of "
-            f"URL-safe base64); make a new one with: {KEYGEN_HINT} --force {name} "
-            f"(and give clients a copy)"
+            f"URL-safe base64); {advice.corrupt.format(name=name)}"
         ) from None
     return key
 
@@ -355,10 +382,17 @@ def _fsync_folder(folder_fd: int) -> None:
         os.close(fd)
 
 
-def create_key(
-    path: str | os.PathLike[str], overwrite: bool = False, key: bytes | None = None
-) -> bytes:
-    """Write a new random key to `path` (mode 0600, atomically) and return it (base64).
+def create_key(path: str | os.PathLike[str], overwrite: bool = False) -> bytes:
+    """Write a new random key to `path` (as write_key) and return it (base64)."""
+    key = Fernet.generate_key()
+    write_key(path, key, overwrite)
+    return key
+
+
+def write_key(
+    path: str | os.PathLike[str], key: bytes, overwrite: bool = False, advice: Advice = SERVER
+) -> None:
+    """Write `key` (base64, checked by psk_raw) to `path`, mode 0600, atomically.
 
     Missing folders are created with mode 0700; existing ones must pass folder_problem.
     The key is written to a temporary file in the same folder and moved into place, so a
@@ -367,32 +401,33 @@ def create_key(
     `overwrite`, a symlink at the key path is replaced, not written through). Without
     `overwrite`, an existing file is never replaced (KeyFileExists).
     """
+    psk_raw(key)  # ValueError: never write something that is not a key
     name = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(name))
-    key = key or Fernet.generate_key()
     try:
         folder_fd = _open_folder(folder, name, create=True)
     except OSError as exc:
         raise KeyFileError(
             f"cannot create key file {name}: {exc.strerror}; "
-            f"fix: make {folder} writable or choose another key_file"
+            f"{advice.cannot_create.format(folder=folder)}"
         ) from None
     try:
-        _write_key(folder_fd, base, name, key, overwrite)
+        _write_key(folder_fd, base, name, key, overwrite, advice)
         _fsync_folder(folder_fd)
     finally:
         os.close(folder_fd)
-    return key
 
 
-def _write_key(folder_fd: int, base: str, name: str, key: bytes, overwrite: bool) -> None:
+def _write_key(
+    folder_fd: int, base: str, name: str, key: bytes, overwrite: bool, advice: Advice
+) -> None:
     try:
         tmp, fd = _create_temp(folder_fd, base)
     except OSError as exc:
         folder = os.path.dirname(os.path.abspath(name))
         raise KeyFileError(
             f"cannot create key file {name}: {exc.strerror}; "
-            f"fix: make {folder} writable or choose another key_file"
+            f"{advice.cannot_create.format(folder=folder)}"
         ) from None
     try:
         try:
@@ -458,34 +493,6 @@ def ensure_key(path: str | os.PathLike[str]) -> tuple[bytes, bool]:
         return load_key(path), False
 
 
-def keygen_main(argv: Sequence[str] | None = None) -> int:
-    """`udpchat-keygen PATH [--force]`: write a new key file; return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="udpchat-keygen",
-        description="Write a new random udpchat pre-shared key to PATH (mode 0600).",
-    )
-    parser.add_argument("path", metavar="PATH", type=Path, help="key file to write")
-    parser.add_argument(
-        "--force", action="store_true", help="replace PATH if it exists (old key stops working)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        create_key(args.path, overwrite=args.force)
-    except KeyFileError as exc:
-        print(f"udpchat-keygen: {exc}", file=sys.stderr)
-        return 1
-    print(f"udpchat-keygen: wrote a new key to {args.path} (mode 0600)")
-    print(
-        "udpchat-keygen: the server and every client need a copy of this file; "
-        "copy it over a secure channel and keep it mode 0600"
-    )
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(keygen_main())
-
-
 #: Where `rotate_key` keeps the key it replaces, next to the key file.
 PREVIOUS_SUFFIX = ".previous"
 
@@ -503,7 +510,7 @@ def rotate_key(path: str | os.PathLike[str]) -> bytes:
     old = load_key(path)
     previous = previous_key_path(path)
     try:
-        create_key(previous, key=old)
+        write_key(previous, old)
     except KeyFileExists:
         raise KeyFileExists(
             f"{previous} exists: a rotation is still in its overlap; once the daemon "

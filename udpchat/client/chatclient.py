@@ -29,8 +29,9 @@ from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
 from udpchat.client.echoes import PrivateEchoes
 from udpchat.client.incoming import Incoming
 from udpchat.client.outbox import OUTBOX_MAX_LINES, Line, Outbox
+from udpchat.client.reachability import Diagnosis, Finding, LinkCheck, Reachability
 from udpchat.client.roster import Roster
-from udpchat.core import events
+from udpchat.core import events, wire
 from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
 
 #: Reconnect delays: first, doubled per failure up to the max, times a random 0.5..1
@@ -46,6 +47,9 @@ DRAIN_IDLE_TIMEOUT_S = 60.0
 ROOM_KEYS_KEPT = 4
 #: A refused nick is retried with "_" appended this many times.
 NICK_RETRIES_MAX = 8
+#: With several server addresses, one the network refused is left this soon (instead
+#: of after fallback_after_s): "localhost" reaches an IPv4-only daemon at once.
+REFUSED_FALLBACK_S = 0.3
 #: A hello not acknowledged this long after the handshake completed starts a new
 #: session (a new handshake): a few retransmission timeouts (1 s, then 2 s), enough
 #: for a live server, instead of the whole session expiry (30 s). The server may have
@@ -102,6 +106,8 @@ class ChatClient:
         fallback_after_s: float | None = None,
         rng: random.Random | None = None,
         room_keys: bool = True,
+        reachability: Reachability | None = None,
+        give_up_after_s: float | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.nick = nick
@@ -118,6 +124,12 @@ class ChatClient:
         # With several server addresses, a handshake not answered within this time is
         # given up and the next address is tried (see address_index).
         self.fallback_after_s = fallback_after_s
+        # Tells the user why the server does not answer; with give_up_after_s
+        # (--timeout), the client stops when it waited that long (timed_out).
+        self.reachability = reachability or Reachability("the server")
+        self.give_up_after_s = give_up_after_s
+        self.timed_out = False
+        self._link_check = LinkCheck()
         self.state = State.IDLE
         self.failures = 0  # lines refused locally or not delivered: pipe exit status
         self.fatal = False  # the server refused us for good (e.g. no free nick)
@@ -269,12 +281,37 @@ class ChatClient:
         time handshakes carry (ClientEndpoint.set_wall_clock)."""
         self.endpoint.set_wall_clock(wall, now)
 
+    def network_error(self, address: int, finding: Finding, now: float) -> None:
+        """The network said ``finding`` (an ICMP error) about a datagram to the server's
+        ``address`` (an index, as address_index). Unauthenticated: a hint only (see
+        udpchat.client.reachability)."""
+        if self.state in (State.CONNECTING, State.WAITING):
+            self._output += self.reachability.network_error(address, finding, now, self._addresses)
+            if (
+                self.state is State.CONNECTING
+                and address == self._address_index
+                and self._attempt_deadline is not None
+            ):
+                self._attempt_deadline = min(self._attempt_deadline, now + REFUSED_FALLBACK_S)
+        elif self.state in (State.JOINING, State.READY, State.QUITTING):
+            if address == self._address_index and self._link_check.network_error(
+                now, self.endpoint.last_received
+            ):
+                self._network_lost(finding, now)
+        self._pump(now)
+
     def receive_datagram(self, data: bytes, now: float) -> None:
         self.endpoint.receive_datagram(data, now)
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
+        if self._link_check.probe_due(now):
+            self.endpoint.ping()
+        if self.state is not State.DONE:
+            self._output += self.reachability.on_timer(now, self._addresses)
+            if self._give_up_at() <= now:
+                self._timed_out(now)
         if self._reconnect_at is not None and self._reconnect_at <= now:
             self._reconnect_at = None
             self._connect(now)
@@ -296,11 +333,17 @@ class ChatClient:
         self._pump(now)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        return self.endpoint.datagrams_to_send(now)
+        out = self.endpoint.datagrams_to_send(now)
+        if out and out[0][0] == wire.HANDSHAKE_INIT and self.state is State.CONNECTING:
+            self.reachability.sent(self._address_index, now)
+        return out
 
     def get_timer(self) -> float | None:
         deadlines = [self.endpoint.get_timer(), self._reconnect_at, self._attempt_deadline]
         deadlines += [self._quit_deadline, self._hello_deadline, self._echoes.next_deadline()]
+        deadlines.append(self._link_check.probe_at)
+        if self.state is not State.DONE:
+            deadlines += [self.reachability.deadline(), self._give_up_at()]
         if self._draining and self.state not in (State.QUITTING, State.DONE):
             deadlines.append(self._drain_deadline())
         return min((d for d in deadlines if d is not None), default=None)
@@ -311,6 +354,8 @@ class ChatClient:
         self.endpoint.connect(now)  # a fresh session; the old one (if any) ends
         self._session_id = self.endpoint.session_id
         self.state = State.CONNECTING
+        self.reachability.begin(now)
+        self._link_check.reset()
         self._hello_id = self._hello_deadline = None
         if self.fallback_after_s is not None:
             self._attempt_deadline = now + self.fallback_after_s
@@ -331,19 +376,60 @@ class ChatClient:
     def _drain_deadline(self) -> float:
         return self._last_progress + DRAIN_IDLE_TIMEOUT_S
 
-    def _session_lost(self, reason: str, now: float, text: str | None = None) -> None:
+    def _give_up_at(self) -> float:
+        """When --timeout ends the wait for the server's answer (inf: never)."""
+        since = self.reachability.since
+        if self.give_up_after_s is None or since is None:
+            return float("inf")
+        return since + self.give_up_after_s
+
+    def _timed_out(self, now: float) -> None:
+        """--timeout: the server did not answer in time. Say why it may be, then stop."""
+        self._output += self.reachability.tell_now(now, self._addresses)
+        self._output.append(
+            Diagnosis(
+                f"no answer from {self.reachability.server} within"
+                f" {self.give_up_after_s:g} s (--timeout); giving up"
+            )
+        )
+        self.timed_out = True
+        self._give_up(now, "not delivered")
+
+    def _network_lost(self, finding: Finding, now: float) -> None:
+        """The network refused the session's datagrams twice: the server is gone."""
+        server = self.reachability.server
+        if finding is Finding.REFUSED:
+            detail = f"nothing is listening on {server} any more"
+        else:
+            detail = f"{server} is unreachable"
+        if self.state is State.QUITTING:
+            self._give_up(now, "not delivered")
+            return
+        self._session_lost("refused", now, detail=detail)
+        self.endpoint.close(now)  # its SessionEnded is ignored: _session_id is None
+
+    def _session_lost(
+        self, reason: str, now: float, text: str | None = None, detail: str | None = None
+    ) -> None:
         """The current session ended on its own: reconnect with backoff. `text`: what
-        the server said about it, if it said anything."""
+        the server said about it, if it said anything; `detail`: what else is known
+        (said after the usual notice, which scripts may match)."""
         delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self._lost_sessions)
         delay *= self._rng.uniform(0.5, 1.0)
         if self.state is State.CONNECTING:
             self._attempt_failed()
+            server = self.reachability.server
+            self._output.append(
+                Diagnosis(f"still no answer from {server}; retrying in {max(1, round(delay))} s")
+            )
         elif self.state in (State.READY, State.JOINING):
+            self.reachability.begin(now)  # the wait for an answer starts with the loss
             why = text or {
                 "closed": "server closed the connection",
                 "server-full": "server is full",
             }.get(reason, "connection to server lost")
-            self._output.append(Notice(f"{why}; reconnecting in {max(1, round(delay))} s"))
+            after = f" ({detail})" if detail else ""
+            self._output.append(Notice(f"{why}; reconnecting in {max(1, round(delay))} s{after}"))
         self._session_id = None
         self._attempt_deadline = self._hello_deadline = None
         self.state = State.WAITING
@@ -391,8 +477,9 @@ class ChatClient:
             self._begin_quit(now)  # the pump loop that called us sends the bye
             return True
         if self._draining and idle and self.state in (State.CONNECTING, State.WAITING):
-            self._give_up(now, "not delivered")  # nothing to deliver, nobody to tell
-            return True
+            if self.give_up_after_s is None:  # with --timeout: wait to tell if it answers
+                self._give_up(now, "not delivered")  # nothing to deliver, nobody to tell
+                return True
         if self.state not in (State.READY, State.QUITTING):
             return False
         sent = False
@@ -449,6 +536,7 @@ class ChatClient:
                 self._report(line, "not delivered")
         elif isinstance(event, events.SessionStarted):
             if event.session_id == self._session_id:
+                self._output += self.reachability.answered()
                 self._attempt_deadline = None
                 self._nick_retries = 0
                 self._hello(now)

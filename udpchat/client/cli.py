@@ -1,5 +1,6 @@
 """``udpchat-client``: the command line entry point (argument parsing, the config file,
-key lookup, name resolution, and the choice between terminal and pipe mode)."""
+key lookup, invite lines, name resolution, and the choice between terminal and pipe
+mode)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from udpchat import __version__
+from udpchat.address import DEFAULT_PORT, AddressError, join_host_port, parse_port
+from udpchat.address import split_host_port as parse_host_port
 from udpchat.chat import messages
 from udpchat.client.chatlog import ChatLog, ChatLogError, open_chat_log
 from udpchat.client.config import (
@@ -33,15 +36,18 @@ from udpchat.core.limits import (
     ProtocolConfig,
     idle_timeout_floor_s,
 )
-from udpchat.keys import KeyFileError, KeyFileNotFound, load_key
+from udpchat.fingerprint import fingerprint
+from udpchat.invite import InviteError, is_invite, parse_invite, save_key
+from udpchat.keys import CLIENT, KeyFileError, KeyFileNotFound, load_key
 from udpchat.reactorclock import use_monotonic_clock
 
 PROG = "udpchat-client"
-DEFAULT_PORT = 12345
 #: Exit status for a usage or setup problem (bad arguments, key, unknown host).
 EXIT_SETUP = 2
 #: Exit status when the run was interrupted or lines were not delivered.
 EXIT_FAILED = 1
+#: Exit status when the server did not answer within --timeout.
+EXIT_NO_ANSWER = 3
 #: With several addresses for the server, a handshake unanswered this long moves on
 #: to the next one (e.g. "localhost" = ::1 and 127.0.0.1, server on IPv4 only).
 ADDRESS_FALLBACK_S = 3.0
@@ -67,7 +73,8 @@ too, '//text' sends '/text'), and every event is printed as one plain line, such
 "<alice> hello", "* alice waves", "*bob* hi", "-!- bob has joined lobby" or
 "!!! error"; a line replayed from the room's history starts with "[HH:MM] ".
 --timestamps puts the time before every line: "2026-12-01T21:27:37Z <alice> hello"
-(iso, UTC, the default) or "[21:27] <alice> hello" (hhmm, local time).
+(iso, UTC, the default) or "[21:27] <alice> hello" (hhmm, local time). What the
+client says about reaching the server goes to stderr.
 Your own lines are not printed. At end of input the client waits until the server
 acknowledged every line, says bye and exits. If nothing reads its output, it stops
 reading from the network (64 KiB of output wait) until output drains."""
@@ -84,10 +91,16 @@ config file: $XDG_CONFIG_HOME/udpchat/client.ini (or --config PATH), section
 input history (terminal mode): $XDG_STATE_HOME/udpchat/history, the last 1,000
   lines (XDG_STATE_HOME defaults to ~/.local/state)
 
+invite line: HOST may be a line from `udpchat-keygen --invite` (quote it):
+  udpchat-client 'udpchat://HOST:PORT/#KEY' [--save-key [--key PATH] [--force]]
+  connects with the line's key; --save-key keeps it (mode 0600) at --key PATH or where
+  the client looks by default, so that next time `udpchat-client HOST:PORT` is enough
+
 exit status:
   0  done (pipe mode: every line was delivered)
   1  pipe mode: a line was refused or not delivered; or interrupted
-  2  bad arguments, unusable key, config or log file, unknown host"""
+  2  bad arguments or invite line, unusable key, config or log file, unknown host
+  3  the server did not answer within --timeout"""
 
 
 def fail(text: str) -> NoReturn:
@@ -122,12 +135,19 @@ def default_nick() -> str:
 
 def _port(text: str) -> int:
     try:
-        port = int(text)
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, not {port}")
-    return port
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return seconds
 
 
 def _idle_timeout(minimum_s: float) -> Any:
@@ -178,12 +198,30 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="HOST",
         nargs="?",
         help="server name or IPv4/IPv6 address, with :PORT if you like (as the daemon"
-        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); default: host in the config file",
+        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); or an invite line"
+        " (udpchat://HOST:PORT/#KEY, see below); default: host in the config file",
     )
     parser.add_argument(
         "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
+    parser.add_argument(
+        "--save-key",
+        action="store_true",
+        help="with an invite line: save its key (mode 0600) at --key PATH or the default place",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --save-key: replace a different key already there",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        help="give up (exit status 3) when the server has not answered for this long, at"
+        " the start or after losing it; with no input, still wait to see it answer",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
@@ -215,33 +253,26 @@ def split_host_port(
     text: str, port: int | None, default_port: int | None = None
 ) -> tuple[str, int]:
     """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
-    "[::1]:PORT"; a bare IPv6 address ("::1") is a host. `port` is --port (None if
-    not given); a port in HOST and a different --port are a usage error. Without
-    either, `default_port` (the config file's), else DEFAULT_PORT."""
-    given: str | None = None
-    if text.startswith("["):
-        close = text.find("]")
-        host, rest = text[1:close], text[close + 1 :]
-        if close < 0 or (rest and (not rest.startswith(":") or len(rest) == 1)):
-            fail(f"bad HOST {text!r}: write [IPv6 address] or [IPv6 address]:PORT")
-        given = rest[1:] or None
-    elif text.count(":") == 1:
-        host, given = text.split(":")
-    else:
-        host = text
-    if not host:
-        fail(f"bad HOST {text!r}: no name or address before the port")
-    if given is None:
-        if port is None:
-            return host, DEFAULT_PORT if default_port is None else default_port
-        return host, port
+    "[::1]:PORT"; a bare IPv6 address ("::1") is a host (udpchat.address). `port` is
+    --port (None if not given); a port in HOST and a different --port are a usage
+    error. Without either, `default_port` (the config file's), else DEFAULT_PORT."""
     try:
-        in_host = _port(given)
-    except argparse.ArgumentTypeError as exc:
-        fail(f"bad HOST {text!r}: {exc}")
+        host, in_host = parse_host_port(text)
+    except AddressError as exc:
+        fail(str(exc))
+    return host, _one_port(text, in_host, port, default_port)
+
+
+def _one_port(
+    text: str, in_host: int | None, port: int | None, default_port: int | None = None
+) -> int:
+    if in_host is None:
+        if port is not None:
+            return port
+        return DEFAULT_PORT if default_port is None else default_port
     if port is not None and in_host != port:
         fail(f"HOST {text!r} says port {in_host} but --port says {port}: give one")
-    return host, in_host
+    return in_host
 
 
 def read_config(args: argparse.Namespace, env: Mapping[str, str]) -> ClientConfig:
@@ -257,27 +288,85 @@ def read_config(args: argparse.Namespace, env: Mapping[str, str]) -> ClientConfi
         fail(str(exc))
 
 
-def choose_address(args: argparse.Namespace, config: ClientConfig) -> tuple[str, int]:
-    """HOST and port: the flags', else the config file's (a port in HOST on the command
-    line wins over the file's port; --port wins over any)."""
-    if args.host is not None:
-        if not args.host.strip():
-            fail("HOST must not be empty")
-        return split_host_port(args.host, args.port, config.port)
-    if config.host is None:
-        where = config.path or config_path(os.environ)
-        fail(f"no HOST given; fix: udpchat-client HOST, or set host = HOST in [client] of {where}")
-    host, port = split_host_port(config.host, None, config.port)
-    return host, port if args.port is None else args.port
-
-
-def choose_key_path(args: argparse.Namespace, config: ClientConfig) -> Path:
+def choose_key_path(args: argparse.Namespace, config: ClientConfig, env: Mapping[str, str]) -> Path:
     """--key, else $UDPCHAT_KEY_FILE, else the config file's key, else the default."""
     if args.key is not None:
         return Path(args.key)
-    if config.key is not None and not os.environ.get("UDPCHAT_KEY_FILE"):
+    if config.key is not None and not env.get("UDPCHAT_KEY_FILE"):
         return config.key
-    return default_key_path(os.environ)
+    return default_key_path(env)
+
+
+def server_and_key(
+    args: argparse.Namespace, config: ClientConfig, env: Mapping[str, str]
+) -> tuple[str, int, bytes]:
+    """(host, port, key) from HOST (or the config file's host) and the key options:
+    an invite line carries all three (and --save-key keeps its key); otherwise the key
+    comes from its file. A port in HOST on the command line wins over the file's port;
+    --port wins over any."""
+    text = args.host
+    if text is None:
+        if config.host is None:
+            where = config.path or config_path(env)
+            fail(
+                f"no HOST given; fix: udpchat-client HOST, or set host = HOST in [client] "
+                f"of {where}"
+            )
+        text = config.host
+    elif not text.strip():
+        fail("HOST must not be empty")
+    if not is_invite(text):
+        if args.save_key or args.force:
+            fail("--save-key and --force go with an invite line (udpchat://HOST:PORT/#KEY)")
+        if args.host is not None:
+            host, port = split_host_port(text, args.port, config.port)
+        else:
+            host, port = split_host_port(text, None, config.port)
+            port = port if args.port is None else args.port
+        return host, port, _load_client_key(args, config, env)
+    try:
+        invite = parse_invite(text)
+    except InviteError as exc:
+        fail(str(exc))  # never quotes the line: it holds the key
+    port = _one_port(join_host_port(invite.host, invite.port), invite.port, args.port)
+    where = choose_key_path(args, config, env)
+    if args.force and not args.save_key:
+        fail("--force goes with --save-key")
+    if args.save_key:
+        try:
+            saved = save_key(where, invite.key, force=args.force)
+        except KeyFileError as exc:
+            fail(str(exc))
+        done = "saved" if saved else "already had"
+        print(f"{PROG}: {done} the invite's key in {where} (mode 0600)", file=sys.stderr)
+    elif args.key is not None:
+        fail("an invite line carries its key: leave out --key (or add --save-key to save it there)")
+    else:
+        print(
+            f"{PROG}: using the invite's key; add --save-key to keep it in {where}, then"
+            f" `{PROG} {join_host_port(invite.host, port)}` is enough",
+            file=sys.stderr,
+        )
+    return invite.host, port, invite.key
+
+
+def _load_client_key(
+    args: argparse.Namespace, config: ClientConfig, env: Mapping[str, str]
+) -> bytes:
+    """The key from --key, $UDPCHAT_KEY_FILE, the config file or the default place,
+    with a client's advice on failure."""
+    key_path = choose_key_path(args, config, env)
+    try:
+        return load_key(key_path, CLIENT)
+    except KeyFileNotFound as exc:
+        hint = " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
+        if args.key is not None:
+            hint = ""
+        elif key_path == config.key:
+            hint = f" (named by key in {config.path})"
+        fail(f"{exc}{hint}, or connect with an invite line and --save-key")
+    except KeyFileError as exc:
+        fail(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -293,19 +382,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     )
     if reason := messages.room_error(room):
         fail(f"bad --room {settings.room!r}: {reason}")
-    host, port = choose_address(args, config)
-    key_path = choose_key_path(args, config)
-    try:
-        psk = load_key(key_path)
-    except KeyFileNotFound as exc:
-        hint = " (or pass --key PATH, or set UDPCHAT_KEY_FILE)"
-        if args.key is not None:
-            hint = ""
-        elif key_path == config.key:
-            hint = f" (named by key in {config.path})"
-        fail(f"{exc}{hint}")
-    except KeyFileError as exc:
-        fail(str(exc))
+    host, port, psk = server_and_key(args, config, os.environ)
     view = ViewOptions(
         colours=settings.colours is not False,
         timestamps=settings.timestamps,
@@ -318,9 +395,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             chat_log = open_chat_log(settings.log, history=view.history)
         except ChatLogError as exc:
             fail(str(exc))
-    # settings.timeout (config key "timeout") is the config file's value for
-    # --timeout: not used by this client yet.
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log))
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log, settings.timeout))
 
 
 def run(
@@ -332,8 +407,10 @@ def run(
     idle_timeout_s: float = IDLE_TIMEOUT_DEFAULT_S,
     view: ViewOptions | None = None,
     chat_log: ChatLog | None = None,
+    timeout_s: float | None = None,
 ) -> int:
-    """Resolve, connect and chat until done; return the exit status."""
+    """Resolve, connect and chat until done; return the exit status. ``timeout_s``:
+    --timeout (None: wait for the server for ever)."""
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -354,6 +431,7 @@ def run(
             idle_timeout_s,
             view=view,
             chat_log=chat_log,
+            timeout_s=timeout_s,
         )
         reactor.callWhenRunning(runner.start)
         reactor.run()
@@ -391,6 +469,7 @@ class Runner:
         *,
         view: ViewOptions | None = None,
         chat_log: ChatLog | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
@@ -398,6 +477,7 @@ class Runner:
         self.nick, self.room = nick, room
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
+        self.timeout_s = timeout_s  # --timeout
         self.exit_code = 0
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
         self.errors_dropped = 0
@@ -471,6 +551,8 @@ class Runner:
         from udpchat.client.inputhistory import SavedHistory, history_folder
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
+        from udpchat.client.reachability import Reachability
+        from udpchat.client.udpport import listen_udp
         from udpchat.core.endpoint import ClientEndpoint
 
         if not servers:
@@ -487,6 +569,13 @@ class Runner:
             client_id=client_id,
             pipe=not self.interactive,
             fallback_after_s=fallback,
+            reachability=Reachability(
+                join_host_port(self.host, self.port),
+                self.port,
+                fingerprint(self.psk),
+                ipv6=":" in self.host,
+            ),
+            give_up_after_s=self.timeout_s,
         )
         front: Any
         style = self.view.style(self.interactive, os.environ)
@@ -507,7 +596,9 @@ class Runner:
         shown = front
         if self.chat_log is not None:  # --log: what is shown is also written there
             shown = LoggedFrontEnd(front, self.chat_log, time.time)  # the date, for the reader
-        self.link = ChatLink(self.chat, servers, self.reactor, shown)
+        self.link = ChatLink(
+            self.chat, servers, self.reactor, shown, listen=listen_udp(self.reactor)
+        )
         front.link = self.link
         try:
             self.link.start()
@@ -522,6 +613,11 @@ class Runner:
         if chat is not None and self.exit_code == 0:
             failed = chat.fatal or (chat.exit_code and not self.interactive)
             self.exit_code = EXIT_FAILED if failed else 0
+            if chat.timed_out:
+                self.exit_code = EXIT_NO_ANSWER
+                if self.interactive:  # the screen said why; the shell gets one line
+                    server = chat.reachability.server
+                    self.add_error(f"{PROG}: no answer from {server} within --timeout")
         if self._exited is not None and not self._exited.called:
             self._exited.callback(None)
         self._stop()

@@ -10,6 +10,7 @@ udpchat.client.chatclient.
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]
 
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import Item, Problem
+from udpchat.client.reachability import Finding
 
 Address = tuple[str, int]
 #: A bug (an exception escaping the ChatClient) is shown at most once per this long.
@@ -29,6 +31,15 @@ BUG_SHOW_INTERVAL_S = 60.0
 #: If the ChatClient cannot even say when it next needs the timer (a bug), it gets
 #: one this soon anyway: a client without a timer would never retransmit again.
 BUG_RETRY_S = 1.0
+#: What an ICMP error (as errno) says about the server (udpchat.client.udpport).
+FINDINGS = {
+    errno.ECONNREFUSED: Finding.REFUSED,
+    errno.EHOSTUNREACH: Finding.UNREACHABLE,
+    errno.ENETUNREACH: Finding.UNREACHABLE,
+}
+#: A socket with an ICMP error pending fails the next send with it, without sending:
+#: that datagram is sent again once (the error itself is read from the error queue).
+SEND_AGAIN_ERRORS = frozenset(FINDINGS)
 
 
 class FrontEnd(Protocol):
@@ -69,6 +80,10 @@ class _Socket(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: tuple[object, ...]) -> None:
         self.link.datagram_received(datagram, addr)
 
+    def network_error(self, destination: Address, error: int) -> None:
+        """The network refused a datagram we sent to ``destination`` (ErrorQueuePort)."""
+        self.link.network_error(destination, error)
+
 
 @implementer(interfaces.IPushProducer)
 class ChatLink:
@@ -85,7 +100,10 @@ class ChatLink:
         reactor: Any,
         front: FrontEnd | None = None,
         wall: Callable[[], float] = time.time,
+        listen: Callable[[int, Any, str], Any] | None = None,
     ) -> None:
+        """``listen`` opens a UDP port like reactor.listenUDP (the default); the client
+        gives udpchat.client.udpport.listen_udp, to hear the network's errors."""
         if not servers:
             raise ValueError("no server address")
         self.chat = chat
@@ -93,6 +111,7 @@ class ChatLink:
         self.reactor = reactor  # on monotonic time (udpchat.reactorclock)
         self.front = front
         self._wall = wall  # the system clock
+        self._listen = listen or reactor.listenUDP
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
         self._finished = False
@@ -117,7 +136,7 @@ class ChatLink:
         for family in dict.fromkeys(f for f, _ in self.servers):
             interface = "::" if family == socket.AF_INET6 else ""
             try:
-                port = self.reactor.listenUDP(0, _Socket(self), interface=interface)
+                port = self._listen(0, _Socket(self), interface)
             except error.CannotListenError as exc:
                 problems.append(exc)
                 continue
@@ -139,6 +158,22 @@ class ChatLink:
             return
         try:
             self.chat.receive_datagram(datagram, self.now())
+        except Exception as exc:
+            self._bug(exc)
+        self.pump()
+
+    def network_error(self, destination: Address, error: int) -> None:
+        """An ICMP error about a datagram to ``destination``: a hint for the ChatClient
+        if it is about one of the server's addresses (unauthenticated: it decides)."""
+        finding = FINDINGS.get(error)
+        if finding is None:
+            return
+        indexes = [i for i, (_, address) in enumerate(self.servers) if address == destination]
+        if not indexes:
+            return
+        index = indexes[0]
+        try:
+            self.chat.network_error(index, finding, self.now())
         except Exception as exc:
             self._bug(exc)
         self.pump()
@@ -226,8 +261,13 @@ class ChatLink:
         for datagram in datagrams:
             try:
                 sendto(datagram, addr)
-            except OSError:
-                pass  # e.g. network unreachable: UDP may lose it, the core retransmits
+            except OSError as exc:
+                # e.g. network unreachable: UDP may lose it, the core retransmits
+                if exc.errno in SEND_AGAIN_ERRORS:
+                    try:
+                        sendto(datagram, addr)
+                    except OSError:
+                        pass
 
     def _schedule(self, deadline: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():

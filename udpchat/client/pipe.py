@@ -9,10 +9,14 @@ errors. On end of input the client waits until the server acknowledged every lin
 says bye and exits 0; if a line was refused or could not be delivered it is printed
 ("!!! not delivered: LINE") and the exit status is 1.
 With --timestamps each line starts with its time; README lists the formats.
+
+What the client says about reaching the server (udpchat.client.reachability: "no
+answer from HOST:PORT ...") goes to stderr instead, so that stdout holds the chat.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +25,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from udpchat.client.display import PLAIN, Item, Renderer, Style
+from udpchat.client.display import PLAIN, Item, Renderer, Style, clean
 from udpchat.client.link import ChatLink
+from udpchat.client.reachability import Diagnosis
 
 #: An input line longer than this cannot be a valid chat line: it is skipped (reported)
 #: instead of being buffered without bound.
@@ -42,9 +47,15 @@ class PipeFrontEnd(Protocol):
     transport: Any  # stdio.StandardIO: also a producer (pause/resume reading)
 
     def __init__(
-        self, on_exit: Callable[[], None], clock: Callable[[], float], style: Style = PLAIN
+        self,
+        on_exit: Callable[[], None],
+        clock: Callable[[], float],
+        style: Style = PLAIN,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """``warn`` writes one line on stderr (default: "udpchat-client: LINE")."""
         self.link: ChatLink | None = None
+        self._warn = warn or _warn
         self._on_exit = on_exit
         self._clock = clock
         self._buffer = b""
@@ -157,6 +168,10 @@ class PipeFrontEnd(Protocol):
     # --- stdout ------------------------------------------------------------------
 
     def update(self, items: list[Item]) -> None:
+        for item in items:
+            if isinstance(item, Diagnosis):
+                self._warn(clean(item.text))
+        items = [item for item in items if not isinstance(item, Diagnosis)]
         lines = self._renderer.lines(items, self._clock())
         if lines and not self._stdout_gone and self.transport is not None:
             self.transport.write("".join(line + "\n" for line in lines).encode("utf-8", "replace"))
@@ -170,3 +185,7 @@ class PipeFrontEnd(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._on_exit()
+
+
+def _warn(text: str) -> None:
+    print(f"udpchat-client: {text}", file=sys.stderr, flush=True)

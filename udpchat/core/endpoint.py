@@ -568,6 +568,19 @@ class ClientEndpoint(_Endpoint):
         """No message is queued or waiting for its acknowledgement."""
         return self._session is None or self._session.idle
 
+    @property
+    def last_received(self) -> float | None:
+        """When the current session last received an authentic datagram (its start
+        until then); None without a session."""
+        return None if self._session is None else self._session.last_received
+
+    def ping(self) -> None:
+        """Send a PING with the next flush, if established and nothing else goes then.
+        The client probes this way when the network says the server may be gone
+        (udpchat.client.chatclient): a second refusal confirms it."""
+        if self._session is not None:
+            self._session.request_ping()
+
     def connect(self, now: float) -> None:
         """Start a new session (a fresh id and handshake); ends any current one silently."""
         if self._session is not None and not self._session.ended:

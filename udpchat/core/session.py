@@ -225,6 +225,12 @@ class Session:
         """Nothing queued or unacknowledged."""
         return self._sendq.idle
 
+    def request_ping(self) -> None:
+        """Send a PING with the next flush if nothing else goes (established only): a
+        probe, when the application has a reason to doubt the path."""
+        if self.established and not self.ended:
+            self._ping_needed = True
+
     # -- handshakes ------------------------------------------------------------
 
     def start_handshake(self, now: float, retry: bool = True) -> None:

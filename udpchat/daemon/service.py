@@ -28,6 +28,7 @@ from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.rotation import PreviousKey, load_previous_key, when
 from udpchat.daemon.udp import ChatProtocol
+from udpchat.fingerprint import fingerprint
 from udpchat.keys import KeyFileError, load_key
 from udpchat.reactorclock import use_monotonic_clock
 
@@ -107,6 +108,9 @@ class ChatService(Service):
             use_monotonic_clock(reactor)  # timers immune to steps of the system clock
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
+        # Shown at start-up: a client whose key differs gets no answer at all, and
+        # compares its key's fingerprint with this one (udpchat.fingerprint).
+        self.key_fingerprint = fingerprint(psk)
         server = ChatServer(psk, settings_of(config))
         self._psk, self._previous = psk, previous
         if previous is not None:
@@ -181,9 +185,11 @@ class ChatService(Service):
                 port=port,
             )
         log.info(
-            "Listening on UDP {where}; pre-shared key: {key} (every client needs a copy)",
+            "Listening on UDP {where}; pre-shared key: {key}, "
+            "fingerprint {fingerprint} (every client needs a copy)",
             where=at,
             key=str(config.key_file),
+            fingerprint=self.key_fingerprint,
         )
         if self._previous is not None:
             log.info(

@@ -1,0 +1,116 @@
+"""A UDP port that also hears what the network says about the datagrams it sent.
+
+When nothing listens on the server's port, the server's machine answers a datagram
+with an ICMP "port unreachable"; a router may answer "host unreachable". That is the
+only way to tell "nothing is listening" from "no answer" (udpchat.client.reachability).
+
+A connected UDP socket would report these errors, but the client's socket must stay
+unconnected: a daemon on a wildcard address answers from whichever of its addresses
+routing picks, and a connected socket drops answers from any other (the client then
+never completes a handshake). Linux reports the errors of an unconnected socket too,
+with IP_RECVERR: each goes to the socket's error queue, with the destination of the
+datagram it is about, so it can be matched to the server.
+
+Twisted knows none of that: its epoll and poll reactors take the bare error event of
+such a socket for the end of the connection and stop reading it. This port reads the
+error queue itself, both when the reactor says "readable" and when it says "closed",
+and reads on. Elsewhere than on Linux it is a plain UDP port, and the client only
+goes by silence.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import udp
+from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+# Linux values (Python 3.11's socket module does not name them): <linux/in.h>,
+# <linux/in6.h>, <linux/socket.h>, <linux/errqueue.h>.
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+MSG_ERRQUEUE = 0x2000
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+#: struct sock_extended_err: errno, origin, type, code, pad, info, data.
+SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
+#: Errors read per wake-up at most: forged ICMP errors cannot keep the client busy.
+ERRORS_PER_READ = 64
+
+_RECVERR = {
+    socket.AF_INET: (socket.IPPROTO_IP, IP_RECVERR),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, IPV6_RECVERR),
+}
+
+Address = tuple[str, int]
+
+
+@implementer(IHalfCloseableDescriptor)
+class ErrorQueuePort(udp.Port):
+    """A udp.Port whose protocol also gets ``network_error(destination, errno)`` for
+    every ICMP error about a datagram it sent (see module docstring)."""
+
+    #: Whether the system reports errors of this unconnected socket (Linux).
+    hears_errors = False
+
+    def _bindSocket(self) -> None:
+        super()._bindSocket()
+        if sys.platform.startswith("linux"):
+            level, option = _RECVERR[self.addressFamily]
+            try:
+                self.socket.setsockopt(level, option, 1)
+                self.hears_errors = True
+            except OSError:
+                pass
+
+    def read_errors(self) -> None:
+        """Hand the queued network errors to the protocol, then clear the socket's
+        pending error (or the reactor would wake us for it again and again)."""
+        if not self.hears_errors:
+            return
+        for _ in range(ERRORS_PER_READ):
+            try:
+                _, ancillary, _, destination = self.socket.recvmsg(0, 512, MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                break
+            for _level, _kind, data in ancillary:
+                if len(data) < SOCK_EXTENDED_ERR.size:
+                    continue
+                error, origin = SOCK_EXTENDED_ERR.unpack_from(data)[:2]
+                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and destination:
+                    self.protocol.network_error((str(destination[0]), int(destination[1])), error)
+        try:
+            self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            pass
+
+    def doRead(self) -> Any:
+        self.read_errors()
+        return super().doRead()
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        # epoll/poll: an error with no datagram waiting wakes the reactor as "closed",
+        # and it stopped reading us. It was only an error: read it, and read on.
+        self.read_errors()
+        if self.connected:  # still listening (Twisted's name for it)
+            self.startReading()
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """Never happens to a UDP port (it never waits to write)."""
+
+
+def listen_udp(reactor: Any) -> Callable[[int, Any, str], Any]:
+    """A listenUDP for ChatLink that opens ErrorQueuePorts on ``reactor``."""
+
+    def listen(port: int, protocol: Any, interface: str = "") -> Any:
+        opened = ErrorQueuePort(port, protocol, interface, reactor=reactor)
+        opened.startListening()
+        return opened
+
+    return listen
