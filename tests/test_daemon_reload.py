@@ -6,6 +6,8 @@ loses no line, and is then told to get the new key."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,9 @@ from pathlib import Path
 from daemon import Daemon
 from pipe_client import PipeClient
 
-from udpchat.keys import previous_key_path, rotate_key
+from udpchat.keys import previous_key_path
+
+KEYGEN = (sys.executable, "-m", "udpchat.daemon.keygen")
 
 
 def hup(daemon: Daemon, count: int = 1) -> None:
@@ -97,7 +101,14 @@ def test_key_rotation_keeps_the_conversation_across_the_overlap(
         alice = clients(daemon.port, old_key, "alice", env)
         alice.wait_for("-!- alice has joined lobby")
         rotated = time.monotonic()
-        rotate_key(daemon.key_file)
+        keygen = subprocess.run(
+            [*KEYGEN, "--rotate", str(daemon.key_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "kept the old key as" in keygen.stdout and "now reload the daemon" in keygen.stdout
         hup(daemon)
         assert "key rotation: the new key" in daemon.log()
         bob = clients(daemon.port, daemon.key_file, "bob", env)

@@ -11,7 +11,8 @@ unreachable", which the client's socket reports (udpchat.client.udpport). So:
   no route to the host) say what is wrong, at once when two of them agree;
 * silence says it after DIAGNOSE_AFTER_S, with the likely causes in order: the
   daemon is down or a firewall drops the datagrams, the key differs (with this key's
-  fingerprint, to compare with the one the daemon logs), the address is not allowed.
+  fingerprint, to compare with the one the daemon logs), the address is not allowed,
+  the clocks differ by more than clock probes cover (PROTOCOL.md 4.11).
 
 A finding is told once per wait, and again only when it changes (a daemon that comes
 up with another key turns "refused" into silence). The client keeps trying meanwhile.
@@ -220,6 +221,11 @@ class Reachability:
                 ' ("pre-shared key: PATH, fingerprint ...")'
             ),
             Diagnosis("3. the server does not allow your address (allow/deny in its config)"),
+            Diagnosis(
+                "4. your clock is far off the server's: the client finds and makes up for"
+                " a difference of up to an hour (or whole quarter hours up to 14 h) by"
+                " itself; check the date and time on both machines"
+            ),
         ]
 
 

@@ -21,7 +21,7 @@ from udpchat.address import DEFAULT_PORT, AddressError, split_host_port
 from udpchat.daemon.config import ConfigError, load_config
 from udpchat.fingerprint import fingerprint
 from udpchat.invite import Invite
-from udpchat.keys import KeyFileError, create_key, load_key
+from udpchat.keys import KeyFileError, create_key, load_key, previous_key_path, rotate_key
 
 PROG = "udpchat-keygen"
 #: The daemon's default config (udpchat.daemon.tap.DEFAULT_CONFIG_PATH, not imported:
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--force", action="store_true", help="replace PATH if it exists (old key stops working)"
     )
+    mode.add_argument(
+        "--rotate",
+        action="store_true",
+        help="key rotation: keep the key in PATH as PATH.previous and write a new one; after"
+        " a reload the daemon accepts both for key_overlap (README: Reload and key rotation)",
+    )
     parser.add_argument(
         "--key", metavar="PATH", type=Path, help="with --invite: the server's key file"
     )
@@ -89,10 +95,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fingerprint:
             print(f"{fingerprint(load_key(args.path))}  {args.path}")
             return 0
+        if args.rotate:
+            return _rotate(args.path)
         return _new_key(args.path, args.force)
     except KeyFileError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+
+
+def _rotate(path: Path) -> int:
+    old = load_key(path)
+    key = rotate_key(path)
+    print(
+        f"{PROG}: kept the old key as {previous_key_path(path)} (fingerprint "
+        f"{fingerprint(old)}); wrote a new key to {path} (mode 0600), fingerprint "
+        f"{fingerprint(key)}"
+    )
+    print(
+        f"{PROG}: now reload the daemon (systemctl reload udpchat, or kill -HUP): it accepts "
+        "both keys for key_overlap (a day by default) while you hand out the new key file"
+    )
+    return 0
 
 
 def _new_key(path: Path, force: bool) -> int:

@@ -258,12 +258,14 @@ class ChatService(Service):
         if before == after:
             return ""
         self._psk, self._previous = psk, previous
+        self.key_fingerprint = fingerprint(psk)
         closed = self.protocol.set_keys(psk, after[1])
         self._schedule_retirement()
         if previous is not None:
             return (
-                f"key rotation: the new key {self.config.key_file} and, until "
-                f"{when(previous.until)}, the previous key {previous.path} are accepted"
+                f"key rotation: the new key {self.config.key_file} (fingerprint "
+                f"{self.key_fingerprint}) and, until {when(previous.until)}, the previous "
+                f"key {previous.path} (fingerprint {fingerprint(previous.psk)}) are accepted"
             )
         text = f"the key {self.config.key_file} changed"
         if closed:
