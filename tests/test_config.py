@@ -58,6 +58,8 @@ def test_empty_server_section_gives_documented_defaults(tmp_path: Path) -> None:
         log_rejects_interval=60.0,
         handshake_rate=20.0,
         handshake_burst=5,
+        history_file=tmp_path / "chat.history",
+        metrics=None,
     )
 
 

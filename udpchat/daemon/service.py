@@ -1,7 +1,8 @@
 """The chat daemon as a twistd service: binds the UDP port, announces where clients
 connect, handles SIGTERM, logs a periodic summary of dropped datagrams and of log
 lines held back by the rate limits, and on stop says goodbye to every member before
-releasing the port."""
+releasing the port. With a history file it restores the rooms' history when made,
+writes it as the chat goes, and syncs it to the disk from a worker thread."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from twisted.application.service import Service
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import COOKIE_REPLIES, EVICTIONS, WITHHELD
 from udpchat.daemon.config import ServerConfig
+from udpchat.daemon.history import HistoryFile, HistoryFileError
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
 from udpchat.daemon.netinfo import listening_addresses
 from udpchat.daemon.udp import ChatProtocol
@@ -42,6 +45,13 @@ def settings_of(config: ServerConfig) -> ServerSettings:
 #: to the system (udpchat.daemon.memory): a look is one len().
 MEMORY_CHECK_INTERVAL_S = 1.0
 
+#: How often the history file is synced to the disk (a checkpoint in a worker thread),
+#: if anything was written: what a power loss can cost, at most, besides the checkpoint
+#: itself (udpchat.daemon.history).
+HISTORY_CHECKPOINT_INTERVAL_S = 1.0
+#: A failing checkpoint is logged at most once per this many seconds.
+HISTORY_ERROR_LOG_INTERVAL_S = 60.0
+
 #: Socket buffers the daemon asks for. A line to a room of N members leaves as N
 #: datagrams at once and their acknowledgements come back together: with the default
 #: (about 208 KiB) a busy room overflowed the receive buffer, and every datagram the
@@ -59,7 +69,11 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 
 
 class ChatService(Service):
-    """Binds the UDP port at start; at stop, says goodbye and releases it."""
+    """Binds the UDP port at start; at stop, says goodbye and releases it.
+
+    Made before twistd forks (makeService): the history file is checked and read
+    here, so that a file the daemon cannot use stops it with one line (HistoryFileError),
+    and opened for writing only in startService, after the fork."""
 
     def __init__(self, config: ServerConfig, psk: bytes, reactor: Any = None) -> None:
         if reactor is None:
@@ -69,7 +83,12 @@ class ChatService(Service):
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
         server = ChatServer(psk, settings_of(config))
-        self.protocol = ChatProtocol(server, config.address_allowed, reactor)
+        self.history = self._restore_history(server, psk)
+        self.protocol = ChatProtocol(server, config.address_allowed, reactor, self.history)
+        self._checkpoints = LoopingCall(self.checkpoint_history)
+        self._checkpoints.clock = reactor
+        self._checkpoint: Deferred[None] | None = None  # the one in a worker thread
+        self._checkpoint_error_at: float | None = None
         self._port: Any = None
         self._summary = LoopingCall(self.log_rejections)
         self._summary.clock = reactor
@@ -77,8 +96,37 @@ class ChatService(Service):
         self._memory_check = LoopingCall(self.return_memory)
         self._memory_check.clock = reactor
 
+    def _restore_history(self, server: ChatServer, psk: bytes) -> HistoryFile | None:
+        """The history file's rooms, put back into the server; the file, or None if
+        the history is in memory only. Raises HistoryFileError."""
+        config = self.config
+        if config.history_file is None or not config.history_lines:
+            return None
+        history = HistoryFile(
+            config.history_file,
+            psk,
+            config.history_lines,
+            setting=f"[server] history_file in {config.path}",
+        )
+        rooms = history.recover()
+        server.restore_history(rooms, self._reactor.seconds())
+        log.info(
+            "Room history is kept in {path}: restored {lines} lines in {rooms} rooms",
+            path=str(history.path),
+            lines=sum(len(lines) for _, lines in rooms),
+            rooms=len(rooms),
+        )
+        return history
+
     def startService(self) -> None:
         config = self.config
+        if self.history is not None:
+            try:
+                self.history.open()
+            except HistoryFileError as exc:
+                print(f"udpchat: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            self._checkpoints.start(HISTORY_CHECKPOINT_INTERVAL_S, now=False)
         try:
             self._port = self._reactor.listenUDP(
                 config.port, self.protocol, interface=config.interface
@@ -122,6 +170,8 @@ class ChatService(Service):
                 "or address, port {port}",
                 port=port,
             )
+        if self.history is None and config.history_lines:
+            log.info("Room history is kept in memory only (history_file is empty)")
         log.info(
             "Listening on UDP {interface}:{port}; pre-shared key: {key} "
             "(every client needs a copy)",
@@ -193,9 +243,52 @@ class ChatService(Service):
                 sessions=sessions,
             )
 
+    def checkpoint_history(self) -> Deferred[None] | None:
+        """Sync what was written to the history file to the disk, in a worker thread
+        (the fsyncs must not hold up the reactor); nothing if nothing was written.
+        The LoopingCall waits for it: one checkpoint at a time."""
+        history = self.history
+        if history is None or not history.unsynced:
+            return None
+        history.unsynced = False
+        pool = self._reactor.getThreadPool()
+        done: Deferred[None] = deferToThreadPool(self._reactor, pool, history.checkpoint)
+        done.addErrback(self._checkpoint_failed)
+        self._checkpoint = done
+        return done
+
+    def _checkpoint_failed(self, failure: Any) -> None:
+        now = self._reactor.seconds()
+        last = self._checkpoint_error_at
+        if last is None or now >= last + HISTORY_ERROR_LOG_INTERVAL_S:
+            self._checkpoint_error_at = now
+            assert self.history is not None
+            log.error(
+                "Could not sync the history file {path} to the disk ({error}); its lines "
+                "are safe from a crash of the daemon, not from a power loss (logged at "
+                "most once a minute)",
+                path=str(self.history.path),
+                error=str(failure.value),
+            )
+        if self.history is not None:
+            self.history.unsynced = True  # try again next time
+
+    def _close_history(self, result: object) -> object:
+        """After the last write (the goodbye pass): wait for a checkpoint in flight,
+        then checkpoint, cut the WAL back and close."""
+        history, self.history = self.history, None
+        if history is None:
+            return result
+        self.protocol.history = None
+        in_flight = self._checkpoint
+        if in_flight is None or in_flight.called:
+            history.close()
+            return result
+        return in_flight.addBoth(lambda _: history.close()).addBoth(lambda _: result)
+
     def stopService(self) -> Deferred[object]:
         super().stopService()
-        for call in (self._summary, self._memory_check):
+        for call in (self._summary, self._memory_check, self._checkpoints):
             if call.running:
                 call.stop()
         self.log_rejections()
@@ -205,4 +298,4 @@ class ChatService(Service):
             port, self._port = self._port, None
             return None if port is None else port.stopListening()
 
-        return done.addCallback(stop_listening)
+        return done.addCallback(stop_listening).addBoth(self._close_history)

@@ -94,9 +94,19 @@ def makeService(options: Options) -> MultiService:
     config, psk = load_settings(options["config"])
     # Imported here, after config and key checks, so those errors never depend on the
     # service module (and `twistd --help` stays light).
+    from udpchat.daemon.history import HistoryFileError
     from udpchat.daemon.service import ChatService
 
     top = MultiService()
-    ChatService(config, psk).setServiceParent(top)
+    try:
+        chat = ChatService(config, psk)  # reads the history file: before the fork
+    except HistoryFileError as exc:
+        _fail(str(exc))
+    chat.setServiceParent(top)
+    if config.metrics is not None:
+        from udpchat.daemon.metrics import MetricsService
+
+        # Before the notifier: READY=1 once the metrics port is bound too.
+        MetricsService(config.metrics, chat).setServiceParent(top)
     ReadinessNotifier().setServiceParent(top)
     return top
