@@ -3,6 +3,7 @@ history file goes, and one-line errors that name file, key and fix."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,27 @@ def test_bad_metrics_address_names_key_value_and_fix(
 ) -> None:
     message = error_for(tmp_path, f"metrics = {value}\n")
     assert f"metrics = {value!r} {expected}" in message
+
+
+def test_twistd_with_an_unusable_history_file_exits_78_with_one_line(
+    tmp_path: Path, twistd_argv: list[str], subprocess_env: dict[str, str]
+) -> None:
+    """A history file the daemon cannot create (here: its folder is missing) stops
+    twistd before it serves, with one line naming the file, the key and the fix."""
+    (tmp_path / "chat.ini").write_text("[server]\nhistory_file = /nonexistent/udpchat/h.db\n")
+    result = subprocess.run(
+        [*twistd_argv, "-n", "--pidfile=", "udpchat", "--config", "chat.ini"],
+        cwd=tmp_path,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 78
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("udpchat: /nonexistent/udpchat/h.db: history file cannot be created")
+    assert f"[server] history_file in {tmp_path / 'chat.ini'}" in line
+    assert (
+        "fix: create that folder" in line and "(or empty, to keep history in memory only)" in line
+    )

@@ -101,7 +101,7 @@ def test_history_survives_sigterm_and_sigkill_and_the_file_shows_no_chat(
         ("alicenick", "zebra crossing at noon"),
         ("bobnick", "yak shaving resumed"),
     ]
-    assert "restored 2 lines in 1 rooms" in daemon.log()
+    assert "restored 2 lines of 1 room" in daemon.log()
     leave(carol)
     assert daemon.stop() == 0
 
@@ -119,7 +119,7 @@ def test_a_damaged_history_file_is_set_aside_and_the_daemon_runs(
     log = daemon.log()
     assert f"History file {tmp_path / 'chat.history'} is damaged" in log
     assert f"set it aside as {moved}" in log
-    assert "restored 0 lines in 0 rooms" in log
+    assert "restored 0 lines of 0 rooms" in log
     assert "Serving metrics" not in log
     alice = member(daemon, "alice", "room")
     say(alice, "after the damage", "00000000000000c3")

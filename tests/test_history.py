@@ -297,7 +297,8 @@ def test_a_missing_folder_is_one_line_with_the_fix(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "does not exist" in message
     assert "[server] history_file in /x/chat.ini" in message
-    assert "empty to keep history in memory only" in message
+    assert "fix: create that folder" in message
+    assert "(or empty, to keep history in memory only)" in message
 
 
 # --- when writing fails ----------------------------------------------------------------

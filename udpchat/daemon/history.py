@@ -219,7 +219,8 @@ class HistoryFile:
             return
         except FileNotFoundError:
             raise self._error(
-                f"cannot be created: folder {self.path.parent} does not exist", folder=True
+                f"cannot be created: folder {self.path.parent} does not exist",
+                fix=f"create that folder, or set {self._setting} to a file in an existing one",
             ) from None
         except OSError as exc:
             raise self._error(f"cannot be created ({exc.strerror})", folder=True) from None
@@ -252,13 +253,13 @@ class HistoryFile:
         if app_id != APPLICATION_ID:
             raise self._error(
                 "is an SQLite database of something else, not a udpchat history",
-                fix="point it at a file of its own",
+                fix=f"set {self._setting} to a file of its own",
             )
         if version != FORMAT_VERSION:
             raise self._error(
                 f"has format {version}, written by another version of udpchat "
                 f"(this one reads format {FORMAT_VERSION})",
-                fix="run that version, or point it at another file",
+                fix=f"run that version, or set {self._setting} to another file",
             )
         if not {"meta", "lines"} <= tables:
             raise _Unusable("corrupt", "tables are missing")
@@ -323,8 +324,8 @@ class HistoryFile:
         except OSError as exc:
             raise self._error(
                 f"is unusable and cannot be set aside ({exc.strerror})",
-                fix=f"move it away by hand (with its -wal file), or point {self._setting} "
-                "at another file",
+                fix=f"move it away by hand (with its -wal file), or set {self._setting} "
+                "to another file",
             ) from None
         return aside
 
@@ -463,6 +464,6 @@ class HistoryFile:
                 "/var/lib/udpchat/chat.history)"
             )
         return HistoryFileError(
-            f"{self.path}: history file {problem}; fix: {fix}, or leave {self._setting} "
-            "empty to keep history in memory only"
+            f"{self.path}: history file {problem}; fix: {fix} (or empty, to keep history "
+            "in memory only)"
         )

@@ -110,11 +110,14 @@ class ChatService(Service):
         )
         rooms = history.recover()
         server.restore_history(rooms, self._reactor.seconds())
+        lines = sum(len(kept) for _, kept in rooms)
         log.info(
-            "Room history is kept in {path}: restored {lines} lines in {rooms} rooms",
+            "Room history is kept in {path}: restored {lines} line{s} of {rooms} room{rs}",
             path=str(history.path),
-            lines=sum(len(lines) for _, lines in rooms),
+            lines=lines,
+            s="" if lines == 1 else "s",
             rooms=len(rooms),
+            rs="" if len(rooms) == 1 else "s",
         )
         return history
 
