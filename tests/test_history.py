@@ -9,21 +9,25 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from cryptography.fernet import Fernet
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from udpchat.chat.messages import MeOut, SayOut, encode
 from udpchat.chat.rules import Forget, Remember
 from udpchat.core.wire import LABEL_COOKIE_REPLY, LABEL_HANDSHAKE
+from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.history import (
     LABEL_HISTORY,
     HistoryFile,
     HistoryFileError,
     HistoryKeys,
 )
+from udpchat.daemon.service import ChatService
 
 PSK = Fernet.generate_key()
 
@@ -329,3 +333,56 @@ def test_a_failed_write_is_counted_and_logged_once_and_the_next_ones_work(
         "again 1",
         "again 2",
     ]
+
+
+# --- the service's checkpoints (a worker thread in the daemon) --------------------------
+
+
+class InlinePool:
+    """A thread pool that runs the call at once (the worker thread, made synchronous)."""
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
+        try:
+            result = f(*args, **kw)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class InlineReactor(Clock):
+    def getThreadPool(self) -> InlinePool:
+        return InlinePool()
+
+    def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+
+def test_service_checkpoints_only_after_writes_and_logs_a_failure_once_a_minute(
+    path: Path, logged: list[str]
+) -> None:
+    """ChatService.checkpoint_history syncs in a worker thread when something was
+    written, and does nothing otherwise; a failing checkpoint is logged (at most once a
+    minute) and tried again after the next interval."""
+    reactor = InlineReactor()
+    config = ServerConfig(path=path.parent / "chat.ini", history_file=path)
+    service = ChatService(config, PSK, reactor=reactor)
+    history = service.history
+    assert history is not None
+    history.open()
+    assert service.checkpoint_history() is None, "nothing written, nothing to sync"
+    history.write([remember(said("lobby", "alice", "hi", 1))])
+    assert service.checkpoint_history() is not None and not history.unsynced
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    history.checkpoint = broken  # type: ignore[method-assign]
+    history.write([remember(said("lobby", "alice", "again", 2))])
+    for _ in range(3):
+        service.checkpoint_history()
+        assert history.unsynced, "tried again next time"
+        reactor.advance(1.0)
+    [line] = [entry for entry in logged if "Could not sync the history file" in entry]
+    assert str(path) in line and "disk I/O error" in line
+    history.close()

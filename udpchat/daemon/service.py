@@ -261,11 +261,12 @@ class ChatService(Service):
         return done
 
     def _checkpoint_failed(self, failure: Any) -> None:
+        if self.history is None:
+            return  # stopping: close() checkpoints once more
         now = self._reactor.seconds()
         last = self._checkpoint_error_at
         if last is None or now >= last + HISTORY_ERROR_LOG_INTERVAL_S:
             self._checkpoint_error_at = now
-            assert self.history is not None
             log.error(
                 "Could not sync the history file {path} to the disk ({error}); its lines "
                 "are safe from a crash of the daemon, not from a power loss (logged at "
@@ -273,8 +274,7 @@ class ChatService(Service):
                 path=str(self.history.path),
                 error=str(failure.value),
             )
-        if self.history is not None:
-            self.history.unsynced = True  # try again next time
+        self.history.unsynced = True  # try again next time
 
     def _close_history(self, result: object) -> object:
         """After the last write (the goodbye pass): wait for a checkpoint in flight,
