@@ -8,13 +8,29 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon import ChatClient, Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from udpchat.core import events
+
+
+@pytest.fixture
+def daemon_at(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
+    """Make a Daemon in tmp_path with these settings; killed at the end if still running."""
+    made: list[Daemon] = []
+
+    def make(**settings: Any) -> Daemon:
+        made.append(Daemon(tmp_path, subprocess_env, **settings))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        daemon.kill()
 
 
 def delivered(client: ChatClient, message_id: int, timeout: float = 10.0) -> None:
@@ -73,12 +89,12 @@ def on_disk(folder: Path) -> bytes:
 
 
 def test_history_survives_sigterm_and_sigkill_and_the_file_shows_no_chat(
-    tmp_path: Path, subprocess_env: dict[str, str]
+    tmp_path: Path, daemon_at: Callable[..., Daemon]
 ) -> None:
     """A line acknowledged to its sender survives a stop (SIGTERM) and a kill (SIGKILL
     right after the acknowledgement): a member who joins after the restart is replayed
     both. Meanwhile the history file and its WAL hold no text, nick or room name."""
-    daemon = Daemon(tmp_path, subprocess_env).start()
+    daemon = daemon_at().start()
     alice = member(daemon, "alicenick", "vaultroom")
     say(alice, "zebra crossing at noon", "00000000000000a1")
     leave(alice)
@@ -107,13 +123,13 @@ def test_history_survives_sigterm_and_sigkill_and_the_file_shows_no_chat(
 
 
 def test_a_damaged_history_file_is_set_aside_and_the_daemon_runs(
-    tmp_path: Path, subprocess_env: dict[str, str]
+    tmp_path: Path, daemon_at: Callable[..., Daemon]
 ) -> None:
     """A history file SQLite cannot read is renamed chat.history.corrupt-TIMESTAMP
     with a log line that names both; the daemon starts with an empty history and
     keeps the new one. (And, by default, serves no metrics.)"""
     (tmp_path / "chat.history").write_bytes(b"not a database, a disk error perhaps " * 100)
-    daemon = Daemon(tmp_path, subprocess_env).start()
+    daemon = daemon_at().start()
     [moved] = [p for p in tmp_path.glob("chat.history.corrupt-*") if "-wal" not in p.name]
     assert moved.read_bytes().startswith(b"not a database")
     log = daemon.log()
@@ -149,13 +165,13 @@ def scrape(url: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 def test_metrics_endpoint_answers_with_the_counters_after_some_chat(
-    tmp_path: Path, subprocess_env: dict[str, str]
+    daemon_at: Callable[..., Daemon],
 ) -> None:
     """metrics = 127.0.0.1:PORT: a plain HTTP GET of /metrics returns Prometheus text
     with members, rooms, sessions, lines, datagrams, drops by reason, handshakes and
     history writes; never a nick, a room name or a line."""
     port = free_tcp_port()
-    daemon = Daemon(tmp_path, subprocess_env, metrics=f"127.0.0.1:{port}").start()
+    daemon = daemon_at(metrics=f"127.0.0.1:{port}").start()
     assert f"Serving metrics at http://127.0.0.1:{port}/metrics" in daemon.log()
     alice = member(daemon, "alicenick", "vaultroom")
     bob = member(daemon, "bobnick", "vaultroom")
