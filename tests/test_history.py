@@ -23,6 +23,7 @@ from udpchat.core.wire import LABEL_COOKIE_REPLY, LABEL_HANDSHAKE
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.history import (
     LABEL_HISTORY,
+    TRIM_SLACK_LINES,
     HistoryFile,
     HistoryFileError,
     HistoryKeys,
@@ -106,18 +107,24 @@ def test_lines_survive_without_close_as_after_a_kill(path: Path) -> None:
     assert HistoryFile(path, PSK, 50).recover() == [("lobby", [line])]
 
 
+def count_lines(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM lines").fetchone()[0])
+
+
 def test_each_room_keeps_at_most_max_lines_oldest_forgotten_first(path: Path) -> None:
-    """The file is bounded like the rooms' history in memory: max_lines per room."""
+    """The file is bounded like the rooms' history in memory: max_lines per room, read
+    back; in the file, at most TRIM_SLACK_LINES more (deleted a batch at a time)."""
     history = fresh(path, max_lines=3)
-    lines = [said("lobby", "alice", f"line {n}", n) for n in range(7)]
+    lines = [said("lobby", "alice", f"line {n}", n) for n in range(100)]
     for line in lines:
         history.write([remember(line)])
-    history.write([remember(said("dev", "bob", "other room", 99))])
+        assert count_lines(path) <= 3 + TRIM_SLACK_LINES
+    history.write([remember(said("dev", "bob", "other room", 999))])
     history.close()
     rooms = dict(HistoryFile(path, PSK, 3).recover())
-    assert rooms["lobby"] == lines[4:]
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM lines").fetchone()[0] == 4
+    assert rooms["lobby"] == lines[-3:]
+    assert count_lines(path) == 4
 
 
 def test_a_smaller_max_lines_trims_the_file_at_the_next_start(path: Path) -> None:
@@ -127,8 +134,7 @@ def test_a_smaller_max_lines_trims_the_file_at_the_next_start(path: Path) -> Non
     history.write([remember(line) for line in lines])
     history.close()
     assert HistoryFile(path, PSK, 2).recover() == [("lobby", lines[4:])]
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM lines").fetchone()[0] == 2
+    assert count_lines(path) == 2
 
 
 def test_a_forgotten_room_leaves_the_file(path: Path) -> None:

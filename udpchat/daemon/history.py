@@ -69,6 +69,10 @@ FORMAT_VERSION = 1
 WRITE_ERROR_LOG_INTERVAL_S = 60.0
 #: The WAL is cut back to this size after a checkpoint (it grows with a burst).
 WAL_SIZE_LIMIT_BYTES = 1024 * 1024
+#: A room may hold this many lines beyond max_lines in the file before the oldest are
+#: deleted, all at once: a DELETE with every line was a quarter of a write's cost. The
+#: rooms read back are trimmed to max_lines (and the file with them).
+TRIM_SLACK_LINES = 16
 #: How long the writer waits for a lock someone else holds (another process reading
 #: the file, say): the reactor thread must not hang on it.
 WRITER_BUSY_TIMEOUT_MS = 50
@@ -370,7 +374,7 @@ class HistoryFile:
                     lines += 1
                     self._counts[room_id] += 1
                     extra = self._counts[room_id] - self.max_lines
-                    if extra > 0:
+                    if extra > TRIM_SLACK_LINES:
                         self._delete_oldest(writer, room_id, extra)
                         self._counts[room_id] -= extra
                 else:
