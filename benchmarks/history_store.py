@@ -13,7 +13,9 @@ and reports the reactor's time per line, p50/p99/max:
 * batch: ten lines per transaction (a busy pass), per line;
 * checkpoint: the worker thread's checkpoints during "normal", the time they take
   off the reactor (the fsyncs);
-* seal: Fernet alone (the part of a write that is the encryption).
+* seal: Fernet alone (the part of a write that is the encryption);
+* start: reading a full history back (what a daemon start opens: 256 rooms, each
+  with as many lines as its 64 KiB hold), once, in seconds.
 
 Usage: python benchmarks/history_store.py [--lines 3000] [--folder DIR]
 (--folder: measure on that file system, e.g. the one /var/lib/udpchat is on; the
@@ -36,7 +38,7 @@ from cryptography.fernet import Fernet
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from udpchat.chat.messages import SayOut, encode  # noqa: E402
-from udpchat.chat.rules import Remember  # noqa: E402
+from udpchat.chat.rules import HISTORY_BYTES_PER_ROOM, Remember  # noqa: E402
 from udpchat.daemon.history import HistoryFile, HistoryKeys  # noqa: E402
 
 PSK = Fernet.generate_key()
@@ -65,13 +67,32 @@ def report(name: str, times: list[float], per: int = 1) -> None:
     )
 
 
-def history(folder: Path, name: str, synchronous: str = "NORMAL") -> HistoryFile:
-    store = HistoryFile(folder / name, PSK, 50)
+def history(
+    folder: Path, name: str, synchronous: str = "NORMAL", max_lines: int = 50
+) -> HistoryFile:
+    store = HistoryFile(folder / name, PSK, max_lines)
     store.recover()
     store.open()
     assert store._writer is not None
     store._writer.execute(f"PRAGMA synchronous = {synchronous}")
     return store
+
+
+def start_time(folder: Path, text_bytes: int, rooms: int) -> tuple[int, float]:
+    """Lines read back and seconds, for a file whose rooms are all full."""
+    store = history(folder, "start.history", max_lines=500)
+    per_room = HISTORY_BYTES_PER_ROOM // (len(line(0, text_bytes).line) + 48) + 10
+    for room in range(rooms):
+        name = f"room{room}"
+        batch = []
+        for n in range(per_room):
+            said = SayOut(name, "alice", "x" * text_bytes, f"{room:08x}{n:08x}", ts=1.8e9 + n)
+            batch.append(Remember(name, encode(said)))
+        store.write(batch)
+    store.close()
+    started = time.perf_counter()
+    kept = HistoryFile(folder / "start.history", PSK, 500).recover()
+    return sum(len(lines) for _, lines in kept), time.perf_counter() - started
 
 
 def main() -> None:
@@ -116,6 +137,8 @@ def main() -> None:
         report("full", timed(full_count, lambda n: store.write([lines[n]])))
         store.close()
 
+        read, seconds = start_time(folder, args.text_bytes, 256)
+        print(f"start: {read} lines of 256 full rooms read back in {seconds:.2f} s")
         if checkpoints:
             print(
                 f"checkpoints (worker thread, not the reactor): {len(checkpoints)}, "

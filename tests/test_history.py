@@ -17,8 +17,14 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from udpchat.chat.messages import MeOut, SayOut, encode
-from udpchat.chat.rules import Forget, Remember
+from udpchat.chat.messages import MeOut, SayOut, decode_server, encode
+from udpchat.chat.rules import (
+    HISTORY_BYTES_PER_ROOM,
+    HISTORY_LINE_OVERHEAD_BYTES,
+    Forget,
+    KeptLine,
+    Remember,
+)
 from udpchat.core.wire import LABEL_COOKIE_REPLY, LABEL_HANDSHAKE
 from udpchat.daemon.config import ServerConfig
 from udpchat.daemon.history import (
@@ -68,6 +74,21 @@ def fresh(path: Path, max_lines: int = 50, psk: bytes = PSK) -> HistoryFile:
     return history
 
 
+def read_back(
+    path: Path, max_lines: int = 50, psk: bytes = PSK, **options: Any
+) -> list[tuple[str, list[SayOut | MeOut]]]:
+    """recover() at a start, its lines decoded (each with the line id it came with)."""
+    rooms = []
+    for name, kept in HistoryFile(path, psk, max_lines, **options).recover():
+        lines = []
+        for line in kept:
+            message = decode_server(line.line)
+            assert isinstance(message, SayOut | MeOut) and message.line_id == line.line_id
+            lines.append(message)
+        rooms.append((name, lines))
+    return rooms
+
+
 def on_disk(path: Path) -> bytes:
     """Every byte of the file and of the files SQLite keeps beside it."""
     return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
@@ -91,9 +112,31 @@ def test_lines_written_are_read_back_per_room_in_order(path: Path) -> None:
     assert history.lines_written == 4 and history.write_errors == 0
     history.close()
 
-    rooms = HistoryFile(path, PSK, 50).recover()
-    assert rooms == [("lobby", [lines[0], lines[2]]), ("dev", [lines[1], lines[3]])]
-    assert [encode(line) for line in rooms[0][1]] == [encode(lines[0]), encode(lines[2])]
+    assert read_back(path, 50) == [
+        ("lobby", [lines[0], lines[2]]),
+        ("dev", [lines[1], lines[3]]),
+    ]
+    [_, (_, dev)] = HistoryFile(path, PSK, 50).recover()
+    assert dev == [KeptLine(encode(line), line.line_id) for line in (lines[1], lines[3])]
+
+
+def test_a_start_reads_back_only_what_the_rooms_keep_in_memory(path: Path) -> None:
+    """However much the file holds, a start opens only what the rules would keep:
+    the max_rooms most recently active rooms, and of each the newest lines within
+    history_lines and HISTORY_BYTES_PER_ROOM; the rest leaves the file."""
+    history = fresh(path, max_lines=500)
+    big = [said("big", "alice", "y" * 390, n) for n in range(300)]
+    history.write([remember(line) for line in big])
+    for n, room in enumerate(("old", "mid", "new")):
+        history.write([remember(said(room, "bob", f"in {room}", 1000 + n))])
+    history.close()
+    rooms = read_back(path, 500, max_rooms=4)
+    assert [name for name, _ in rooms] == ["big", "old", "mid", "new"]
+    fit = HISTORY_BYTES_PER_ROOM // (len(encode(big[0])) + HISTORY_LINE_OVERHEAD_BYTES)
+    assert rooms[0][1] == big[-fit:] and 100 < fit < 300
+    assert count_lines(path) == fit + 3, "the lines beyond the bytes left the file"
+    assert [name for name, _ in read_back(path, 500, max_rooms=3)] == ["old", "mid", "new"]
+    assert count_lines(path) == 3, "the least recently active room left the file"
 
 
 def test_lines_survive_without_close_as_after_a_kill(path: Path) -> None:
@@ -104,7 +147,7 @@ def test_lines_survive_without_close_as_after_a_kill(path: Path) -> None:
     history.write([remember(line)])
     # No close(): the connections are dropped as a killed process's would be.
     assert Path(f"{path}-wal").stat().st_size > 0
-    assert HistoryFile(path, PSK, 50).recover() == [("lobby", [line])]
+    assert read_back(path, 50) == [("lobby", [line])]
 
 
 def count_lines(path: Path) -> int:
@@ -122,7 +165,7 @@ def test_each_room_keeps_at_most_max_lines_oldest_forgotten_first(path: Path) ->
         assert count_lines(path) <= 3 + TRIM_SLACK_LINES
     history.write([remember(said("dev", "bob", "other room", 999))])
     history.close()
-    rooms = dict(HistoryFile(path, PSK, 3).recover())
+    rooms = dict(read_back(path, 3))
     assert rooms["lobby"] == lines[-3:]
     assert count_lines(path) == 4
 
@@ -133,7 +176,7 @@ def test_a_smaller_max_lines_trims_the_file_at_the_next_start(path: Path) -> Non
     lines = [said("lobby", "alice", f"line {n}", n) for n in range(6)]
     history.write([remember(line) for line in lines])
     history.close()
-    assert HistoryFile(path, PSK, 2).recover() == [("lobby", lines[4:])]
+    assert read_back(path, 2) == [("lobby", lines[4:])]
     assert count_lines(path) == 2
 
 
@@ -146,7 +189,7 @@ def test_a_forgotten_room_leaves_the_file(path: Path) -> None:
     later = said("old", "carol", "new start", 3)
     history.write([remember(later)])
     history.close()
-    assert HistoryFile(path, PSK, 50).recover() == [
+    assert read_back(path, 50) == [
         ("lobby", [said("lobby", "bob", "stays", 2)]),
         ("old", [later]),
     ]
@@ -164,7 +207,7 @@ def test_checkpoint_from_another_thread_and_close_leave_no_wal(path: Path) -> No
     worker.join(10)
     history.close()
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
-    assert [line.text for line in HistoryFile(path, PSK, 50).recover()[0][1]] == [
+    assert [line.text for line in read_back(path, 50)[0][1]] == [
         "before",
         "during",
     ]
@@ -244,7 +287,7 @@ def test_a_file_that_is_not_a_database_is_set_aside_and_reported(
     history.open()
     history.write([remember(said("lobby", "alice", "fresh start", 1))])
     history.close()
-    assert HistoryFile(path, PSK, 50).recover()[0][1][0].text == "fresh start"
+    assert read_back(path, 50)[0][1][0].text == "fresh start"
 
 
 def test_a_record_that_does_not_open_sets_the_file_aside(path: Path, logged: list[str]) -> None:
@@ -257,11 +300,25 @@ def test_a_record_that_does_not_open_sets_the_file_aside(path: Path, logged: lis
         record[40] ^= 1
         db.execute("UPDATE lines SET record = ? WHERE seq = 2", (bytes(record),))
     history.close()
-    assert HistoryFile(path, PSK, 50).recover() == []
+    assert read_back(path, 50) == []
     [moved] = aside(path, "corrupt")
     assert any("line 2 does not open with the key" in entry for entry in logged)
     with sqlite3.connect(moved) as db:
         assert db.execute("SELECT count(*) FROM lines").fetchone()[0] == 3
+
+
+def test_a_line_moved_to_another_room_sets_the_file_aside(path: Path, logged: list[str]) -> None:
+    """Records are sealed whole, room included: one filed under another room's id
+    (someone moved it without the key) is noticed, and the file set aside."""
+    history = fresh(path)
+    history.write([remember(said("lobby", "alice", "here", 1))])
+    history.write([remember(said("dev", "bob", "there", 2))])
+    history.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE lines SET room = (SELECT room FROM lines WHERE seq = 1) WHERE seq = 2")
+    assert read_back(path) == []
+    assert any("line 2 is filed under another room" in entry for entry in logged)
+    assert len(aside(path, "corrupt")) == 1
 
 
 def test_a_file_under_another_key_is_set_aside_not_misread(path: Path, logged: list[str]) -> None:
@@ -271,10 +328,10 @@ def test_a_file_under_another_key_is_set_aside_not_misread(path: Path, logged: l
     history = fresh(path, psk=old_psk)
     history.write([remember(said("lobby", "alice", "old key", 1))])
     history.close()
-    assert HistoryFile(path, PSK, 50).recover() == []
+    assert read_back(path, 50) == []
     [moved] = aside(path, "otherkey")
     assert any("another pre-shared key" in entry and str(moved) in entry for entry in logged)
-    assert HistoryFile(moved, old_psk, 50).recover()[0][1][0].text == "old key"
+    assert read_back(moved, 50, old_psk)[0][1][0].text == "old key"
 
 
 def test_another_programs_database_is_refused_not_moved(path: Path) -> None:
@@ -283,7 +340,7 @@ def test_another_programs_database_is_refused_not_moved(path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE accounts (id INTEGER)")
     with pytest.raises(HistoryFileError) as info:
-        HistoryFile(path, PSK, 50).recover()
+        read_back(path, 50)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: ")
     assert "not a udpchat history" in message and "fix:" in message
@@ -295,7 +352,7 @@ def test_a_file_of_another_format_is_refused_not_moved(path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 2")
     with pytest.raises(HistoryFileError, match="another version of udpchat"):
-        HistoryFile(path, PSK, 50).recover()
+        read_back(path, 50)
     assert path.exists()
 
 
@@ -335,7 +392,7 @@ def test_a_failed_write_is_counted_and_logged_once_and_the_next_ones_work(
     writer.execute("PRAGMA max_page_count = 1000000")
     history.write([remember(said("lobby", "alice", f"again {n}", 100 + n)) for n in range(3)])
     history.close()
-    assert [line.text for line in HistoryFile(path, PSK, 2).recover()[0][1]] == [
+    assert [line.text for line in read_back(path, 2)[0][1]] == [
         "again 1",
         "again 2",
     ]

@@ -52,7 +52,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from udpchat.chat.lineids import RecentIds
 from udpchat.chat.messages import (
@@ -207,6 +207,14 @@ class Remember:
 
     room: str
     line: bytes
+
+
+class KeptLine(NamedTuple):
+    """A history line kept outside memory, to put back with restore_room: the line as
+    Remember gave it, and its line id."""
+
+    line: bytes
+    line_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,28 +407,25 @@ class ChatRules:
         self._shut_down = True
         self._sessions.clear()
 
-    def restore_room(self, name: str, lines: Sequence[SayOut | MeOut]) -> None:
+    def restore_room(self, name: str, lines: Sequence[KeptLine]) -> None:
         """Put back a room's history kept from before a restart: its lines oldest
-        first, each with its "ts"; call it for the rooms in the order they were last
-        active. The room is kept like any empty room with history (the oldest beyond
-        ``idle_rooms_kept`` are forgotten: a Forget action each), within the same
-        bounds as a history built live. The lines' ids count as relayed: a line
-        whose acknowledgement the restart cut off, sent again by its client, is
-        acknowledged but not relayed or kept twice. Only before the first session;
-        a line of another room or without "ts" is the caller's mistake."""
+        first, as Remember gave them (say/me of this room, with "ts"); call it for the
+        rooms in the order they were last active. The room is kept like any empty room
+        with history (the oldest beyond ``idle_rooms_kept`` are forgotten: a Forget
+        action each), within the same bounds as a history built live. The lines' ids
+        count as relayed: a line whose acknowledgement the restart cut off, sent again
+        by its client, is acknowledged but not relayed or kept twice. Only before the
+        first session (the caller's mistake otherwise)."""
         if self._sessions or self._members or self._shut_down:
             raise RuntimeError("restore_room is for a server that has no session yet")
-        for line in lines:
-            if line.room != name or line.ts is None:
-                raise ValueError(f"a history line of room {name!r} must be of it and have ts")
         if not self._history_lines or not lines:
             return
         room = self._rooms.get(name)
         if room is None:
             room = self._rooms[name] = _Room(name)
-        for line in lines:
-            room.remember(encode(line), self._history_lines)
-            self._line_ids.add(line.line_id)
+        for kept in lines:
+            room.remember(kept.line, self._history_lines)
+            self._line_ids.add(kept.line_id)
         self._keep_idle(room.name)
 
     def message_received(self, session_id: bytes, payload: bytes, now: float) -> None:

@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
-from udpchat.chat.messages import DEFAULT_ROOM, MeOut, SayOut
+from udpchat.chat.messages import DEFAULT_ROOM
 from udpchat.chat.roomkeys import RoomKeys, seal
 from udpchat.chat.rules import (
     ROOM_BURST,
@@ -36,6 +36,7 @@ from udpchat.chat.rules import (
     ChatRules,
     Close,
     Forget,
+    KeptLine,
     LogEvent,
     PauseReceiving,
     Remember,
@@ -239,9 +240,7 @@ class ChatServer:
                 self._close(session_id, now)
         self._pump(now)
 
-    def restore_history(
-        self, rooms: Iterable[tuple[str, Sequence[SayOut | MeOut]]], now: float
-    ) -> None:
+    def restore_history(self, rooms: Iterable[tuple[str, Sequence[KeptLine]]], now: float) -> None:
         """Put back the rooms' history kept from before a restart (ChatRules.
         restore_room): rooms in the order they were last active, each with its lines
         oldest first. Rooms beyond what the rules keep come back out of take_history

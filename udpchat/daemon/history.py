@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -50,8 +51,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.logger import Logger
 
-from udpchat.chat.messages import MeOut, MessageError, SayOut, decode_server
-from udpchat.chat.rules import Forget, Remember
+from udpchat.chat.rules import (
+    HISTORY_BYTES_PER_ROOM,
+    HISTORY_LINE_OVERHEAD_BYTES,
+    IDLE_ROOMS_KEPT,
+    Forget,
+    KeptLine,
+    Remember,
+)
 from udpchat.core.wire import fernet_key, psk_raw
 
 log = Logger(namespace="udpchat")
@@ -125,7 +132,18 @@ class HistoryKeys:
 
 #: Rooms as recover() returns them: in the order they were last active, each with
 #: its lines oldest first.
-Rooms = list[tuple[str, list[SayOut | MeOut]]]
+Rooms = list[tuple[str, list[KeptLine]]]
+
+
+@dataclass(eq=False)
+class _Reading:
+    """One room while the file is read, newest line first."""
+
+    name: str = ""
+    lines: list[KeptLine] = field(default_factory=list)
+    bytes: int = 0
+    oldest: int = 0  # seq of the oldest line kept
+    full: bool = False  # older lines are beyond the room's bounds
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -147,13 +165,16 @@ class HistoryFile:
         psk: bytes,
         max_lines: int,
         setting: str = "[server] history_file",
+        max_rooms: int = IDLE_ROOMS_KEPT,
     ) -> None:
         """`setting` names, in error messages, where the path is configured (e.g.
-        "[server] history_file in /etc/udpchat/chat.ini")."""
+        "[server] history_file in /etc/udpchat/chat.ini"); `max_rooms` is how many
+        rooms recover() reads back (the rules keep that many empty rooms)."""
         if max_lines < 1:
             raise ValueError("max_lines must be >= 1 (no history: no history file)")
         self.path = path
         self.max_lines = max_lines
+        self.max_rooms = max_rooms  # read back: after a start every room is empty
         self._keys = HistoryKeys.derive(psk)
         self._setting = setting
         self._writer: sqlite3.Connection | None = None
@@ -284,33 +305,66 @@ class HistoryFile:
         conn.execute("COMMIT")
 
     def _read_lines(self, conn: sqlite3.Connection) -> Rooms:
-        """Every line, opened and checked; rooms trimmed to max_lines in the file."""
-        rooms: dict[str, list[SayOut | MeOut]] = {}
-        room_ids: dict[str, bytes] = {}
+        """The lines the chat rules would keep, opened and checked; the rest deleted.
+
+        Newest first: the max_rooms most recently active rooms, and of each the newest
+        lines within max_lines and HISTORY_BYTES_PER_ROOM, exactly what a room keeps
+        in memory. Only those are opened, so that a start costs at most what the
+        rules can hold (max_rooms x 64 KiB), however much the file held."""
+        rooms: dict[bytes, _Reading] = {}  # by room id, most recently active first
+        forgotten: set[bytes] = set()
         for seq, room_id, record in conn.execute(
-            "SELECT seq, room, record FROM lines ORDER BY seq"
+            "SELECT seq, room, record FROM lines ORDER BY seq DESC"
         ):
-            try:
-                line = decode_server(self._keys.records.decrypt(bytes(record)))
-            except (InvalidToken, MessageError):
-                raise _Unusable("corrupt", f"line {seq} does not open with the key") from None
-            if not isinstance(line, (SayOut, MeOut)) or line.ts is None:
-                raise _Unusable("corrupt", f"line {seq} is not a history line")
-            if not hmac.compare_digest(bytes(room_id), self._keys.room_id(line.room)):
-                raise _Unusable("corrupt", f"line {seq} is filed under another room")
-            room = rooms.pop(line.room, [])
-            rooms[line.room] = room  # re-inserted: the dict's order is of last activity
-            room.append(line)
-            room_ids[line.room] = bytes(room_id)
-        excess = {name: len(lines) - self.max_lines for name, lines in rooms.items()}
+            room_id = bytes(room_id)
+            reading = rooms.get(room_id)
+            if reading is None:
+                if room_id in forgotten or len(rooms) >= self.max_rooms:
+                    forgotten.add(room_id)
+                    continue
+                reading = rooms[room_id] = _Reading()
+            if reading.full:
+                continue
+            line, name, line_id = self._open(seq, bytes(record))
+            if name != reading.name:  # the first line of the room, or one misfiled
+                if reading.name or not hmac.compare_digest(room_id, self._keys.room_id(name)):
+                    raise _Unusable("corrupt", f"line {seq} is filed under another room")
+                reading.name = name
+            cost = len(line) + HISTORY_LINE_OVERHEAD_BYTES
+            if len(reading.lines) >= self.max_lines or reading.bytes + cost > (
+                HISTORY_BYTES_PER_ROOM
+            ):
+                reading.full = True
+                continue
+            reading.lines.append(KeptLine(line, line_id))
+            reading.bytes += cost
+            reading.oldest = seq
+        for room_id in [room_id for room_id, r in rooms.items() if not r.lines]:
+            del rooms[room_id]  # (no line fits its bounds: never written so)
+            forgotten.add(room_id)
         conn.execute("BEGIN IMMEDIATE")
-        for name, extra in excess.items():
-            if extra > 0:
-                self._delete_oldest(conn, room_ids[name], extra)
-                del rooms[name][:extra]
+        for room_id in forgotten:
+            conn.execute("DELETE FROM lines WHERE room = ?", (room_id,))
+        for room_id, reading in rooms.items():
+            conn.execute("DELETE FROM lines WHERE room = ? AND seq < ?", (room_id, reading.oldest))
         conn.execute("COMMIT")
-        self._counts = Counter({room_ids[name]: len(lines) for name, lines in rooms.items()})
-        return list(rooms.items())
+        self._counts = Counter({room_id: len(r.lines) for room_id, r in rooms.items()})
+        return [(r.name, r.lines[::-1]) for r in reversed(rooms.values())]
+
+    def _open(self, seq: int, record: bytes) -> tuple[bytes, str, str]:
+        """A record's line, room and line id; _Unusable if it is not one we wrote."""
+        try:
+            line = self._keys.records.decrypt(record)
+            # The token's HMAC proved it ours: json.loads and a few checks suffice
+            # (decode_server's full validation took as long as the decryption).
+            fields = json.loads(line)
+            name, line_id = fields["room"], fields["id"]
+            ok = fields["t"] in ("say", "me") and fields["history"] is True
+        except (InvalidToken, ValueError, KeyError, TypeError):
+            raise _Unusable("corrupt", f"line {seq} does not open with the key") from None
+        if not (ok and isinstance(name, str) and name and isinstance(line_id, str)):
+            raise _Unusable("corrupt", f"line {seq} is not a history line")
+        return line, name, line_id
 
     def _set_aside(self, kind: str) -> Path:
         """Rename the file (and its WAL and index, which hold part of it) out of the
