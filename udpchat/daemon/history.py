@@ -18,19 +18,25 @@ being stopped or killed (SIGKILL, a crash, MemoryMax=). With synchronous=NORMAL 
 commit does not wait for the disk; the worker thread's checkpoint, about once a
 second after a write, does (fsync of the WAL, then of the database). So a power
 loss or a kernel crash can lose the lines of the last second or so, never the
-file's consistency. Waiting for the disk at every commit would cost about 1 ms per
+file's consistency. Waiting for the disk at every commit would cost 0.5-1 ms per
 line here (benchmarks/history_store.py, docs/PERFORMANCE.md), in the reactor
 thread, or holding every acknowledgement back until a batch is on the disk.
+
+What a start reads back is what the rooms keep in memory (the IDLE_ROOMS_KEPT most
+recently active rooms, each within history_lines and HISTORY_BYTES_PER_ROOM); the
+rest is deleted then. Between starts, each room holds at most max_lines +
+TRIM_SLACK_LINES lines; a Forget deletes a room.
 
 What the file shows without the key: how many lines each room has (rooms appear as
 keyed hashes) and their sizes and order; not the text, the nicks, the room names or
 when lines were said. Every record is a Fernet token (AES-128-CBC + HMAC-SHA256)
 under HKDF-SHA256(PSK, info=LABEL_HISTORY), with its timestamp set to 0. A record
-that does not open, or a file SQLite finds corrupt, makes the whole file set aside
+read back that does not open, or a file SQLite finds corrupt, makes the whole file set aside
 (renamed FILE.corrupt-TIMESTAMP, with its -wal) with a log line; so does a file
 written under another pre-shared key (FILE.otherkey-TIMESTAMP). The daemon then
-starts with an empty history. Someone who can write the file can still delete lines
-or put back an older copy; they cannot add or change one.
+starts with an empty history. Someone who can write the file but lacks the key can
+still delete lines, reorder a room's lines or put back an older copy; they cannot
+read, add or change one.
 """
 
 from __future__ import annotations
