@@ -21,6 +21,7 @@ Usage (from a checkout with the project installed, or PYTHONPATH=<checkout>):
   python benchmarks/fanout.py --load a --repeat 3 # targets interleaved, 3 times each
   python benchmarks/fanout.py --load a --plot cpu.png --plot-sizes 10,50,100,200
   python benchmarks/fanout.py --idle-sessions 10000  # daemon RSS with idle members
+  python benchmarks/fanout.py --load a --targets udpchat --history file  # with history
   add --json FILE to save the numbers; --targets udpchat to skip ncat.
 ncat is installed with `apt-get install -y ncat` when missing and we are root;
 otherwise its column is skipped (and the output says so). --plot needs matplotlib.
@@ -169,7 +170,9 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
     try:
         if target == "udpchat":
             profile = None if args.profile is None else Path(args.profile) / "daemon.prof"
-            server = start_udpchat(workdir, env, max_members=members + 10, profile=profile)
+            server = start_udpchat(
+                workdir, env, max_members=members + 10, profile=profile, history=args.history
+            )
         else:
             server = start_ncat(max_conns=members + 10)
         shares = plan_members(receivers, senders, args.drivers, real_client=True)
@@ -441,6 +444,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="write cProfile stats of the udpchat daemon (daemon.prof, via twistd --profile)"
         " and of the real client (client.prof) into DIR; their CPU figures then include"
         " the profiler's overhead",
+    )
+    parser.add_argument(
+        "--history",
+        choices=("off", "memory", "file"),
+        default="off",
+        help="the daemon's room history: off (history_lines = 0, the default), memory"
+        " (50 lines, history_file empty) or file (50 lines, also in the history file)",
     )
     parser.add_argument("--plot", metavar="PNG", help="server CPU per delivery vs room size")
     parser.add_argument("--plot-sizes", default="10,50,100,200", help="receivers for --plot")

@@ -93,11 +93,17 @@ class Server:
 
 
 def start_udpchat(
-    folder: Path, env: dict[str, str], max_members: int, profile: Path | None = None
+    folder: Path,
+    env: dict[str, str],
+    max_members: int,
+    profile: Path | None = None,
+    history: str = "off",
 ) -> Server:
-    """`twistd -n udpchat` with a benchmark config: no history, a high handshake rate
-    (the real client and the idle mode come from few addresses), a long idle timeout.
-    With `profile`, twistd writes cProfile stats there when it stops."""
+    """`twistd -n udpchat` with a benchmark config: a high handshake rate (the real
+    client and the idle mode come from few addresses), a long idle timeout, and by
+    default no history; `history` "memory" keeps 50 lines per room in memory, "file"
+    also in the history file. With `profile`, twistd writes cProfile stats there when
+    it stops."""
     from cryptography.fernet import Fernet
 
     key_file = folder / "chat.key"
@@ -108,8 +114,9 @@ def start_udpchat(
     port = free_port(socket.SOCK_DGRAM)
     settings = {
         "interface": "127.0.0.1", "port": port, "key_file": key_file,
-        "max_members": max_members, "history_lines": 0, "idle_timeout": 3600,
-        "handshake_rate": 100000, "handshake_burst": 100000,
+        "max_members": max_members, "history_lines": 0 if history == "off" else 50,
+        "history_file": "chat.history" if history == "file" else "",
+        "idle_timeout": 3600, "handshake_rate": 100000, "handshake_burst": 100000,
     }  # fmt: skip
     config = folder / "chat.ini"
     config.write_text("[server]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))

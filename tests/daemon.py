@@ -67,6 +67,9 @@ class Daemon:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 20.0) -> Daemon:
+        """Start it and wait until it listens (a restart waits for its own ready line:
+        the log is appended to)."""
+        ready_before = self.log().count(READY_LINE)
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*self.prefix, *TWISTD, "-n", "--pidfile=", "udpchat", "--config", str(self.config)],
@@ -77,7 +80,7 @@ class Daemon:
             pass_fds=self.pass_fds,
         )
         deadline = time.monotonic() + timeout
-        while READY_LINE not in self.log():
+        while self.log().count(READY_LINE) <= ready_before:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:

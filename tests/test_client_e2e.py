@@ -51,6 +51,15 @@ def daemon(server_folder: Path, subprocess_env: dict[str, str]) -> Iterator[Daem
     d.kill()
 
 
+@pytest.fixture
+def forgetful_daemon(server_folder: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
+    """A daemon that keeps its history in memory only (history_file empty): after a
+    restart it remembers no line."""
+    d = Daemon(server_folder, subprocess_env, history_lines=3, history_file="")
+    yield d.start()
+    d.kill()
+
+
 def start_pair(
     clients: Callable[..., PipeClient], port: int, key: Path, env: dict[str, str], *args: str
 ) -> tuple[PipeClient, PipeClient]:
@@ -401,13 +410,16 @@ def test_clients_reconnect_to_a_restarted_daemon(
 
 
 def test_line_relayed_just_before_a_sigkill_is_shown_once(
-    daemon: Daemon, short_idle_env: dict[str, str], clients: Callable[..., PipeClient]
+    forgetful_daemon: Daemon, short_idle_env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:
     """The crash window: the daemon relays alice's line to bob and is SIGKILLed before
     its acknowledgement reaches alice (made certain here by cutting the way back to
     alice first). Alice sends the line again, under the same line id, once she is
-    reconnected to the restarted daemon, which remembers nothing and relays it to bob
-    again; bob's client recognises the id and shows the line exactly once."""
+    reconnected to the restarted daemon, which remembers nothing (history in memory
+    only; a history file would remember the line and its id:
+    tests/test_daemon_history_metrics.py, tests/test_chat_history.py) and relays it to
+    bob again; bob's client recognises the id and shows the line exactly once."""
+    daemon = forgetful_daemon
     env = short_idle_env
     with UDPProxy(daemon.address, max_lifetime_s=150) as proxy:
         # bob is not behind the proxy

@@ -59,6 +59,8 @@ def test_empty_server_section_gives_documented_defaults(tmp_path: Path) -> None:
         handshake_rate=20.0,
         handshake_burst=5,
         log_level="info",
+        history_file=tmp_path / "chat.history",
+        metrics=None,
     )
 
 

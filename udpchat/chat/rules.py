@@ -10,6 +10,7 @@ what it says; it never touches a socket, a reactor or a clock (``now`` is passed
     rules.session_ended(session_id, reason, now)        # SessionEnded
     rules.shutdown(text, now)                           # the daemon is stopping
     rules.take_actions() -> list[Action]  # Send, Broadcast, Close, LogEvent, in order
+    rules.restore_room(room, lines)  # before any session: history kept from before
 
 Send before Close in that list means the reply goes out before the session closes;
 a Broadcast is one message for the members of a room (with who negotiated room keys,
@@ -31,10 +32,13 @@ Rules, in short (docs/PROTOCOL.md section 7 has the messages):
   default room): a part notice (reason "part") to the old room, a join notice to the
   whole new room, then its history to the mover.
 - say/me go, in order, to every other member of the sender's room, never echoed, and
-  into the room's history (bounded to ``history_lines``). A say/me/msg whose line id
-  was already relayed (the sender re-sent it after a reconnect because the
-  acknowledgement was lost, perhaps from another room by then) is acknowledged by the
-  core but neither relayed nor stored again.
+  into the room's history (bounded to ``history_lines``). A ``Remember`` action
+  carries each history line as soon as it is accepted (it may then wait for the
+  room's rate), a ``Forget`` action each room forgotten, so that the server can keep
+  the history in a file; ``restore_room`` puts such history back after a restart.
+  A say/me/msg whose line id was already relayed (the sender re-sent it after a
+  reconnect because the acknowledgement was lost, perhaps from another room by then)
+  is acknowledged by the core but neither relayed nor stored again.
 - Memory is bounded: members by ``max_members``, occupied rooms by the members, and
   empty rooms, kept only for their history, by ``idle_rooms_kept`` (oldest forgotten
   first); each room's history by ``history_lines`` and ``HISTORY_BYTES_PER_ROOM``
@@ -46,9 +50,9 @@ Rules, in short (docs/PROTOCOL.md section 7 has the messages):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from udpchat.chat.lineids import RecentIds
 from udpchat.chat.messages import (
@@ -194,7 +198,37 @@ class PauseReceiving:
     paused: bool
 
 
-Action: TypeAlias = Send | Broadcast | Close | LogEvent | UsePathChecks | PauseReceiving
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """A line accepted into a room's history, encoded as it is replayed (say/me with
+    "ts" and "history": true): for the server to keep where it survives a restart.
+    It comes when the line is accepted, in the room's order, before the line goes out
+    (it may wait for the room's rate first), so whatever the core has acknowledged to
+    the sender is in a Remember already."""
+
+    room: str
+    line: bytes
+
+
+class KeptLine(NamedTuple):
+    """A history line kept outside memory, to put back with restore_room: the line as
+    Remember gave it, and its line id."""
+
+    line: bytes
+    line_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """A room and its history were forgotten (the oldest empty room beyond
+    ``idle_rooms_kept``): whatever keeps history for it may drop it too."""
+
+    room: str
+
+
+Action: TypeAlias = (
+    Send | Broadcast | Close | LogEvent | UsePathChecks | PauseReceiving | Remember | Forget
+)
 
 #: A room's broadcasts (lines and notices) go out at most this many per second, with
 #: bursts of ROOM_BURST: no more than what every client accepts (message_rate_per_s,
@@ -235,7 +269,7 @@ class _Paced:
     msg: ServerMessage
     skip: bytes | None
     sender: _Member | None
-    history: SayOut | MeOut | None
+    history: bytes | None  # the line to add to the room's history when it goes out
 
 
 @dataclass(eq=False, slots=True)
@@ -301,6 +335,10 @@ class ChatRules:
         self._line_ids = RecentIds(LINE_IDS_KEPT)  # say/me/msg relayed, any room
         self._actions: list[Action] = []
         self._shut_down = False
+        # For the daemon's metrics: say/me lines accepted for their room, and private
+        # messages passed on (counts only, never who or what).
+        self.lines_relayed = 0
+        self.private_relayed = 0
 
     # --- what the server reads -------------------------------------------------------
 
@@ -314,6 +352,17 @@ class ChatRules:
     def member_count(self) -> int:
         """How many sessions are members (said a valid hello)."""
         return len(self._members)
+
+    @property
+    def room_count(self) -> int:
+        """How many rooms have members."""
+        return len(self._rooms) - len(self._idle_rooms)
+
+    @property
+    def kept_room_count(self) -> int:
+        """How many rooms are kept: those with members and the empty ones kept for
+        their history."""
+        return len(self._rooms)
 
     def nick_of(self, session_id: bytes) -> str | None:
         """The nick of a member session, or None if it has none."""
@@ -374,6 +423,27 @@ class ChatRules:
         self._paced.clear()  # the members are told the server is going away
         self._shut_down = True
         self._sessions.clear()
+
+    def restore_room(self, name: str, lines: Sequence[KeptLine]) -> None:
+        """Put back a room's history kept from before a restart: its lines oldest
+        first, as Remember gave them (say/me of this room, with "ts"); call it for the
+        rooms in the order they were last active. The room is kept like any empty room
+        with history (the oldest beyond ``idle_rooms_kept`` are forgotten: a Forget
+        action each), within the same bounds as a history built live. The lines' ids
+        count as relayed: a line whose acknowledgement the restart cut off, sent again
+        by its client, is acknowledged but not relayed or kept twice. Only before the
+        first session (the caller's mistake otherwise)."""
+        if self._sessions or self._members or self._shut_down:
+            raise RuntimeError("restore_room is for a server that has no session yet")
+        if not self._history_lines or not lines:
+            return
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = _Room(name)
+        for kept in lines:
+            room.remember(kept.line, self._history_lines)
+            self._line_ids.add(kept.line_id)
+        self._keep_idle(room.name)
 
     def message_received(self, session_id: bytes, payload: bytes, now: float) -> None:
         """One application message from a session. Never raises on bad input: a
@@ -497,6 +567,7 @@ class ChatRules:
             self._error(member.session_id, "no-such-nick", f"no such nick: {msg.to}")
         else:
             self._line_ids.add(msg.line_id)
+            self.private_relayed += 1
             self._send(target.session_id, PrivateMsgIn(member.nick, msg.text, msg.line_id))
 
     def _rename(self, member: _Member, nick: str) -> None:
@@ -551,10 +622,17 @@ class ChatRules:
         if not room.history:
             del self._rooms[room.name]
             return
-        self._idle_rooms[room.name] = None
+        self._keep_idle(room.name)
+
+    def _keep_idle(self, name: str) -> None:
+        """Keep an empty room for its history, as the most recently active one;
+        forget the oldest beyond idle_rooms_kept."""
+        self._idle_rooms[name] = None
+        self._idle_rooms.move_to_end(name)
         while len(self._idle_rooms) > self._idle_rooms_kept:
             forgotten, _ = self._idle_rooms.popitem(last=False)
             del self._rooms[forgotten]
+            self._actions.append(Forget(forgotten))
 
     def _remove(self, member: _Member, reason: str) -> None:
         """Take a member out of its room (part notice) and out of every index."""
@@ -577,18 +655,26 @@ class ChatRules:
         history: SayOut | MeOut | None = None,
     ) -> None:
         """To the room now if its rate allows and nothing waits, else in turn (see
-        release). A `sender` with too much waiting is paused (PauseReceiving)."""
+        release). A `sender` with too much waiting is paused (PauseReceiving). A line
+        (`history`) is accepted here: counted, and a Remember for the history."""
         if room.rate is None:
             room.rate = TokenBucket(*self._room_rate, self._now)
-        if not room.pending and room.rate.allow(self._now):
-            self._fan_out(room, msg, skip, history)
-            return
-        if sender is not None and sender.waiting >= WAITING_MAX:
+        now_ok = not room.pending and room.rate.allow(self._now)
+        if not now_ok and sender is not None and sender.waiting >= WAITING_MAX:
             if sender.session_id in self._sessions:
                 self._log_member("flood", sender, detail=str(sender.waiting))
                 self._close(sender.session_id)
             return
-        room.pending.append(_Paced(msg, skip, sender, history))
+        kept = None
+        if history is not None:
+            self.lines_relayed += 1
+            if self._history_lines:
+                kept = encode(history)
+                self._actions.append(Remember(room.name, kept))
+        if now_ok:
+            self._fan_out(room, msg, skip, kept)
+            return
+        room.pending.append(_Paced(msg, skip, sender, kept))
         self._paced[room.name] = room
         if sender is not None:
             sender.waiting += 1
@@ -597,14 +683,14 @@ class ChatRules:
                 self._actions.append(PauseReceiving(sender.session_id, True))
 
     def _fan_out(
-        self, room: _Room, msg: ServerMessage, skip: bytes | None, history: SayOut | MeOut | None
+        self, room: _Room, msg: ServerMessage, skip: bytes | None, history: bytes | None
     ) -> None:
         # Even to an empty room (the last member just left): the server must learn
         # that the room's key holders are gone.
         members = tuple((sid, m.room_keys) for sid, m in room.members.items())
         self._actions.append(Broadcast(room.name, members, encode(msg), skip))
-        if history is not None and self._history_lines:
-            room.remember(encode(history), self._history_lines)
+        if history is not None:
+            room.remember(history, self._history_lines)
 
     def _release_one(self, room: _Room) -> None:
         paced = room.pending.popleft()

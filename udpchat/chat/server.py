@@ -13,6 +13,8 @@ transport adapter (udpchat.daemon.udp) only moves bytes and keeps one timer::
     server.take_log() -> [LogEvent, ...]       # names and addresses, never text
     server.take_drops() -> {reason: count}     # for a periodic summary
     server.take_suppressed() -> {kind: count}  # log lines over the limits, likewise
+    server.take_history() -> [Remember | Forget, ...]  # for a history file, in order
+    server.restore_history(rooms)              # at start: history from that file
     server.shutdown(now)                       # then wait for server.done
 
 Time is always an argument: `now` is monotonic seconds, for every timer; the Unix
@@ -24,7 +26,7 @@ for the adapter to log with its traceback.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
@@ -36,8 +38,11 @@ from udpchat.chat.rules import (
     Broadcast,
     ChatRules,
     Close,
+    Forget,
+    KeptLine,
     LogEvent,
     PauseReceiving,
+    Remember,
     Send,
     UsePathChecks,
 )
@@ -194,6 +199,10 @@ class ChatServer:
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
         self._log: list[LogEvent] = []
+        self._history: list[Remember | Forget] = []
+        # For the daemon's metrics: handshakes completed (new sessions) and rekeys.
+        self.handshakes = 0
+        self.rekeys = 0
         # Refused addresses cost an attacker nothing to forge: once per address per
         # minute, a few a minute in all. Sessions need the key, and get more.
         self._refusals = LogLimit(
@@ -279,6 +288,15 @@ class ChatServer:
         self._pump(now)
         return len(retired)
 
+    def restore_history(self, rooms: Iterable[tuple[str, Sequence[KeptLine]]], now: float) -> None:
+        """Put back the rooms' history kept from before a restart (ChatRules.
+        restore_room): rooms in the order they were last active, each with its lines
+        oldest first. Rooms beyond what the rules keep come back out of take_history
+        as Forget."""
+        for name, lines in rooms:
+            self.rules.restore_room(name, lines)
+        self._pump(now)
+
     def shutdown(self, now: float) -> None:
         """Tell every member the server is going away; close each session once it has
         acknowledged that (or SHUTDOWN_LINGER_S has passed). `done` says when."""
@@ -307,6 +325,14 @@ class ChatServer:
     def take_log(self) -> list[LogEvent]:
         """What happened that is worth a log line, in order; the list is emptied."""
         out, self._log = self._log, []
+        return out
+
+    def take_history(self) -> list[Remember | Forget]:
+        """Lines accepted into a room's history and rooms forgotten, in order, since
+        the last call; the list is emptied. Whatever keeps history outside memory
+        must take these before datagrams_to_send: a Remember is then kept before
+        the acknowledgement of its line leaves."""
+        out, self._history = self._history, []
         return out
 
     def take_drops(self) -> dict[str, int]:
@@ -341,6 +367,7 @@ class ChatServer:
         if isinstance(event, events.MessageReceived):
             self.rules.message_received(event.session_id, event.payload, now)
         elif isinstance(event, events.SessionStarted):
+            self.handshakes += 1
             if self._held is None:
                 self._hello_due[event.session_id] = now + HELLO_DEADLINE_S
             self.rules.session_started(event.session_id, event.addr, now)
@@ -356,8 +383,10 @@ class ChatServer:
             self._session_event(roamed, now)
         elif isinstance(event, events.HandshakeRefused):
             self._refusal(LogEvent("server-full", None, event.addr), now)
-        # MessageNotDelivered, SessionRekeyed: nothing to do; a member's lines are
-        # the member's to re-send.
+        elif isinstance(event, events.SessionRekeyed):
+            self.rekeys += 1
+        # MessageNotDelivered: nothing to do; a member's lines are the member's to
+        # re-send.
 
     def _do(self, action: Action, now: float) -> None:
         if isinstance(action, Broadcast):
@@ -374,6 +403,8 @@ class ChatServer:
                 self.endpoint.use_path_checks(action.session_id)
             except UnknownSession:
                 pass  # it ended while the rules were answering it
+        elif isinstance(action, (Remember, Forget)):
+            self._history.append(action)
         elif isinstance(action, Close):
             if self._held is not None:
                 self._held.append(action.session_id)  # after the notice is acknowledged

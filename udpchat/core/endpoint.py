@@ -423,6 +423,11 @@ class ServerEndpoint(_Endpoint):
             raise UnknownSession(session_id)
         return session.unacknowledged
 
+    def send_queue_bytes(self) -> int:
+        """What every session's send queue is charged with, together: one walk over
+        the sessions (for a metrics scrape, not for the hot path)."""
+        return sum(session.queued_bytes for session in self._sessions.values())
+
     def pause_receiving(self, session_id: bytes, paused: bool) -> None:
         """Flow control: while paused, the session's new messages are neither
         delivered nor acknowledged (PROTOCOL.md 5.6), so its peer keeps them and

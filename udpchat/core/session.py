@@ -221,6 +221,11 @@ class Session:
         return len(self._sendq)
 
     @property
+    def queued_bytes(self) -> int:
+        """What its send queue is charged with (ProtocolConfig.send_queue_bytes)."""
+        return self._sendq.charged_bytes
+
+    @property
     def idle(self) -> bool:
         """Nothing queued or unacknowledged."""
         return self._sendq.idle
@@ -482,6 +487,8 @@ class Session:
             for message in self._sendq.due(now):
                 frame = wire.encode_message_frame(message.seq, message.payload)
                 (sealed if message.sealed else plain).append(frame)
+                if message.first_sent is not None:
+                    self._stats.retransmissions += 1
                 self._sendq.sent(message, now)
         if sealed:
             for body in _pack(sealed, wire.ENVELOPE_FRAMES_BUDGET_BYTES, ack):

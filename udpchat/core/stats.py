@@ -1,4 +1,5 @@
-"""Counters of datagrams the core rejected, by reason, for the daemon to log."""
+"""Counters of datagrams the core rejected, by reason, for the daemon to log; and of
+messages it sent again, for the daemon's metrics."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ class DropStats:
 
     def __init__(self) -> None:
         self._counts: Counter[DropReason] = Counter()
+        #: Messages transmitted again (a retransmission is not a drop, but every
+        #: session holds this object already): cumulative, never taken.
+        self.retransmissions = 0
 
     def drop(self, reason: DropReason) -> None:
         self._counts[reason] += 1

@@ -52,6 +52,11 @@ class ServerConfig:
     handshake_burst: int = 5  # handshakes a source address may send at once
     log_level: str = "info"  # least severe log lines written: debug, info, warning, error
     key_overlap: float = 86400.0  # seconds a rotated-out key (KEY_FILE.previous) still works
+    # The rooms' history on disk (udpchat.daemon.history), absolute once loaded; None =
+    # in memory only. The file's default is DEFAULT_HISTORY_FILE: a ServerConfig made
+    # in code keeps no file unless it is given one.
+    history_file: Path | None = None
+    metrics: tuple[str, int] | None = None  # (address, port) of the Prometheus endpoint
 
     def address_allowed(self, host: str) -> bool:
         """True if datagrams from IP `host` may be answered (allow/deny lists).
@@ -74,6 +79,8 @@ class ServerConfig:
 
 def _ini_text(value: object) -> str:
     """A default as it is written in the INI file (etc/chat.ini): 30.0 is "30"."""
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple):
@@ -81,11 +88,14 @@ def _ini_text(value: object) -> str:
     return str(value)
 
 
+#: history_file's default: relative, so in the state folder (_history_file).
+DEFAULT_HISTORY_FILE = "chat.history"
+
 # Keys of [server] and their defaults, as they would be written in the file. Derived
 # from ServerConfig so that each default is written once; `path` is not a key.
 DEFAULTS: dict[str, str] = {
     f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name != "path"
-}
+} | {"history_file": DEFAULT_HISTORY_FILE}
 
 
 T = TypeVar("T")
@@ -202,6 +212,60 @@ def _check_interface(reader: _Reader) -> str:
     return value
 
 
+def _history_file(reader: _Reader, key_file: Path, environ: Mapping[str, str]) -> Path | None:
+    """The history file, or None for history in memory only (an empty value).
+
+    A relative path is in the state folder: systemd's StateDirectory= when the unit
+    sets one ($STATE_DIRECTORY, /var/lib/udpchat for etc/udpchat.service), else the
+    key file's folder (etc/ in a checkout): where the daemon keeps what it writes."""
+    key = "history_file"
+    text = _unquote(reader.values[key])
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        state = Path(environ.get("STATE_DIRECTORY", "").split(":")[0])
+        path = (state if state.is_absolute() else key_file.parent) / path
+    if path.is_dir():
+        raise reader.fail(
+            key, f"is a folder ({path})", f"name a file in it, e.g. {path / DEFAULT_HISTORY_FILE}"
+        )
+    return path
+
+
+def _parse_metrics(reader: _Reader) -> tuple[str, int] | None:
+    """Where to serve the Prometheus metrics: (IP address, TCP port), or None (off)."""
+    key = "metrics"
+    text = _unquote(reader.values[key].strip())
+    if not text:
+        return None
+    example = "use ADDRESS:PORT such as 127.0.0.1:9120 or [::1]:9120, or nothing to turn it off"
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host:
+        raise reader.fail(key, "is not ADDRESS:PORT", example)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise reader.fail(
+            key, "has an IPv6 address without brackets", f"write [{host}]:{port_text}"
+        )
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise reader.fail(key, f"has {host!r}, which is not an IP address", example) from None
+    port = reader.get(key, lambda _: _parse_port(port_text), "has no valid port", example)
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:  # as for interface: is the address this machine's? (port 0: never the real one)
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        fix = "use an address of this machine, e.g. 127.0.0.1:9120"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise reader.fail(key, "is not an address of this machine", fix) from None
+        raise reader.fail(key, f"cannot be used here ({exc.strerror})", fix) from None
+    return host, port
+
+
 def _read_ini(name: str) -> configparser.RawConfigParser:
     # default_section is set to a name nobody writes, so a [DEFAULT] section is reported
     # as unknown instead of silently leaking its keys into [server].
@@ -258,8 +322,10 @@ def load_config(
     """Read and validate the daemon's INI file; raise ConfigError (one line) on mistakes.
 
     ``environ`` (default os.environ) is read only for the test suite's
-    UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT (udpchat.core.limits)."""
-    idle_min_s = idle_timeout_floor_s(os.environ if environ is None else environ)
+    UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT (udpchat.core.limits) and for systemd's
+    STATE_DIRECTORY (where a relative history_file goes)."""
+    environ = os.environ if environ is None else environ
+    idle_min_s = idle_timeout_floor_s(environ)
     name = os.fspath(path)
     parser = _read_ini(name)
     for section in parser.sections():
@@ -302,4 +368,6 @@ def load_config(
         handshake_burst=reader.integer("handshake_burst", 1),
         log_level=_log_level(reader),
         key_overlap=reader.number("key_overlap", "seconds"),
+        history_file=_history_file(reader, key_file, environ),
+        metrics=_parse_metrics(reader),
     )

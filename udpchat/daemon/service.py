@@ -2,7 +2,8 @@
 systemd passed), announces where clients connect, handles SIGTERM, reloads on SIGHUP
 (settings and keys, key rotation), logs a periodic summary of dropped datagrams and of
 log lines held back by the rate limits, and on stop says goodbye to every member
-before releasing the port."""
+before releasing the port. With a history file it restores the rooms' history when
+made, writes it as the chat goes, and syncs it to the disk from a worker thread."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.core.stats import COOKIE_REPLIES, EVICTIONS, WITHHELD
 from udpchat.daemon.config import ConfigError, ServerConfig, load_config
+from udpchat.daemon.history import HistoryFile, HistoryFileError
 from udpchat.daemon.listen import Listening, open_socket, where
 from udpchat.daemon.logs import LEVELS
 from udpchat.daemon.memory import MemoryReturn, resident_bytes
@@ -67,6 +70,13 @@ def settings_of(config: ServerConfig) -> ServerSettings:
 #: to the system (udpchat.daemon.memory): a look is one len().
 MEMORY_CHECK_INTERVAL_S = 1.0
 
+#: How often the history file is synced to the disk (a checkpoint in a worker thread),
+#: if anything was written: what a power loss can cost, at most, besides the checkpoint
+#: itself (udpchat.daemon.history).
+HISTORY_CHECKPOINT_INTERVAL_S = 1.0
+#: A failing checkpoint is logged at most once per this many seconds.
+HISTORY_ERROR_LOG_INTERVAL_S = 60.0
+
 #: Socket buffers the daemon asks for. A line to a room of N members leaves as N
 #: datagrams at once and their acknowledgements come back together: with the default
 #: (about 208 KiB) a busy room overflowed the receive buffer, and every datagram the
@@ -85,6 +95,10 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 
 class ChatService(Service):
     """Serves the UDP socket from start; at stop, says goodbye and releases it.
+
+    Made before twistd forks (makeService): the history file is checked and read
+    here, so that a file the daemon cannot use stops it with one line (HistoryFileError),
+    and opened for writing only in startService, after the fork.
 
     `listening` is the socket the tap opened before twistd daemonized; without it,
     startService opens one (a failure is then a ListenError from startService).
@@ -117,7 +131,14 @@ class ChatService(Service):
             server.set_keys(psk, previous.psk, 0.0)  # no session yet: nobody to tell
         self._retire_call: Any = None  # the end of the previous key's overlap
         self._wall = wall
-        self.protocol = ChatProtocol(server, config.address_allowed, reactor, wall)
+        self.history = self._restore_history(server, psk, previous)
+        self.protocol = ChatProtocol(
+            server, config.address_allowed, reactor, wall=wall, history=self.history
+        )
+        self._checkpoints = LoopingCall(self.checkpoint_history)
+        self._checkpoints.clock = reactor
+        self._checkpoint: Deferred[None] | None = None  # the one in a worker thread
+        self._checkpoint_error_at: float | None = None
         self._port: Any = None
         self._listening = listening
         self._from_systemd = False
@@ -127,8 +148,49 @@ class ChatService(Service):
         self._memory_check = LoopingCall(self.return_memory)
         self._memory_check.clock = reactor
 
+    def _restore_history(
+        self, server: ChatServer, psk: bytes, previous: PreviousKey | None
+    ) -> HistoryFile | None:
+        """The history file's rooms, put back into the server; the file, or None if
+        the history is in memory only. Raises HistoryFileError."""
+        config = self.config
+        if config.history_file is None or not config.history_lines:
+            return None
+        history = HistoryFile(
+            config.history_file,
+            psk,
+            config.history_lines,
+            setting=f"[server] history_file in {config.path}",
+            previous=None if previous is None else previous.psk,
+        )
+        rooms = history.recover()
+        server.restore_history(rooms, self._reactor.seconds())
+        lines = sum(len(kept) for _, kept in rooms)
+        log.info(
+            "Room history is kept in {path}: restored {lines} line{s} of {rooms} room{rs}",
+            path=str(history.path),
+            lines=lines,
+            s="" if lines == 1 else "s",
+            rooms=len(rooms),
+            rs="" if len(rooms) == 1 else "s",
+        )
+        return history
+
     def startService(self) -> None:
         config = self.config
+        if self.history is not None:
+            try:
+                self.history.open()
+            except HistoryFileError as exc:
+                # It was checked before the fork: this is rare (the disk filled up
+                # since, say). Losing the file is better than refusing the chat.
+                log.error(
+                    "{why}; keeping the rooms' history in memory only until a restart",
+                    why=str(exc),
+                )
+                self.history = self.protocol.history = None
+            else:
+                self._checkpoints.start(HISTORY_CHECKPOINT_INTERVAL_S, now=False)
         listening = self._listening or open_socket(config.interface, config.port, config.path)
         self._listening = None
         sock = listening.sock
@@ -184,6 +246,8 @@ class ChatService(Service):
                 "or address, port {port}",
                 port=port,
             )
+        if self.history is None and config.history_lines:
+            log.info("Room history is kept in memory only (history_file is empty)")
         log.info(
             "Listening on UDP {where}; pre-shared key: {key}, "
             "fingerprint {fingerprint} (every client needs a copy)",
@@ -230,6 +294,8 @@ class ChatService(Service):
         self.config = new
         self.protocol.allowed = new.address_allowed
         self.protocol.server.update_settings(settings_of(new))
+        if self.history is not None and new.history_lines:
+            self.history.max_lines = new.history_lines
         log_filter = getattr(self.parent, "log_filter", None)
         if log_filter is not None:
             log_filter.level = LEVELS[new.log_level]
@@ -260,6 +326,8 @@ class ChatService(Service):
         self._psk, self._previous = psk, previous
         self.key_fingerprint = fingerprint(psk)
         closed = self.protocol.set_keys(psk, after[1])
+        if self.history is not None and before[0] != psk:
+            self.history.rekey(psk)  # the file follows the current key
         self._schedule_retirement()
         if previous is not None:
             return (
@@ -354,11 +422,54 @@ class ChatService(Service):
                 sessions=sessions,
             )
 
+    def checkpoint_history(self) -> Deferred[None] | None:
+        """Sync what was written to the history file to the disk, in a worker thread
+        (the fsyncs must not hold up the reactor); nothing if nothing was written.
+        The LoopingCall waits for it: one checkpoint at a time."""
+        history = self.history
+        if history is None or not history.unsynced:
+            return None
+        history.unsynced = False
+        pool = self._reactor.getThreadPool()
+        done: Deferred[None] = deferToThreadPool(self._reactor, pool, history.checkpoint)
+        done.addErrback(self._checkpoint_failed)
+        self._checkpoint = done
+        return done
+
+    def _checkpoint_failed(self, failure: Any) -> None:
+        if self.history is None:
+            return  # stopping: close() checkpoints once more
+        now = self._reactor.seconds()
+        last = self._checkpoint_error_at
+        if last is None or now >= last + HISTORY_ERROR_LOG_INTERVAL_S:
+            self._checkpoint_error_at = now
+            log.error(
+                "Could not sync the history file {path} to the disk ({error}); its lines "
+                "are safe from a crash of the daemon, not from a power loss (logged at "
+                "most once a minute)",
+                path=str(self.history.path),
+                error=str(failure.value),
+            )
+        self.history.unsynced = True  # try again next time
+
+    def _close_history(self, result: object) -> object:
+        """After the last write (the goodbye pass): wait for a checkpoint in flight,
+        then checkpoint, cut the WAL back and close."""
+        history, self.history = self.history, None
+        if history is None:
+            return result
+        self.protocol.history = None
+        in_flight = self._checkpoint
+        if in_flight is None or in_flight.called:
+            history.close()
+            return result
+        return in_flight.addBoth(lambda _: history.close()).addBoth(lambda _: result)
+
     def stopService(self) -> Deferred[object]:
         super().stopService()
         if self._retire_call is not None and self._retire_call.active():
             self._retire_call.cancel()
-        for call in (self._summary, self._memory_check):
+        for call in (self._summary, self._memory_check, self._checkpoints):
             if call.running:
                 call.stop()
         self.log_rejections()
@@ -368,4 +479,4 @@ class ChatService(Service):
             port, self._port = self._port, None
             return None if port is None else port.stopListening()
 
-        return done.addCallback(stop_listening)
+        return done.addCallback(stop_listening).addBoth(self._close_history)

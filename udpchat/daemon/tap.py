@@ -190,11 +190,22 @@ def makeService(options: Options) -> MultiService:
     listening = open_listening(config)
     # Imported here, after config and key checks, so those errors never depend on the
     # service module (and `twistd --help` stays light).
+    from udpchat.daemon.history import HistoryFileError
     from udpchat.daemon.service import ChatService
 
     # twistd's own options (the parent of ours): where twistd would log.
     twistd = getattr(options, "parent", None)
     top = DaemonService(daemon_observer(twistd, LEVELS[config.log_level], sys.stdout))
-    ChatService(config, psk, listening=listening, previous=previous).setServiceParent(top)
+    try:
+        # Reads the history file: before the fork.
+        chat = ChatService(config, psk, listening=listening, previous=previous)
+    except HistoryFileError as exc:
+        _fail(str(exc))
+    chat.setServiceParent(top)
+    if config.metrics is not None:
+        from udpchat.daemon.metrics import MetricsService
+
+        # Before the notifier: READY=1 once the metrics port is bound too.
+        MetricsService(config.metrics, chat).setServiceParent(top)
     ReadinessNotifier().setServiceParent(top)
     return top

@@ -1,21 +1,24 @@
 """The daemon's UDP adapter: one DatagramProtocol over the sans-IO ChatServer.
 
-It checks allow/deny, feeds datagrams in, writes what comes out, keeps one reactor
-timer at the server's next deadline and turns the server's log entries into log
-lines. Every chat rule and timer policy lives in udpchat.chat.server.
+It checks allow/deny, feeds datagrams in, hands the lines for the history file over
+(before anything is written: a line is kept before its acknowledgement leaves),
+writes what comes out, keeps one reactor timer at the server's next deadline, turns
+the server's log entries into log lines and counts datagrams for the metrics. Every
+chat rule and timer policy lives in udpchat.chat.server.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from udpchat.chat.rules import LogEvent
+from udpchat.chat.rules import Forget, LogEvent, Remember
 from udpchat.chat.server import ChatServer
 
 #: An unexpected exception (a bug) is logged with its traceback at most once per this
@@ -50,6 +53,12 @@ _TEXTS = {
 IPV4_MAPPED_PREFIX = "::ffff:"
 
 
+class HistorySink(Protocol):
+    """Where the rooms' history is kept beyond memory (udpchat.daemon.history)."""
+
+    def write(self, changes: Sequence[Remember | Forget]) -> None: ...
+
+
 def format_addr(addr: Any) -> str:
     """An address as an operator writes it: 192.0.2.7:5000, [2001:db8::7]:5000; an
     IPv4 client of a dual-stack socket shows as the IPv4 address it is, the way
@@ -73,11 +82,21 @@ class ChatProtocol(DatagramProtocol):
         allowed: Callable[[str], bool],
         clock: Any,
         wall: Callable[[], float] = time.time,
+        history: HistorySink | None = None,
     ) -> None:
         """`clock`: the reactor, on monotonic time (udpchat.reactorclock); `wall`
         reads the system clock, for the Unix time in handshakes and history."""
         self.server = server
         self.allowed = allowed  # the allow/deny lists; a reload may replace them
+        self.history = history
+        # For the metrics: what came in and went out, and every drop ever counted
+        # (take_drops empties the server's counters for the periodic summary).
+        self.datagrams_received = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+        self._drops_unsummarised: Counter[str] = Counter()
+        self._drops_total: Counter[str] = Counter()
         self._clock: Any = clock  # IReactorTime (zope interfaces are opaque to mypy)
         self._wall = wall
         self._timer: Any = None  # the one IDelayedCall
@@ -94,6 +113,8 @@ class ChatProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         now = self._now()
+        self.datagrams_received += 1
+        self.bytes_received += len(data)
         try:
             if self.allowed(addr[0]):
                 self.server.receive_datagram(data, addr, now)
@@ -136,13 +157,25 @@ class ChatProtocol(DatagramProtocol):
         return self._stopped
 
     def take_drops(self) -> dict[str, int]:
-        drops = self.server.take_drops()
+        """Datagrams dropped since the last call, by reason (the periodic summary)."""
+        self._collect_drops()
+        out, self._drops_unsummarised = self._drops_unsummarised, Counter()
+        return dict(out)
+
+    def drops_total(self) -> dict[str, int]:
+        """Datagrams dropped since the start, by reason (the metrics)."""
+        self._collect_drops()
+        return dict(self._drops_total)
+
+    def _collect_drops(self) -> None:
+        drops = Counter(self.server.take_drops())
         if self._internal_errors:
-            drops["internal-error"] = self._internal_errors
+            drops["internal-error"] += self._internal_errors
         if self._send_errors:
-            drops["send-error"] = self._send_errors
+            drops["send-error"] += self._send_errors
         self._internal_errors = self._send_errors = 0
-        return drops
+        self._drops_unsummarised.update(drops)
+        self._drops_total.update(drops)
 
     def take_suppressed(self) -> dict[str, int]:
         """Log lines the server held back (over its limits) since the last call."""
@@ -158,6 +191,7 @@ class ChatProtocol(DatagramProtocol):
 
     def _service(self, now: float) -> None:
         try:
+            self._keep_history()
             self._write(now)
             for entry in self.server.take_log():
                 self._log(entry)
@@ -171,6 +205,13 @@ class ChatProtocol(DatagramProtocol):
         if self.server.done and self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
+    def _keep_history(self) -> None:
+        # Before _write, and every datagram leaves through _write: whatever the core
+        # acknowledged in this pass is kept before the acknowledgement goes out.
+        changes = self.server.take_history()
+        if changes and self.history is not None:
+            self.history.write(changes)
+
     def _write(self, now: float) -> None:
         transport: Any = self.transport  # IUDPTransport (opaque to mypy)
         # The socket itself: Port.write re-validates the address three times per
@@ -182,6 +223,9 @@ class ChatProtocol(DatagramProtocol):
                     sendto(data, addr)
                 except OSError:
                     self._send_errors += 1  # UDP may lose it; the core retransmits
+                else:
+                    self.datagrams_sent += 1
+                    self.bytes_sent += len(data)
 
     def _reschedule(self, at: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
