@@ -236,3 +236,24 @@ def test_the_read_only_advice_defaults_to_the_shipped_units_state_folder(
     config = ServerConfig(path=CONFIG, key_file=Path("/etc/udpchat/chat.key"))
     advice = key_problem("unused", config, {})
     assert "fix: set key_file = /var/lib/udpchat/chat.key in /etc/udpchat/chat.ini" in advice
+
+
+def test_daemonized_start_with_the_metrics_port_taken_exits_at_once_without_a_pidfile(
+    tmp_path: Path, twistd_argv: list[str], subprocess_env: dict[str, str]
+) -> None:
+    """The metrics port is bound before twistd forks too: taken, the launcher ends at
+    once with one line naming the setting, EX_TEMPFAIL, and no pidfile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        metrics_port = taken.getsockname()[1]
+        config = write_config(tmp_path, free_udp_port())
+        config.write_text(config.read_text() + f"metrics = 127.0.0.1:{metrics_port}\n")
+        started = time.monotonic()
+        result = daemonized(twistd_argv, subprocess_env, tmp_path, config)
+    assert time.monotonic() - started < 5
+    assert result.returncode == EXIT_TEMPFAIL
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"udpchat: cannot serve metrics on 127.0.0.1:{metrics_port}: ")
+    assert f"[server] metrics in {config}" in line
+    assert not (tmp_path / "twistd.pid").exists()

@@ -13,15 +13,15 @@ reads the numbers, so it listens on loopback unless told otherwise.
 
 from __future__ import annotations
 
+import errno
 import math
-import sys
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from twisted.application.service import Service
-from twisted.internet import error
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -200,40 +200,74 @@ class _QuietSite(Site):
         pass
 
 
+class MetricsError(Exception):
+    """The metrics address cannot be had; the message is one line with the fix.
+    `transient`: the port is in use (a later start may work)."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
 class MetricsService(Service):
-    """Serves MetricsPage over HTTP while the daemon runs."""
+    """Serves MetricsPage over HTTP while the daemon runs. The TCP socket is bound when
+    the service is made (in makeService, before twistd forks), so that a taken port
+    ends the start with one line and an exit status, as the UDP port does; the
+    reactor adopts it at start."""
 
     def __init__(self, address: tuple[str, int], chat: ChatService, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self._reactor: Any = reactor  # IReactorTCP
+        self._reactor: Any = reactor  # IReactorSocket
         self.address = address
         self._chat = chat
         self._started_at = time.time()
         self.site = _QuietSite(MetricsPage(lambda: collect(chat, self._started_at)))
         self.site.timeOut = HTTP_TIMEOUT_S
         self._port: Any = None
+        self._socket: socket.socket | None = self._bind()
+
+    @property
+    def where(self) -> str:
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _bind(self) -> socket.socket:
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(50)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            in_use = exc.errno == errno.EADDRINUSE
+            fix = "stop what uses the port or set another" if in_use else "set another address in"
+            raise MetricsError(
+                f"cannot serve metrics on {self.where}: {exc.strerror}; fix: {fix} "
+                f"[server] metrics in {self._chat.config.path}",
+                transient=in_use,
+            ) from None
+        return sock
 
     def startService(self) -> None:
-        host, port = self.address
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock, self._socket = self._socket, None
+        if sock is None:
+            sock = self._bind()
         try:
-            self._port = self._reactor.listenTCP(port, self.site, interface=host)
-        except error.CannotListenError as exc:
-            print(
-                f"udpchat: cannot serve metrics on {where}: {exc.socketError}; fix: stop "
-                f"what uses the port or set another [server] metrics in {self._chat.config.path}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1) from None
+            # The port works on its own duplicate of the descriptor.
+            self._port = self._reactor.adoptStreamPort(sock.fileno(), sock.family, self.site)
+        finally:
+            sock.close()
         super().startService()
         log.info(
             "Serving metrics at http://{where}/metrics (no authentication: anyone who "
             "reaches that address reads the numbers)",
-            where=where,
+            where=self.where,
         )
 
     def stopService(self) -> Any:

@@ -203,9 +203,13 @@ def makeService(options: Options) -> MultiService:
         _fail(str(exc))
     chat.setServiceParent(top)
     if config.metrics is not None:
-        from udpchat.daemon.metrics import MetricsService
+        from udpchat.daemon.metrics import MetricsError, MetricsService
 
-        # Before the notifier: READY=1 once the metrics port is bound too.
-        MetricsService(config.metrics, chat).setServiceParent(top)
+        try:
+            metrics = MetricsService(config.metrics, chat)  # binds: before the fork
+        except MetricsError as exc:
+            _fail(str(exc), EXIT_TEMPFAIL if exc.transient else EXIT_CONFIG)
+        # Before the notifier: READY=1 once the metrics port serves too.
+        metrics.setServiceParent(top)
     ReadinessNotifier().setServiceParent(top)
     return top
