@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from udpchat.core.limits import IDLE_TIMEOUT_MAX_S, idle_timeout_floor_s
+from udpchat.daemon import clusterconfig
+from udpchat.daemon.clusterconfig import ClusterConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,6 +50,7 @@ class ServerConfig:
     log_rejects_interval: float = 60.0  # seconds between summaries of rejected datagrams
     handshake_rate: float = 20.0  # handshakes per second per source address (refill)
     handshake_burst: int = 5  # handshakes a source address may send at once
+    cluster: ClusterConfig | None = None  # the [cluster] section (docs/CLUSTER.md)
 
     def address_allowed(self, host: str) -> bool:
         """True if datagrams from IP `host` may be answered (allow/deny lists).
@@ -80,7 +83,7 @@ def _ini_text(value: object) -> str:
 # Keys of [server] and their defaults, as they would be written in the file. Derived
 # from ServerConfig so that each default is written once; `path` is not a key.
 DEFAULTS: dict[str, str] = {
-    f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name != "path"
+    f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name not in ("path", "cluster")
 }
 
 
@@ -250,9 +253,10 @@ def load_config(
     name = os.fspath(path)
     parser = _read_ini(name)
     for section in parser.sections():
-        if section != SECTION:
+        if section not in (SECTION, clusterconfig.SECTION):
             raise ConfigError(
-                f"{name}: unknown section [{section}]; fix: the only valid section is [{SECTION}]"
+                f"{name}: unknown section [{section}]; fix: the valid sections are "
+                f"[{SECTION}] and [{clusterconfig.SECTION}]"
             )
     values = dict(DEFAULTS)
     if parser.has_section(SECTION):
@@ -287,4 +291,12 @@ def load_config(
         log_rejects_interval=reader.number("log_rejects_interval", "seconds"),
         handshake_rate=reader.number("handshake_rate", "handshakes per second"),
         handshake_burst=reader.integer("handshake_burst", 1),
+        cluster=_cluster(parser, name, port),
     )
+
+
+def _cluster(parser: configparser.RawConfigParser, name: str, port: int) -> ClusterConfig | None:
+    if not parser.has_section(clusterconfig.SECTION):
+        return None
+    values = {k: _unquote(v.strip()) for k, v in parser.items(clusterconfig.SECTION)}
+    return clusterconfig.load_cluster(name, values, clusterconfig.default_node(port), ConfigError)
