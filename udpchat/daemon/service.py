@@ -80,8 +80,21 @@ class ChatService(Service):
             use_monotonic_clock(reactor)  # timers immune to steps of the system clock
         self._reactor: Any = reactor  # IReactorTime + IReactorUDP
         self.config = config
-        server = ChatServer(psk, settings_of(config))
+        node = None
+        if config.cluster is not None:  # several daemons share rooms (docs/CLUSTER.md)
+            from udpchat.daemon.cluster import incarnation
+
+            node = incarnation(config.cluster.node)
+        server = ChatServer(psk, settings_of(config), node=node)
         self.protocol = ChatProtocol(server, config.address_allowed, reactor, wall)
+        self.cluster: Any = None
+        if config.cluster is not None:
+            from udpchat.daemon.cluster import ClusterLink
+
+            self.cluster = ClusterLink(
+                config.cluster, psk, self.protocol, reactor, config.idle_timeout,
+                config.history_lines,
+            )  # fmt: skip
         self._port: Any = None
         self._summary = LoopingCall(self.log_rejections)
         self._summary.clock = reactor
@@ -106,6 +119,8 @@ class ChatService(Service):
             raise SystemExit(1) from None
         _enlarge_buffers(self._port.socket)
         super().startService()
+        if self.cluster is not None:
+            self.cluster.start()
         # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
         # for this line may stop the daemon at once.
         self._reactor.callWhenRunning(self._announce)
@@ -212,6 +227,8 @@ class ChatService(Service):
                 call.stop()
         self.log_rejections()
         done = self.protocol.shutdown()
+        if self.cluster is not None:  # after the goodbyes went to the engine too
+            done.addCallback(lambda _: self.cluster.stop())
 
         def stop_listening(_: object) -> object:
             port, self._port = self._port, None

@@ -77,6 +77,9 @@ class ChatProtocol(DatagramProtocol):
         self._send_errors = 0
         self._traceback_logged_at: float | None = None
         self._stopped: Deferred[None] | None = None
+        # Called after each datagram, timer and call(): a cluster's engine adapter
+        # (udpchat.daemon.cluster) takes the server's requests for the engine there.
+        self.after_service: Callable[[], None] | None = None
 
     def _now(self) -> float:
         now: float = self._clock.seconds()
@@ -99,6 +102,16 @@ class ChatProtocol(DatagramProtocol):
         now = self._now()
         try:
             self.server.handle_timer(now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
+
+    def call(self, feed: Callable[[float], None]) -> None:
+        """Give the server something that is neither a datagram nor a timer (the
+        cluster's engine answered): `feed(now)`, then write and reschedule."""
+        now = self._now()
+        try:
+            feed(now)
         except Exception:
             self._bug(now)
         self._service(now)
@@ -140,6 +153,8 @@ class ChatProtocol(DatagramProtocol):
             self._write(now)
             for entry in self.server.take_log():
                 self._log(entry)
+            if self.after_service is not None:
+                self.after_service()
         except Exception:
             self._bug(now)
         finally:  # whatever happened, the one timer stays set
