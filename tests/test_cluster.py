@@ -8,6 +8,8 @@ The sans-IO side of it (udpchat.chat.cluster) is specified in test_cluster_rules
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,8 +58,8 @@ def three_daemons(
         (folder / "chat.key").write_bytes(psk_file.read_bytes())
         (folder / "chat.key").chmod(0o600)
         daemons.append(ClusterDaemon(folder, subprocess_env, redis.url, name, history_lines=5))
-    for daemon in daemons:
-        daemon.start()
+    with ThreadPoolExecutor(3) as pool:  # each start waits for its daemon: at once
+        list(pool.map(ClusterDaemon.start, daemons))
     yield daemons
     for daemon in daemons:
         daemon.kill()
@@ -74,14 +76,28 @@ def test_three_members_on_three_daemons_share_one_room_in_one_order(
     What Redis holds names no nick, room or text."""
     a, b, c = three_daemons
     alice = clients(a.port, a.key_file, "alice", subprocess_env)
-    alice.wait_for("-!- alice has joined lobby")
     bob = clients(b.port, b.key_file, "bob", subprocess_env)
-    bob.wait_for("-!- bob has joined lobby")
-    alice.wait_for("-!- bob has joined lobby")
     carol = clients(c.port, c.key_file, "carol", subprocess_env)
-    carol.wait_for("-!- carol has joined lobby")
-    for member in (alice, bob):
-        member.wait_for("-!- carol has joined lobby")
+
+    # Joining at once through three daemons: each sees the joins from the moment it
+    # entered the room (perhaps just before its own join went out) to the last, in
+    # the one order of the member who entered first and sees all three.
+    def joins(lines: list[str]) -> list[str]:
+        return [line for line in lines if line.endswith(" has joined lobby")]
+
+    deadline = time.monotonic() + 20
+    while not any(len(joins(m.lines)) == 3 for m in (alice, bob, carol)):
+        assert time.monotonic() < deadline, [m.lines for m in (alice, bob, carol)]
+        time.sleep(0.05)
+    order = next(joins(m.lines) for m in (alice, bob, carol) if len(joins(m.lines)) == 3)
+    for member in (alice, bob, carol):
+        own = f"-!- {member.nick} has joined lobby"
+        member.wait_until(
+            lambda lines, own=own: (
+                own in joins(lines) and joins(lines) == order[len(order) - len(joins(lines)) :]
+            ),
+            f"the joins from its own on, in the order {order}",
+        )
 
     # Interleaved from three daemons at once: one order for everyone.
     for i in range(5):
@@ -116,7 +132,8 @@ def test_three_members_on_three_daemons_share_one_room_in_one_order(
     carol.type("/who")
     carol.wait_until(
         lambda lines: any(
-            line.startswith("-!- Users in lobby:") and {"alice", "bob", "carol"} <= set(line.split())
+            line.startswith("-!- Users in lobby:")
+            and {"alice", "bob", "carol"} <= set(line.split())
             for line in lines
         ),
         "/who with alice, bob and carol",
@@ -124,7 +141,13 @@ def test_three_members_on_three_daemons_share_one_room_in_one_order(
 
     # Five more lines, one after the other; dave, later, on daemon a, gets them as the
     # room's history (history_lines = 5), in that order, before his own join.
-    said = [(alice, "then 1"), (bob, "then 2"), (carol, "then 3"), (alice, "then 4"), (bob, "then 5")]
+    said = [
+        (alice, "then 1"),
+        (bob, "then 2"),
+        (carol, "then 3"),
+        (alice, "then 4"),
+        (bob, "then 5"),
+    ]
     for speaker, text in said:
         speaker.type(text)
         for member in {alice, bob, carol} - {speaker}:
