@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon import Daemon
@@ -26,7 +27,9 @@ HISTORY = re.compile(r"^\[\d\d:\d\d\] ")
 class ClusterDaemon(Daemon):
     """A Daemon whose config has a [cluster] section."""
 
-    def __init__(self, folder: Path, env: dict[str, str], url: str, node: str, **settings: object):
+    def __init__(
+        self, folder: Path, env: dict[str, str], url: str, node: str, **settings: Any
+    ) -> None:
         self.cluster = {"url": url, "node": node}
         super().__init__(folder, env, **settings)
 
@@ -90,14 +93,17 @@ def test_three_members_on_three_daemons_share_one_room_in_one_order(
         assert time.monotonic() < deadline, [m.lines for m in (alice, bob, carol)]
         time.sleep(0.05)
     order = next(joins(m.lines) for m in (alice, bob, carol) if len(joins(m.lines)) == 3)
+
+    def from_own_on(own: str) -> Callable[[list[str]], bool]:
+        def check(lines: list[str]) -> bool:
+            seen = joins(lines)
+            return own in seen and seen == order[len(order) - len(seen) :]
+
+        return check
+
     for member in (alice, bob, carol):
-        own = f"-!- {member.nick} has joined lobby"
-        member.wait_until(
-            lambda lines, own=own: (
-                own in joins(lines) and joins(lines) == order[len(order) - len(joins(lines)) :]
-            ),
-            f"the joins from its own on, in the order {order}",
-        )
+        own_join = f"-!- {member.nick} has joined lobby"
+        member.wait_until(from_own_on(own_join), f"the joins from its own on, in {order}")
 
     # Interleaved from three daemons at once: one order for everyone.
     for i in range(5):
@@ -117,10 +123,10 @@ def test_three_members_on_three_daemons_share_one_room_in_one_order(
         common = set(views[one]) & set(views[other])
         assert [x for x in views[one] if x in common] == [x for x in views[other] if x in common]
     for member in (alice, bob, carol):
-        own = [f"{member.nick[0]}{i}" for i in range(5)]
+        own_lines = tuple(f"{member.nick[0]}{i}" for i in range(5))
         for nick in {"alice", "bob", "carol"} - {member.nick}:
             assert member.said(nick) == [f"{nick[0]}{i}" for i in range(5)]
-        assert not any(line.endswith(tuple(own)) for line in room_lines(member))
+        assert not any(line.endswith(own_lines) for line in room_lines(member))
 
     # bob is taken, cluster-wide: a newcomer on daemon c is refused and picks another.
     other_bob = clients(c.port, c.key_file, "bob", subprocess_env)

@@ -98,7 +98,9 @@ def test_a_nick_is_claimed_in_the_engine_before_the_welcome_and_refused_elsewher
     assert said(a)[0] == (b"alice-00", {"t": "welcome", "nick": "alice", "room": "lobby"})
     hello(b, b"alice-11", "Alice")
     engine.run()
-    assert said(b) == [(b"alice-11", {"t": "error", "code": "nick-taken", "text": "Alice is taken"})]
+    assert said(b) == [
+        (b"alice-11", {"t": "error", "code": "nick-taken", "text": "Alice is taken"})
+    ]
     a.session_ended(b"alice-00", "closed", 1.0)
     engine.run()
     assert engine.nicks == {}  # released: the nick is free for anyone again

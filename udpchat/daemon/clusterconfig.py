@@ -49,7 +49,7 @@ def load_cluster(
     line). `default_node` is used when `node` is not set."""
 
     def fail(key: str, problem: str, fix: str) -> Exception:
-        return error(f"{name}: [{SECTION}] {key} = {values.get(key, '')!r} {problem}; {fix}")
+        return error(f"{name}: [{SECTION}] {key} = {values.get(key, '')!r} {problem}; fix: {fix}")
 
     for key in values:
         if key not in KEYS:
