@@ -476,14 +476,9 @@ class ChatRules:
         elif isinstance(msg, Part):
             self._join(member, self._default_room)
         elif isinstance(msg, Who):
-            room = self._rooms[member.room]
-            nicks = sorted((m.nick for m in room.members.values()), key=fold_nick)
-            for chunk in who_chunks(room.name, nicks):
-                self._send(session_id, chunk)
+            self._who(member)
         elif isinstance(msg, Rooms):
-            counts = sorted((r.name, len(r.members)) for r in self._rooms.values() if r.members)
-            for listing in rooms_chunks(counts):
-                self._send(session_id, listing)
+            self._list_rooms(member)
         elif isinstance(msg, Caps):
             member.room_keys = msg.room_keys and self._room_keys
             if msg.path_check is None:  # a client that does not know "path-check"
@@ -569,6 +564,17 @@ class ChatRules:
             self._line_ids.add(msg.line_id)
             self.private_relayed += 1
             self._send(target.session_id, PrivateMsgIn(member.nick, msg.text, msg.line_id))
+
+    def _who(self, member: _Member) -> None:
+        room = self._rooms[member.room]
+        nicks = sorted((m.nick for m in room.members.values()), key=fold_nick)
+        for chunk in who_chunks(room.name, nicks):
+            self._send(member.session_id, chunk)
+
+    def _list_rooms(self, member: _Member) -> None:
+        counts = sorted((r.name, len(r.members)) for r in self._rooms.values() if r.members)
+        for listing in rooms_chunks(counts):
+            self._send(member.session_id, listing)
 
     def _rename(self, member: _Member, nick: str) -> None:
         if nick == member.nick:

@@ -29,6 +29,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from udpchat.chat.cluster import ClusterRules, Reply, Request
 from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
 from udpchat.chat.roomkeys import RoomKeys, seal
 from udpchat.chat.rules import (
@@ -177,9 +178,11 @@ class ChatServer:
         psk: bytes,
         settings: ServerSettings = ServerSettings(),
         protocol: ProtocolConfig | None = None,
+        node: str | None = None,
     ) -> None:
         """`protocol` overrides the core's timers derived from `settings` (tests use
-        shorter ones than an operator may set)."""
+        shorter ones than an operator may set). `node`: this daemon's name in a
+        cluster (udpchat.chat.cluster); None, the default, for a daemon on its own."""
         self.settings = settings
         self.protocol = protocol or settings.protocol_config()
         # No MessageDelivered events: members' lines are theirs to re-send, and the
@@ -187,7 +190,7 @@ class ChatServer:
         self.endpoint = ServerEndpoint(
             psk, self.protocol, sessions_for(settings.max_members), report_delivered=False
         )
-        self.rules = ChatRules(
+        rules_settings = dict(
             history_lines=settings.history_lines,
             max_members=settings.max_members,
             default_room=settings.default_room,
@@ -196,6 +199,11 @@ class ChatServer:
             room_burst=settings.room_burst,
             wall=self.endpoint.clock.at,
         )
+        self.cluster: ClusterRules | None = None
+        if node is None:
+            self.rules = ChatRules(**rules_settings)  # type: ignore[arg-type]
+        else:
+            self.rules = self.cluster = ClusterRules(node, **rules_settings)
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
         self._log: list[LogEvent] = []
@@ -268,6 +276,16 @@ class ChatServer:
         self.settings = replace(
             self.settings, history_lines=settings.history_lines, max_members=settings.max_members
         )
+
+    def cluster_reply(self, reply: Reply, now: float) -> None:
+        """An answer of the cluster's engine (udpchat.chat.cluster)."""
+        assert self.cluster is not None, "not in a cluster"
+        self.cluster.reply(reply, now)
+        self._pump(now)
+
+    def take_cluster_requests(self) -> list[Request]:
+        """What to ask of the cluster's engine, in order (none outside a cluster)."""
+        return [] if self.cluster is None else self.cluster.take_requests()
 
     def set_keys(self, psk: bytes, previous: bytes | None, now: float) -> int:
         """Key rotation (PROTOCOL.md 4.12): accept handshakes under `psk` and, during

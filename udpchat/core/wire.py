@@ -87,6 +87,8 @@ LABEL_SESSION = b"udpchat v1 session keys"
 LABEL_RESUME = b"udpchat v1 resume"
 LABEL_ENVELOPE = b"udpchat v1 envelope"
 LABEL_COOKIE_REPLY = b"udpchat v1 cookie reply"
+#: Daemons of a cluster (docs/CLUSTER.md): what they put into the message engine.
+LABEL_CLUSTER = b"udpchat v1 cluster"
 
 
 class Malformed(Exception):
@@ -120,6 +122,14 @@ def psk_raw(psk: bytes) -> bytes:
 def handshake_key(psk32: bytes) -> bytes:
     """K_hs = HKDF-SHA256(ikm=PSK, salt=none, info=LABEL_HANDSHAKE), 32 bytes."""
     return HKDF(hashes.SHA256(), 32, salt=None, info=LABEL_HANDSHAKE).derive(psk32)
+
+
+def cluster_keys(psk32: bytes) -> tuple[bytes, bytes]:
+    """HKDF-SHA256(ikm=PSK, salt=none, info=LABEL_CLUSTER), 64 bytes: the Fernet key
+    that seals what the daemons of a cluster put into the engine (32), and the HMAC
+    key of the names they file it under (32). Never on the wire."""
+    okm = HKDF(hashes.SHA256(), 64, salt=None, info=LABEL_CLUSTER).derive(psk32)
+    return okm[:32], okm[32:]
 
 
 def fernet_signing_key(raw32: bytes) -> bytes:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from udpchat.core.limits import IDLE_TIMEOUT_MAX_S, idle_timeout_floor_s
+from udpchat.daemon import clusterconfig
+from udpchat.daemon.clusterconfig import ClusterConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -57,6 +59,7 @@ class ServerConfig:
     # in code keeps no file unless it is given one.
     history_file: Path | None = None
     metrics: tuple[str, int] | None = None  # (address, port) of the Prometheus endpoint
+    cluster: ClusterConfig | None = None  # the [cluster] section (docs/CLUSTER.md)
 
     def address_allowed(self, host: str) -> bool:
         """True if datagrams from IP `host` may be answered (allow/deny lists).
@@ -94,7 +97,7 @@ DEFAULT_HISTORY_FILE = "chat.history"
 # Keys of [server] and their defaults, as they would be written in the file. Derived
 # from ServerConfig so that each default is written once; `path` is not a key.
 DEFAULTS: dict[str, str] = {
-    f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name != "path"
+    f.name: _ini_text(f.default) for f in fields(ServerConfig) if f.name not in ("path", "cluster")
 } | {"history_file": DEFAULT_HISTORY_FILE}
 
 
@@ -329,9 +332,10 @@ def load_config(
     name = os.fspath(path)
     parser = _read_ini(name)
     for section in parser.sections():
-        if section != SECTION:
+        if section not in (SECTION, clusterconfig.SECTION):
             raise ConfigError(
-                f"{name}: unknown section [{section}]; fix: the only valid section is [{SECTION}]"
+                f"{name}: unknown section [{section}]; fix: the valid sections are "
+                f"[{SECTION}] and [{clusterconfig.SECTION}]"
             )
     values = dict(DEFAULTS)
     if parser.has_section(SECTION):
@@ -370,4 +374,12 @@ def load_config(
         key_overlap=reader.number("key_overlap", "seconds"),
         history_file=_history_file(reader, key_file, environ),
         metrics=_parse_metrics(reader),
+        cluster=_cluster(parser, name, port),
     )
+
+
+def _cluster(parser: configparser.RawConfigParser, name: str, port: int) -> ClusterConfig | None:
+    if not parser.has_section(clusterconfig.SECTION):
+        return None
+    values = {k: _unquote(v.strip()) for k, v in parser.items(clusterconfig.SECTION)}
+    return clusterconfig.load_cluster(name, values, clusterconfig.default_node(port), ConfigError)

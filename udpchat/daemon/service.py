@@ -125,7 +125,12 @@ class ChatService(Service):
         # Shown at start-up: a client whose key differs gets no answer at all, and
         # compares its key's fingerprint with this one (udpchat.fingerprint).
         self.key_fingerprint = fingerprint(psk)
-        server = ChatServer(psk, settings_of(config))
+        node = None
+        if config.cluster is not None:  # several daemons share rooms (docs/CLUSTER.md)
+            from udpchat.daemon.cluster import incarnation
+
+            node = incarnation(config.cluster.node)
+        server = ChatServer(psk, settings_of(config), node=node)
         self._psk, self._previous = psk, previous
         if previous is not None:
             server.set_keys(psk, previous.psk, 0.0)  # no session yet: nobody to tell
@@ -139,6 +144,14 @@ class ChatService(Service):
         self._checkpoints.clock = reactor
         self._checkpoint: Deferred[None] | None = None  # the one in a worker thread
         self._checkpoint_error_at: float | None = None
+        self.cluster: Any = None
+        if config.cluster is not None:
+            from udpchat.daemon.cluster import ClusterLink
+
+            self.cluster = ClusterLink(
+                config.cluster, psk, self.protocol, reactor, config.idle_timeout,
+                config.history_lines,
+            )  # fmt: skip
         self._port: Any = None
         self._listening = listening
         self._from_systemd = False
@@ -154,7 +167,8 @@ class ChatService(Service):
         """The history file's rooms, put back into the server; the file, or None if
         the history is in memory only. Raises HistoryFileError."""
         config = self.config
-        if config.history_file is None or not config.history_lines:
+        if config.history_file is None or not config.history_lines or config.cluster:
+            # In a cluster the rooms' history lives in the engine (docs/CLUSTER.md).
             return None
         history = HistoryFile(
             config.history_file,
@@ -200,6 +214,8 @@ class ChatService(Service):
         self._from_systemd = listening.from_systemd
         _enlarge_buffers(self._port.socket)
         super().startService()
+        if self.cluster is not None:
+            self.cluster.start()
         # Announced once the reactor runs (and SIGTERM is handled), so whoever waits
         # for this line may stop the daemon at once.
         self._reactor.callWhenRunning(self._announce)
@@ -474,6 +490,8 @@ class ChatService(Service):
                 call.stop()
         self.log_rejections()
         done = self.protocol.shutdown()
+        if self.cluster is not None:  # after the goodbyes went to the engine too
+            done.addCallback(lambda _: self.cluster.stop())
 
         def stop_listening(_: object) -> object:
             port, self._port = self._port, None

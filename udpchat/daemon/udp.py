@@ -105,6 +105,9 @@ class ChatProtocol(DatagramProtocol):
         self._send_errors = 0
         self._traceback_logged_at: float | None = None
         self._stopped: Deferred[None] | None = None
+        # Called after each datagram, timer and call(): a cluster's engine adapter
+        # (udpchat.daemon.cluster) takes the server's requests for the engine there.
+        self.after_service: Callable[[], None] | None = None
 
     def _now(self) -> float:
         now: float = self._clock.seconds()
@@ -144,6 +147,16 @@ class ChatProtocol(DatagramProtocol):
             self._bug(now)
         self._service(now)
         return closed
+
+    def call(self, feed: Callable[[float], None]) -> None:
+        """Give the server something that is neither a datagram nor a timer (the
+        cluster's engine answered): `feed(now)`, then write and reschedule."""
+        now = self._now()
+        try:
+            feed(now)
+        except Exception:
+            self._bug(now)
+        self._service(now)
 
     def shutdown(self) -> Deferred[None]:
         """Say goodbye (see ChatServer.shutdown); fires once every session is closed."""
@@ -195,6 +208,8 @@ class ChatProtocol(DatagramProtocol):
             self._write(now)
             for entry in self.server.take_log():
                 self._log(entry)
+            if self.after_service is not None:
+                self.after_service()
         except Exception:
             self._bug(now)
         finally:  # whatever happened, the one timer stays set

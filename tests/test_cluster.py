@@ -1,0 +1,171 @@
+"""Several daemons, one chat (issue 13, docs/CLUSTER.md), with real parts: a real
+`redis-server` on a loopback port, real `twistd udpchat` daemons with a [cluster]
+section, and real `udpchat-client`s in pipe mode, one per daemon.
+
+The sans-IO side of it (udpchat.chat.cluster) is specified in test_cluster_rules.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon import Daemon
+from pipe_client import PipeClient
+from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
+
+HISTORY = re.compile(r"^\[\d\d:\d\d\] ")
+
+
+class ClusterDaemon(Daemon):
+    """A Daemon whose config has a [cluster] section."""
+
+    def __init__(
+        self, folder: Path, env: dict[str, str], url: str, node: str, **settings: Any
+    ) -> None:
+        self.cluster = {"url": url, "node": node}
+        super().__init__(folder, env, **settings)
+
+    def write_config(self) -> None:
+        super().write_config()
+        lines = ["[cluster]"] + [f"{k} = {v}" for k, v in self.cluster.items()]
+        with self.config.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def three_daemons(
+    tmp_path: Path, subprocess_env: dict[str, str], redis: RedisServer, psk_file: Path
+) -> Iterator[list[ClusterDaemon]]:
+    """Three daemons on one Redis, sharing one key file."""
+    daemons = []
+    for name in ("a", "b", "c"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "chat.key").write_bytes(psk_file.read_bytes())
+        (folder / "chat.key").chmod(0o600)
+        daemons.append(ClusterDaemon(folder, subprocess_env, redis.url, name, history_lines=5))
+    with ThreadPoolExecutor(3) as pool:  # each start waits for its daemon: at once
+        list(pool.map(ClusterDaemon.start, daemons))
+    yield daemons
+    for daemon in daemons:
+        daemon.kill()
+
+
+def test_three_members_on_three_daemons_share_one_room_in_one_order(
+    three_daemons: list[ClusterDaemon], redis: RedisServer, subprocess_env: dict[str, str],
+    clients: Callable[..., PipeClient],
+) -> None:  # fmt: skip
+    """The issue's "done when": alice, bob and carol, each on a daemon of their own,
+    see each other join; what they say interleaved reaches the other two in one and
+    the same order; bob's nick is refused to a newcomer on a third daemon; /who lists
+    all three; dave, joining later on a fourth connection, gets the room's history.
+    What Redis holds names no nick, room or text."""
+    a, b, c = three_daemons
+    alice = clients(a.port, a.key_file, "alice", subprocess_env)
+    bob = clients(b.port, b.key_file, "bob", subprocess_env)
+    carol = clients(c.port, c.key_file, "carol", subprocess_env)
+
+    # Joining at once through three daemons: each sees the joins from the moment it
+    # entered the room (perhaps just before its own join went out) to the last, in
+    # the one order of the member who entered first and sees all three.
+    def joins(lines: list[str]) -> list[str]:
+        return [line for line in lines if line.endswith(" has joined lobby")]
+
+    deadline = time.monotonic() + 20
+    while not any(len(joins(m.lines)) == 3 for m in (alice, bob, carol)):
+        assert time.monotonic() < deadline, [m.lines for m in (alice, bob, carol)]
+        time.sleep(0.05)
+    order = next(joins(m.lines) for m in (alice, bob, carol) if len(joins(m.lines)) == 3)
+
+    def from_own_on(own: str) -> Callable[[list[str]], bool]:
+        def check(lines: list[str]) -> bool:
+            seen = joins(lines)
+            return own in seen and seen == order[len(order) - len(seen) :]
+
+        return check
+
+    for member in (alice, bob, carol):
+        own_join = f"-!- {member.nick} has joined lobby"
+        member.wait_until(from_own_on(own_join), f"the joins from its own on, in {order}")
+
+    # Interleaved from three daemons at once: one order for everyone.
+    for i in range(5):
+        alice.type(f"a{i}")
+        bob.type(f"b{i}")
+        carol.type(f"c{i}")
+    for member in (alice, bob, carol):
+        member.wait_until(lambda lines: sum(line.startswith("<") for line in lines) >= 10, "10")
+
+    def room_lines(member: PipeClient) -> list[str]:
+        return [line for line in member.lines if line.startswith("<")]
+
+    # Each sees the other two's 10 lines; merged with its own at the same places,
+    # the three views are one sequence: compare each pair on the lines both saw.
+    views = {m.nick: room_lines(m) for m in (alice, bob, carol)}
+    for one, other in (("alice", "bob"), ("bob", "carol"), ("alice", "carol")):
+        common = set(views[one]) & set(views[other])
+        assert [x for x in views[one] if x in common] == [x for x in views[other] if x in common]
+    for member in (alice, bob, carol):
+        own_lines = tuple(f"{member.nick[0]}{i}" for i in range(5))
+        for nick in {"alice", "bob", "carol"} - {member.nick}:
+            assert member.said(nick) == [f"{nick[0]}{i}" for i in range(5)]
+        assert not any(line.endswith(own_lines) for line in room_lines(member))
+
+    # bob is taken, cluster-wide: a newcomer on daemon c is refused and picks another.
+    other_bob = clients(c.port, c.key_file, "bob", subprocess_env)
+    other_bob.wait_for_start("!!! bob is taken")
+    other_bob.wait_for_start("-!- you are bob")
+    assert not other_bob.saw_start("-!- you are bob in lobby")
+    other_bob.kill()
+
+    carol.type("/who")
+    carol.wait_until(
+        lambda lines: any(
+            line.startswith("-!- Users in lobby:")
+            and {"alice", "bob", "carol"} <= set(line.split())
+            for line in lines
+        ),
+        "/who with alice, bob and carol",
+    )
+
+    # Five more lines, one after the other; dave, later, on daemon a, gets them as the
+    # room's history (history_lines = 5), in that order, before his own join.
+    said = [
+        (alice, "then 1"),
+        (bob, "then 2"),
+        (carol, "then 3"),
+        (alice, "then 4"),
+        (bob, "then 5"),
+    ]
+    for speaker, text in said:
+        speaker.type(text)
+        for member in {alice, bob, carol} - {speaker}:
+            member.wait_for(f"<{speaker.nick}> {text}")
+    dave = clients(a.port, a.key_file, "dave", subprocess_env)
+    dave.wait_for("-!- dave has joined lobby")
+    history = [HISTORY.sub("", line) for line in dave.lines if HISTORY.match(line)]
+    assert history == [f"<{speaker.nick}> {text}" for speaker, text in said]
+    for member in (alice, bob, carol):
+        member.wait_for("-!- dave has joined lobby")
+
+    seen = redis.dump()
+    assert b"udpchat:room:" in seen and b"udpchat:nick:" in seen
+    for secret in (b"alice", b"bob", b"carol", b"dave", b"lobby", b"then "):
+        assert secret not in seen
