@@ -1,8 +1,9 @@
 """A handshake flood from forged sources against the real daemon (`twistd -n udpchat`)
 and the real client (`python -m udpchat.client.cli`, pipe mode), on loopback.
 
-One key holder sends 6,000 authentic message 1s a second from 249 loopback source
-addresses that never answer (tests/handshake_flood.py). Before the handshake budget
+One key holder sends 2,000 authentic message 1s a second (20 times the daemon's
+handshake budget; benchmarks/handshake_flood.py measures 6,000) from 249 loopback
+source addresses that never answer (tests/handshake_flood.py). Before the handshake budget
 and cookies (PROTOCOL.md 4.5, 4.7) the daemon spent a whole handshake on each and a
 newcomer waited 8 to more than 45 s (benchmarks/handshake_flood.py). Now the flood
 only gets cookie replies, and a newcomer, which returns its cookie, is welcomed at
@@ -23,7 +24,7 @@ from daemon import Daemon
 from pipe_client import PipeClient
 
 FLOOD = Path(__file__).resolve().parent / "handshake_flood.py"
-FLOOD_RATE = 6000
+FLOOD_RATE = 2000  # enough to keep the daemon under load; more only costs the suite CPU
 #: The flood runs this long before the newcomer starts: the daemon is under load.
 HEAD_START_S = 1.0
 WELCOME_WITHIN_S = 5.0
@@ -55,7 +56,7 @@ def start_flood(daemon: Daemon, env: dict[str, str]) -> subprocess.Popen[str]:
 def test_a_newcomer_is_welcomed_within_5_s_during_a_forged_handshake_flood(
     daemon: Daemon, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """While 6,000 authentic message 1s a second arrive from sources that never
+    """While 2,000 authentic message 1s a second arrive from sources that never
     answer, a newcomer (the real client) is welcomed within 5 s of starting: the
     daemon, under load, answers the flood with cookie replies only, and the
     newcomer, whose address gets the cookie, returns it and gets its handshake. The

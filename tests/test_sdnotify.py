@@ -132,7 +132,9 @@ def test_daemon_reports_ready_after_the_chat_service_and_stopping_before_it(
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     made: list[tuple[ServerConfig, bytes, RecordingChatService]] = []
 
-    def make_chat_service(config: ServerConfig, psk: bytes, listening: Listening) -> Service:
+    def make_chat_service(
+        config: ServerConfig, psk: bytes, listening: Listening, **_: object
+    ) -> Service:
         listening.sock.close()  # the tap bound it; this stand-in serves nothing
         service = RecordingChatService(sock)
         made.append((config, psk, service))

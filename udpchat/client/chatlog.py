@@ -18,9 +18,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from udpchat.client.display import Item, Problem, Renderer, Style
-from udpchat.client.link import FrontEnd
+
+if TYPE_CHECKING:  # a type only: importing link would import Twisted before it is used
+    from udpchat.client.link import FrontEnd
 
 LOG_FILE_MODE = 0o600
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC

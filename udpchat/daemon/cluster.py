@@ -1,6 +1,6 @@
 """The cluster's engine adapter: ClusterRules' requests to Redis, Redis' answers back.
 
-Twisted-native (txredisapi): nothing here blocks the reactor. Two connections: one
+Twisted-native (udpchat.daemon.resp): nothing here blocks the reactor. Two connections: one
 for commands, answered in the order sent (so a member's lines are appended in the
 order it said them), and one for the blocking XREAD that follows this daemon's
 inbox and the streams of the rooms its members are in. docs/CLUSTER.md has the
@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import txredisapi  # type: ignore[import-untyped]
 from cryptography.fernet import InvalidToken
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -50,6 +49,7 @@ from udpchat.chat.messages import PrivateMsgIn, fold_nick
 from udpchat.chat.server import ChatServer
 from udpchat.core.wire import cluster_keys, fernet_key, psk_raw
 from udpchat.daemon.clusterconfig import ClusterConfig
+from udpchat.daemon.resp import RedisConnection
 from udpchat.daemon.udp import ChatProtocol
 
 log = Logger(namespace="udpchat")
@@ -256,14 +256,11 @@ class ClusterLink:
     def start(self) -> None:
         config = self.config
 
-        def connect() -> Any:
-            handler = txredisapi.lazyConnection(
-                config.host, config.port, dbid=config.db, reconnect=True, charset=None,
-                password=config.password, username=config.username, convertNumbers=False,
+        def connect() -> RedisConnection:
+            return RedisConnection(
+                self._reactor, config.host, config.port, config.db, config.username,
+                config.password,
             )  # fmt: skip
-            handler._factory.maxDelay = 2  # reconnect within 2 s once Redis is back
-            handler._factory.continueTrying = True
-            return handler
 
         self._cmd, self._reader = connect(), connect()
         self._running = True

@@ -5,14 +5,13 @@
     node = chat-a
 
 Without the section the daemon runs on its own, as ever, and needs nothing more
-installed. With it, txredisapi must be installed (`pip install 'udpchat[cluster]'`);
+installed. With it, the daemon talks to Redis with its own small client (udpchat.daemon.resp);
 every mistake is one line naming the file, the key and the fix, like the rest of
 udpchat.daemon.config.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 from dataclasses import dataclass
@@ -80,11 +79,6 @@ def load_cluster(
     node = values.get("node", "").strip() or default_node
     if not _NODE_RE.fullmatch(node):
         raise fail("node", "is not a valid node name", "use 1-64 letters, digits and _ . : - ")
-    if importlib.util.find_spec("txredisapi") is None:
-        raise error(
-            f"{name}: [{SECTION}] needs the txredisapi package, which is not installed; "
-            "fix: pip install 'udpchat[cluster]' (or remove the section)"
-        )
     return ClusterConfig(
         host=url.hostname,
         port=port,
