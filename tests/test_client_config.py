@@ -33,7 +33,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "[client]\n"
         "host = chat.example.lan:4000\nport = 4001\nnick = alice\nroom = #Dev\n"
         "key = keys/chat.key\ncolours = no\ntimestamps = iso\nbell = off\n"
-        "log = ~/chat.log\ntimeout = 7.5\n",
+        "input_history = no\nlog = ~/chat.log\ntimeout = 7.5\n",
     )
     config = load_client_config(path)
     assert config == ClientConfig(
@@ -46,10 +46,13 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         colours=False,
         timestamps="iso",
         bell=False,
+        input_history=False,
         log=Path("~/chat.log").expanduser(),
         timeout=7.5,
     )
-    assert KEYS == tuple("host port nick room key colours timestamps bell log timeout".split())
+    assert KEYS == tuple(
+        "host port nick room key colours timestamps bell input_history log timeout".split()
+    )
 
 
 def test_a_missing_file_is_no_config_unless_named(tmp_path: Path) -> None:
@@ -111,6 +114,17 @@ def test_flags_win_over_the_file() -> None:
     assert (merged.timestamps, merged.colours) == ("iso", True)  # bare --timestamps: iso
     assert (merged.bell, merged.timeout) == (False, 5.0)
     assert merge(build_parser({}).parse_args([]), config) == config
+
+
+def test_input_history_can_be_left_unsaved() -> None:
+    """--no-input-history, or input_history = no: nothing typed is kept across runs
+    (for what should not be on disk, /msg texts included); the flag wins."""
+    assert build_parser({}).parse_args(["h"]).input_history is None  # the file decides
+    flag = build_parser({}).parse_args(["h", "--no-input-history"])
+    assert merge(flag, ClientConfig(input_history=True)).input_history is False
+    assert merge(build_parser({}).parse_args(["h"]), ClientConfig(input_history=False)) == (
+        ClientConfig(host="h", input_history=False)
+    )
 
 
 def test_timestamps_flag_takes_a_format() -> None:

@@ -85,7 +85,7 @@ key file (the group's pre-shared key, mode 0600), first found of:
   $XDG_CONFIG_HOME/udpchat/chat.key (XDG_CONFIG_HOME defaults to ~/.config)
 
 config file: $XDG_CONFIG_HOME/udpchat/client.ini (or --config PATH), section
-  [client], keys host, port, nick, room, key, colours, timestamps, bell, log,
+  [client], keys host, port, nick, room, key, colours, timestamps, bell, input_history, log,
   timeout; a flag given here wins over the file (README lists the keys)
 
 input history (terminal mode): $XDG_STATE_HOME/udpchat/history, the last 1,000
@@ -226,6 +226,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser.add_argument("--nick", metavar="NAME", help="your nick (default: your login name)")
     parser.add_argument(
         "--room", metavar="ROOM", help=f"room to start in (default {messages.DEFAULT_ROOM})"
+    )
+    parser.add_argument(
+        "--no-input-history",
+        dest="input_history",
+        action="store_false",
+        default=None,  # not given: the config file's "input_history", else yes
+        help="terminal mode: do not keep what you type across runs (nor read what was kept)",
     )
     parser.add_argument(
         "--no-bell",
@@ -395,7 +402,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             chat_log = open_chat_log(settings.log, history=view.history)
         except ChatLogError as exc:
             fail(str(exc))
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log, settings.timeout))
+    keep = settings.input_history is not False  # --no-input-history
+    timeout = settings.timeout
+    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log, timeout, keep))
 
 
 def run(
@@ -408,6 +417,7 @@ def run(
     view: ViewOptions | None = None,
     chat_log: ChatLog | None = None,
     timeout_s: float | None = None,
+    input_history: bool = True,
 ) -> int:
     """Resolve, connect and chat until done; return the exit status. ``timeout_s``:
     --timeout (None: wait for the server for ever)."""
@@ -432,6 +442,7 @@ def run(
             view=view,
             chat_log=chat_log,
             timeout_s=timeout_s,
+            input_history=input_history,
         )
         reactor.callWhenRunning(runner.start)
         reactor.run()
@@ -470,6 +481,7 @@ class Runner:
         view: ViewOptions | None = None,
         chat_log: ChatLog | None = None,
         timeout_s: float | None = None,
+        input_history: bool = True,
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
@@ -478,6 +490,7 @@ class Runner:
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
         self.timeout_s = timeout_s  # --timeout
+        self.input_history = input_history  # False: --no-input-history
         self.exit_code = 0
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)  # see ERRORS_KEPT
         self.errors_dropped = 0
@@ -582,7 +595,9 @@ class Runner:
         if self.interactive:
             from udpchat.client import terminal
 
-            saved = SavedHistory(history_folder(os.environ))  # Up reaches earlier runs
+            saved = None
+            if self.input_history:  # Up reaches earlier runs
+                saved = SavedHistory(history_folder(os.environ))
             self.cleanup.enter_context(terminal.raw_terminal(sys.stdin.fileno()))
             proto = terminal.make_terminal_protocol(
                 self._front_exited, self.reactor.seconds, style, saved

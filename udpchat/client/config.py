@@ -47,6 +47,7 @@ class ClientConfig:
     colours: bool | None = None  # --colours / --no-colours
     timestamps: Timestamps | None = None  # --timestamps=FORMAT
     bell: bool | None = None  # "no" = --no-bell
+    input_history: bool | None = None  # "no" = --no-input-history: nothing typed is saved
     log: Path | None = None  # --log FILE (relative: to the config file's folder)
     timeout: float | None = None  # --timeout SECONDS
 
@@ -283,6 +284,7 @@ def load_client_config(path: str | os.PathLike[str], must_exist: bool = False) -
             f"use one of {', '.join(TIMESTAMP_FORMATS)}",
         ),
         bell=r.get("bell", _boolean, "is not yes or no", bool_fix),
+        input_history=r.get("input_history", _boolean, "is not yes or no", bool_fix),
         log=file_path("log"),
         timeout=r.get("timeout", _seconds, "is not a positive number", "use seconds > 0, e.g. 10"),
     )
