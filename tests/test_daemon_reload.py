@@ -129,3 +129,34 @@ def test_key_rotation_keeps_the_conversation_across_the_overlap(
         daemon.stop()
     assert Path(previous_key_path(daemon.key_file)).exists()
     assert "Traceback" not in daemon.log()
+
+
+def test_a_reload_that_changes_key_overlap_moves_the_end_of_the_overlap(tmp_path: Path) -> None:
+    """key_overlap is read again at a reload: the previous key's end moves with it
+    (counted from the rotation, the .previous file's time), without a restart."""
+    from twisted.internet.task import Clock
+
+    from udpchat.daemon.config import load_config
+    from udpchat.daemon.rotation import load_previous_key
+    from udpchat.daemon.service import ChatService
+    from udpchat.keys import create_key, load_key, rotate_key
+
+    ini = tmp_path / "chat.ini"
+    ini.write_text("[server]\ninterface = 127.0.0.1\nkey_overlap = 100\nhistory_file =\n")
+    create_key(tmp_path / "chat.key")
+    rotate_key(tmp_path / "chat.key")
+    wall = time.time
+    config = load_config(ini)
+    previous, _ = load_previous_key(config, wall())
+    assert previous is not None
+    clock = Clock()
+    service = ChatService(
+        config, load_key(config.key_file), reactor=clock, wall=wall, previous=previous
+    )
+    service._schedule_retirement()
+    assert 90 < service._retire_call.getTime() <= 100
+    ini.write_text("[server]\ninterface = 127.0.0.1\nkey_overlap = 1000\nhistory_file =\n")
+    service.reload()
+    assert 990 < service._retire_call.getTime() <= 1000
+    clock.advance(1001)  # the end: the previous key is retired
+    assert service._previous is None and service._retire_call is None

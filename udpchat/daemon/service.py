@@ -338,6 +338,11 @@ class ChatService(Service):
         if expired is not None:
             log.info(expired)
         if before == after:
+            old_until = None if self._previous is None else self._previous.until
+            self._previous = previous
+            if previous is not None and previous.until != old_until:
+                self._schedule_retirement()  # key_overlap changed
+                return f"the previous key is accepted until {when(previous.until)}"
             return ""
         self._psk, self._previous = psk, previous
         self.key_fingerprint = fingerprint(psk)
