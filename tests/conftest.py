@@ -8,11 +8,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import settings
 from pipe_client import PipeClient
+
+if TYPE_CHECKING:
+    from daemon import Daemon
 
 # Property tests: no per-example deadline (a slow example on a loaded 2-core CI machine
 # is not a bug, and a deadline makes such runs flaky), and 100 examples each, which
@@ -71,6 +75,19 @@ def subprocess_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
+    """A real daemon on its defaults (loopback, a free port), in tmp_path/server; killed
+    at the end. Test modules that need other settings define their own."""
+    from daemon import Daemon  # (tests/daemon.py imports this module's TWISTD)
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    d = Daemon(folder, subprocess_env)
+    yield d.start()
+    d.kill()
 
 
 @pytest.fixture

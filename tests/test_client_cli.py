@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,15 +204,6 @@ def test_nick_from_login(login: str, nick: str) -> None:
 
 
 # --- pipe mode against the real daemon ---------------------------------------------------
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
-    folder = tmp_path / "server"
-    folder.mkdir()
-    d = Daemon(folder, subprocess_env)
-    yield d.start()
-    d.kill()
 
 
 class LineReader:

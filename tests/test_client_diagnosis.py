@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,15 +35,6 @@ SLOW_START_S = 10.0
 #: The start of the diagnosis of silence, and of a port nobody listens on.
 SILENT = "udpchat-client: no answer from "
 REFUSED = "udpchat-client: nothing is listening on "
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
-    folder = tmp_path / "server"
-    folder.mkdir()
-    d = Daemon(folder, subprocess_env)
-    yield d.start()
-    d.kill()
 
 
 @pytest.fixture

@@ -76,15 +76,6 @@ class Pane:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Daemon]:
-    folder = tmp_path / "server"
-    folder.mkdir()
-    d = Daemon(folder, subprocess_env)
-    yield d.start()
-    d.kill()
-
-
-@pytest.fixture
 def alice(tmp_path: Path, daemon: Daemon, subprocess_env: dict[str, str]) -> Iterator[Pane]:
     """alice's udpchat-client in a tmux pane; when it exits the pane shows EXIT=<status>
     and the tty settings before and after are in tmp_path."""

@@ -5,7 +5,8 @@ udpchat.chat    imports udpchat.core (and itself), never Twisted
 udpchat.keys    imports udpchat.core only; beside it, never importing Twisted either,
                 udpchat.address (nothing), udpchat.fingerprint (core) and
                 udpchat.invite (core, keys, address, fingerprint)
-udpchat.reactorclock  (a Twisted helper) imports nothing from udpchat
+udpchat.reactorclock  (a Twisted helper) and udpchat.ini (INI files, for both configs)
+                import nothing from udpchat
 udpchat.daemon  and udpchat.client may import the layers below, never each other
 """
 
@@ -24,6 +25,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "udpchat"
 #: Key files and what goes with them (fingerprints, invite lines, the addresses they
 #: name), for the daemon and the client alike.
 KEY_SIDE = {"udpchat.keys", "udpchat.address", "udpchat.fingerprint", "udpchat.invite"}
+#: Small modules both the daemon and the client use: the monotonic reactor clock and
+#: INI reading.
+HELPERS = {"udpchat.reactorclock", "udpchat.ini"}
 ALLOWED = {
     "udpchat.core": set(),
     "udpchat.chat": {"udpchat.core"},
@@ -32,8 +36,21 @@ ALLOWED = {
     "udpchat.fingerprint": {"udpchat.core"},
     "udpchat.invite": {"udpchat.core", "udpchat.keys", "udpchat.address", "udpchat.fingerprint"},
     "udpchat.reactorclock": set(),
-    "udpchat.daemon": {"udpchat.core", "udpchat.chat", "udpchat.reactorclock", *KEY_SIDE},
-    "udpchat.client": {"udpchat.core", "udpchat.chat", "udpchat.reactorclock", *KEY_SIDE},
+    "udpchat.ini": set(),
+    "udpchat.daemon": {
+        "udpchat.core",
+        "udpchat.chat",
+        "udpchat.reactorclock",
+        "udpchat.ini",
+        *KEY_SIDE,
+    },
+    "udpchat.client": {
+        "udpchat.core",
+        "udpchat.chat",
+        "udpchat.reactorclock",
+        "udpchat.ini",
+        *KEY_SIDE,
+    },
 }
 NO_TWISTED = {"udpchat.core", "udpchat.chat", *KEY_SIDE}
 

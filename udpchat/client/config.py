@@ -11,7 +11,6 @@ key and the fix, like the daemon's (udpchat.daemon.config); the client then exit
 from __future__ import annotations
 
 import argparse
-import ast
 import configparser
 import math
 import os
@@ -22,6 +21,7 @@ from typing import TypeVar
 
 from udpchat.chat import messages
 from udpchat.client.display import TIMESTAMP_FORMATS, Timestamps, timestamps_format
+from udpchat.ini import IniError, read_ini
 
 SECTION = "client"
 FILE_NAME = "client.ini"
@@ -187,46 +187,11 @@ def _host(text: str) -> str:
 
 
 def _read_ini(name: str) -> configparser.RawConfigParser:
-    # A [DEFAULT] section is reported as unknown, not silently merged into [client].
-    parser = configparser.RawConfigParser(
-        interpolation=None, default_section="\0no-defaults", strict=True
-    )
+    """The file parsed (udpchat.ini); FileNotFoundError is the caller's to judge."""
     try:
-        with open(name, encoding="utf-8") as fh:
-            parser.read_file(fh, source=name)
-    except IsADirectoryError:
-        raise ConfigError(f"{name}: is a folder; fix: pass the path of an INI file") from None
-    except PermissionError:
-        raise ConfigError(
-            f"{name}: cannot read config file (permission denied); fix: chmod 644 {name}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
-    except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: a key before any section; fix: put [{SECTION}] first"
-        ) from None
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: section [{exc.section}] appears twice; fix: merge them"
-        ) from None
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: [{exc.section}] {exc.option} is set twice; fix: keep one"
-        ) from None
-    except configparser.ParsingError as exc:
-        lineno, line = exc.errors[0]
-        try:
-            line = ast.literal_eval(line)  # configparser stores repr(line) (3.11)
-        except (ValueError, SyntaxError):
-            pass
-        raise ConfigError(
-            f"{name}: line {lineno}: cannot parse {str(line).strip()!r}; fix: write 'key = value'"
-        ) from None
-    except configparser.Error as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{name}: {first}") from None
-    return parser
+        return read_ini(name, SECTION)
+    except IniError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_client_config(path: str | os.PathLike[str], must_exist: bool = False) -> ClientConfig:

@@ -6,7 +6,6 @@ one line naming the file, the section/key and the fix. etc/chat.ini documents ea
 
 from __future__ import annotations
 
-import ast
 import configparser
 import errno
 import ipaddress
@@ -21,6 +20,7 @@ from typing import TypeVar
 from udpchat.core.limits import IDLE_TIMEOUT_MAX_S, idle_timeout_floor_s
 from udpchat.daemon import clusterconfig
 from udpchat.daemon.clusterconfig import ClusterConfig
+from udpchat.ini import IniError, read_ini
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -270,53 +270,15 @@ def _parse_metrics(reader: _Reader) -> tuple[str, int] | None:
 
 
 def _read_ini(name: str) -> configparser.RawConfigParser:
-    # default_section is set to a name nobody writes, so a [DEFAULT] section is reported
-    # as unknown instead of silently leaking its keys into [server].
-    parser = configparser.RawConfigParser(
-        interpolation=None, default_section="\0no-defaults", strict=True
-    )
     try:
-        with open(name, encoding="utf-8") as fh:
-            parser.read_file(fh, source=name)
+        return read_ini(name, SECTION)
     except FileNotFoundError:
         raise ConfigError(
             f"{name}: config file not found; fix: pass --config PATH, or write the "
             f"example there: udpchat-example config > {name}"
         ) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{name}: is a directory; fix: pass the path of an INI file") from None
-    except PermissionError:
-        raise ConfigError(
-            f"{name}: cannot read config file (permission denied); fix: chmod 644 {name}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
-    except configparser.MissingSectionHeaderError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: a key before any section; fix: put [{SECTION}] first"
-        ) from None
-    except configparser.DuplicateSectionError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: section [{exc.section}] appears twice; fix: merge them"
-        ) from None
-    except configparser.DuplicateOptionError as exc:
-        raise ConfigError(
-            f"{name}: line {exc.lineno}: [{exc.section}] {exc.option} is set twice; fix: keep one"
-        ) from None
-    except configparser.ParsingError as exc:
-        lineno, line = exc.errors[0]
-        try:
-            # configparser stores repr(line) here (3.11); show the line as written.
-            line = ast.literal_eval(line)
-        except (ValueError, SyntaxError):
-            pass
-        raise ConfigError(
-            f"{name}: line {lineno}: cannot parse {str(line).strip()!r}; fix: write 'key = value'"
-        ) from None
-    except configparser.Error as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{name}: {first}") from None
-    return parser
+    except IniError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(
