@@ -148,10 +148,10 @@ class UdpMember:
 
                     payload = open_sealed(self.room_keys, payload)
                 if payload.startswith(b'{"t":"room-key"'):
-                    from cryptography.fernet import Fernet
+                    from udpchat.core.fernet import BinaryFernet
 
                     key = json.loads(payload)  # first: a key's base64 may contain "FB"
-                    self.room_keys[key["id"]] = Fernet(key["key"])
+                    self.room_keys[key["id"]] = BinaryFernet.from_key(key["key"])
                 elif b"FB" in payload:
                     tally.add(self.index, payload, time.monotonic())
                 elif not self.joined and b'"welcome"' in payload:

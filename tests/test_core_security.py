@@ -31,6 +31,7 @@ from sim import SERVER_ADDR, START, LossyNetwork, Pair, received
 from tests.vectors.x25519_low_order import LOW_ORDER_POINTS
 from udpchat.core import events, wire
 from udpchat.core.endpoint import INIT_BYTES, ClientEndpoint, ServerEndpoint
+from udpchat.core.fernet import BinaryFernet
 from udpchat.core.handshake import FERNET_MAX_CLOCK_SKEW_S, ZERO_TAG
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 from udpchat.core.session import KeySet, Session
@@ -83,9 +84,9 @@ def make_pair(
     return Pair(ServerEndpoint(server_psk or psk, config), ClientEndpoint(psk, config), net)
 
 
-def handshake_fernet(psk: bytes) -> Fernet:
+def handshake_fernet(psk: bytes) -> BinaryFernet:
     """The Fernet that seals handshake messages under `psk` (what a key holder can build)."""
-    return wire.fernet_key(wire.handshake_key(wire.psk_raw(psk)))
+    return wire.binary_fernet(wire.handshake_key(wire.psk_raw(psk)))
 
 
 def new_ephemeral() -> bytes:
@@ -206,8 +207,8 @@ def server_keysets(server: ServerEndpoint, session_id: bytes) -> list[KeySet]:
     return list(server._sessions[session_id]._keys.values())
 
 
-def fernet_secret(f: Fernet) -> bytes:
-    return f._signing_key + f._encryption_key
+def fernet_secret(f: BinaryFernet) -> bytes:
+    return f.raw
 
 
 def connect_directly(

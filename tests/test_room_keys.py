@@ -35,6 +35,7 @@ from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.client.chatclient import State
 from udpchat.core import events, wire
 from udpchat.core.endpoint import ClientEndpoint, ServerEndpoint
+from udpchat.core.fernet import BinaryFernet
 from udpchat.core.limits import ProtocolConfig
 from udpchat.core.session import KeySet
 
@@ -384,7 +385,7 @@ def timeline(world: ChatWorld, addr: Any) -> list[tuple[dict[str, Any], int | No
     """What ``addr`` received, in order: each message with the id of the room key
     that sealed it (None: plain). A sealed message is opened with the room keys this
     member was sent before it, and only those (open_sealed raises otherwise)."""
-    keys: dict[int, Fernet] = {}
+    keys: dict[int, BinaryFernet] = {}
     out: list[tuple[dict[str, Any], int | None]] = []
     for event in world.client_events[addr]:
         if not isinstance(event, events.MessageReceived):
@@ -394,7 +395,7 @@ def timeline(world: ChatWorld, addr: Any) -> list[tuple[dict[str, Any], int | No
         else:
             msg = json.loads(event.payload)
             if msg["t"] == "room-key":
-                keys[msg["id"]] = Fernet(msg["key"])
+                keys[msg["id"]] = BinaryFernet.from_key(msg["key"])
             out.append((msg, None))
     return out
 
@@ -407,9 +408,9 @@ def sealed_payloads(world: ChatWorld, addr: Any) -> list[bytes]:
     ]
 
 
-def room_keys_of(world: ChatWorld, addr: Any, room: str) -> dict[int, Fernet]:
+def room_keys_of(world: ChatWorld, addr: Any, room: str) -> dict[int, BinaryFernet]:
     return {
-        m["id"]: Fernet(m["key"])
+        m["id"]: BinaryFernet.from_key(m["key"])
         for m, _ in timeline(world, addr)
         if m["t"] == "room-key" and m["room"] == room
     }

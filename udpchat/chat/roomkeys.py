@@ -15,7 +15,6 @@ show observers the server's clock).
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from cryptography.fernet import Fernet, InvalidToken
 
 from udpchat.chat.messages import ROOM_KEY_ID_MAX, RoomKey, encode
+from udpchat.core.fernet import BinaryFernet
 
 #: A room key is replaced at the room's first message after this age, so that one
 #: leaked key opens at most this much of a room's traffic (as sessions rekey).
@@ -35,24 +35,23 @@ KEY_ID_BYTES = 4
 class _Key:
     key_id: int
     secret: str  # the Fernet key, as sent in "room-key"
-    fernet: Fernet
+    fernet: BinaryFernet
     created: float
     holders: set[bytes] = field(default_factory=set)  # sessions that were sent it
 
 
-def seal(key_id: int, fernet: Fernet, payload: bytes) -> bytes:
+def seal(key_id: int, fernet: BinaryFernet, payload: bytes) -> bytes:
     """A sealed room message: the key id, then the Fernet token in binary."""
-    token = base64.urlsafe_b64decode(fernet.encrypt_at_time(payload, 0))
-    return key_id.to_bytes(KEY_ID_BYTES, "big") + token
+    return key_id.to_bytes(KEY_ID_BYTES, "big") + fernet.seal(payload, 0)
 
 
-def open_sealed(keys: dict[int, Fernet], sealed: bytes) -> bytes:
+def open_sealed(keys: dict[int, BinaryFernet], sealed: bytes) -> bytes:
     """The JSON message inside a sealed room message; raise InvalidToken if no key
-    in ``keys`` (key id -> Fernet) opens it."""
+    in ``keys`` (key id -> key, BinaryFernet.from_key of "room-key"'s key) opens it."""
     fernet = keys.get(int.from_bytes(sealed[:KEY_ID_BYTES], "big"))
     if fernet is None or len(sealed) <= KEY_ID_BYTES:
         raise InvalidToken
-    return fernet.decrypt(base64.urlsafe_b64encode(sealed[KEY_ID_BYTES:]))
+    return fernet.decrypt(sealed[KEY_ID_BYTES:])
 
 
 class RoomKeys:
@@ -70,7 +69,7 @@ class RoomKeys:
 
     def prepare(
         self, room: str, capable: Iterable[bytes], now: float
-    ) -> tuple[list[tuple[bytes, bytes]], int, Fernet]:
+    ) -> tuple[list[tuple[bytes, bytes]], int, BinaryFernet]:
         """Make every session in `capable` (the room's members that negotiated room
         keys, all of them) hold the room's current key, and nobody else.
 
@@ -97,7 +96,7 @@ class RoomKeys:
 
     def _new_key(self, room: str, now: float) -> _Key:
         secret = Fernet.generate_key().decode("ascii")
-        key = _Key(self._next_id, secret, Fernet(secret), now)
+        key = _Key(self._next_id, secret, BinaryFernet.from_key(secret), now)
         self._next_id = (self._next_id + 1) % (ROOM_KEY_ID_MAX + 1)
         self._keys[room] = key
         while len(self._keys) > self._max_rooms:

@@ -20,7 +20,7 @@ import enum
 import random
 import secrets
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from udpchat.chat import lineids, messages
 from udpchat.chat.roomkeys import open_sealed
@@ -33,6 +33,7 @@ from udpchat.client.reachability import Diagnosis, Finding, LinkCheck, Reachabil
 from udpchat.client.roster import Roster
 from udpchat.core import events, wire
 from udpchat.core.endpoint import ClientEndpoint, MessageTooLarge, NotConnected, QueueFull
+from udpchat.core.fernet import BinaryFernet
 
 #: Reconnect delays: first, doubled per failure up to the max, times a random 0.5..1
 #: so that clients of a restarted server do not all come back in the same instant.
@@ -157,7 +158,7 @@ class ChatClient:
         self._caps_asked_path_check = False  # so a bad-message answer means "not that"
         self.room_keys_active = False  # the server said yes on this session
         self.path_checks_active = False
-        self._room_keys: dict[int, Fernet] = {}  # key id -> key, the newest few
+        self._room_keys: dict[int, BinaryFernet] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
 
@@ -591,7 +592,7 @@ class ChatClient:
                 self.endpoint.use_envelopes()
             return
         if isinstance(msg, messages.RoomKey):
-            self._room_keys[msg.key_id] = Fernet(msg.key)
+            self._room_keys[msg.key_id] = BinaryFernet.from_key(msg.key)
             while len(self._room_keys) > ROOM_KEYS_KEPT:
                 del self._room_keys[next(iter(self._room_keys))]
             return

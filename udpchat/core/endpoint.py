@@ -77,7 +77,7 @@ class HandshakeKey:
     def __init__(self, psk: bytes) -> None:
         self.psk32 = wire.psk_raw(psk)
         k_hs = wire.handshake_key(self.psk32)
-        self.f_hs = wire.fernet_key(k_hs)
+        self.f_hs = wire.binary_fernet(k_hs)
         self.hs_mac = wire.HmacSha256(wire.fernet_signing_key(k_hs))
         self.cookie_mac = wire.HmacSha256(wire.cookie_reply_key(self.psk32))
 

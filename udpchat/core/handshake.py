@@ -13,11 +13,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from udpchat.core import wire
+from udpchat.core.fernet import BinaryFernet
 from udpchat.core.stats import DropReason
 from udpchat.core.wire import Init, Malformed, Response, SessionKeys
 
@@ -74,7 +75,7 @@ def check_fresh(timestamp: int, wall: float, ttl_s: float) -> None:
         raise HandshakeRejected("future-handshake")
 
 
-def open_handshake(f_hs: Fernet, token: bytes, wall: float, ttl_s: float) -> bytes:
+def open_handshake(f_hs: BinaryFernet, token: bytes, wall: float, ttl_s: float) -> bytes:
     """Authenticate a handshake token and check its freshness; return the plaintext."""
     try:
         plaintext, timestamp = wire.open_token(f_hs, token)
@@ -96,7 +97,7 @@ class Initiator:
     def __init__(
         self,
         psk32: bytes,
-        f_hs: Fernet,
+        f_hs: BinaryFernet,
         session_id: bytes,
         epoch: int,
         wall: float,
@@ -159,7 +160,7 @@ class Initiator:
         return keys, timestamp - wall
 
 
-def parse_initiation(f_hs: Fernet, datagram: bytes, wall: float, ttl_s: float) -> Init:
+def parse_initiation(f_hs: BinaryFernet, datagram: bytes, wall: float, ttl_s: float) -> Init:
     """Authenticate and parse a message 1 (the responder's first step); `datagram` is
     the 170-byte message 1 without the cookie that may follow it."""
     plaintext = open_handshake(f_hs, datagram[1:], wall, ttl_s)
@@ -175,7 +176,9 @@ class Responded:
     keys: SessionKeys
 
 
-def respond(psk32: bytes, f_hs: Fernet, datagram: bytes, init: Init, wall: float) -> Responded:
+def respond(
+    psk32: bytes, f_hs: BinaryFernet, datagram: bytes, init: Init, wall: float
+) -> Responded:
     """Answer an authenticated message 1 with a fresh ephemeral; derive the keys."""
     private = X25519PrivateKey.generate()
     shared = _exchange(private, init.ephemeral)

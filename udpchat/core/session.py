@@ -13,10 +13,11 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from udpchat.core import events, wire
 from udpchat.core.clock import WallClock
+from udpchat.core.fernet import BinaryFernet
 from udpchat.core.handshake import (
     CLOCK_SKEW_REPORT_S,
     ZERO_TAG,
@@ -81,8 +82,8 @@ class KeySet:
     """The keys of one epoch, with the state that is tied to them."""
 
     epoch: int
-    send: Fernet
-    receive: Fernet
+    send: BinaryFernet
+    receive: BinaryFernet
     resume: bytes
     mac_send: wire.EnvelopeMac  # ENVELOPE MACs (extension "room-keys")
     mac_receive: wire.EnvelopeMac
@@ -112,8 +113,8 @@ def _keyset(keys: SessionKeys, epoch: int, initiator: bool, now: float) -> KeySe
         mine, theirs = theirs, mine
     return KeySet(
         epoch,
-        wire.fernet_key(mine),
-        wire.fernet_key(theirs),
+        wire.binary_fernet(mine),
+        wire.binary_fernet(theirs),
         keys.resume,
         wire.EnvelopeMac(wire.envelope_key(mine)),
         wire.EnvelopeMac(wire.envelope_key(theirs)),
@@ -148,7 +149,7 @@ class Session:
         stats: DropStats,
         emit: Emit,
         now: float,
-        handshake_keys: tuple[bytes, Fernet],
+        handshake_keys: tuple[bytes, BinaryFernet],
         clock: WallClock,
         addr: events.Address = None,
     ) -> None:
