@@ -156,10 +156,14 @@ class UdpMember:
                     tally.add(self.index, payload, time.monotonic())
                 elif not self.joined and b'"welcome"' in payload:
                     self.joined = True
-                    if self.room_keys_wanted:
-                        self.core.send(b'{"t":"caps","room-keys":true}', now)
-                elif payload == b'{"t":"caps","room-keys":true}':
-                    self.core.use_envelopes()  # acks as ENVELOPEs: an HMAC, not Fernet
+                    if self.room_keys_wanted:  # as the real client asks (PROTOCOL.md 11)
+                        self.core.send(b'{"t":"caps","room-keys":true,"lazy-acks":true}', now)
+                elif payload.startswith(b'{"t":"caps"'):
+                    answer = json.loads(payload)
+                    if answer.get("room-keys"):
+                        self.core.use_envelopes()  # acks as ENVELOPEs: an HMAC, not Fernet
+                    if answer.get("lazy-acks"):
+                        self.core.use_lazy_acks()  # every 32 sealed messages or 1 s
                 elif b'"error"' in payload:
                     self.errors.append(payload.decode(errors="replace")[:120])
             elif isinstance(event, events.SessionEnded):

@@ -622,6 +622,9 @@ def test_two_chat_clients_chat_with_room_keys_every_line_shown_once(loss: float)
     net.submit(alice, *[f"a{i}" for i in range(20)], "/me waves")
     net.submit(bob, *[f"b{i}" for i in range(20)])
     net.run_until(lambda: alice.chat.unsent == 0 and bob.chat.unsent == 0, 120)
+    # Lazy acks (11.8): a lost last datagram waits for a retransmission timeout of
+    # at least 1.2 s, doubled for each loss in a row.
+    net.run_until(lambda: "* alice waves" in bob.lines and "<bob> b19" in alice.lines, 60)
     net.run(2)
     assert [line for line in bob.lines if line.startswith(("<alice>", "* alice"))] == [
         *[f"<alice> a{i}" for i in range(20)],
@@ -641,8 +644,9 @@ def test_two_chat_clients_chat_with_room_keys_every_line_shown_once(loss: float)
 
 def test_a_version_1_server_answering_caps_with_bad_message_is_not_a_problem() -> None:
     """A server that does not know "caps" (version 1) answers error "bad-message", to
-    the first caps (with "path-check") and to the second (without): the client shows
-    nothing, counts no failure, leaves room keys off and chats on with plain lines."""
+    the first caps (with "lazy-acks" and "path-check"), to the second (without
+    "lazy-acks") and to the third ("room-keys" alone): the client shows nothing,
+    counts no failure, leaves room keys off and chats on with plain lines."""
     net = Net()
     rules = net.chat_server.rules
     inner = rules.message_received
@@ -657,15 +661,15 @@ def test_a_version_1_server_answering_caps_with_bad_message_is_not_a_problem() -
     rules.message_received = version_1  # type: ignore[method-assign]
     sends = record_sends(net)
     alice, bob = net.client("alice"), net.client("bob")
-    net.run_until(lambda: len(refused) == 4)
+    net.run_until(lambda: len(refused) == 6)
     net.run(1)
-    assert len(refused) == 4
+    assert len(refused) == 6
     net.submit(alice, "one", "two")
     net.submit(bob, "three")
     net.run(2)
     assert not [p for _, p, sealed in sends if sealed]
     errors = [json.loads(p) for _, p, _ in sends if json.loads(p)["t"] == "error"]
-    assert [e["code"] for e in errors] == ["bad-message"] * 4
+    assert [e["code"] for e in errors] == ["bad-message"] * 6
     assert [line for line in bob.lines if line.startswith("<alice>")] == [
         "<alice> one",
         "<alice> two",
@@ -737,10 +741,83 @@ def test_the_retransmission_timeout_waits_out_the_sealed_ack_delay(sealed: bool)
         assert config.min_rto_s <= waited < config.sealed_ack_delay_s
 
 
+def test_lazy_acks_make_the_server_wait_longer_before_it_retransmits() -> None:
+    """After "lazy-acks" (11.8) the server waits at least sealed_ack_delay_lazy_s +
+    min_rto_s before it sends a sealed message again: its client may hold the ack
+    that long."""
+    config = ProtocolConfig()
+    pair = make_pair(config, delay_s=0.01)
+    session_id = pair.connect()
+    pair.server.use_lazy_acks(session_id)
+    pair.network.loss = 1.0
+    pair.server.send(session_id, b"k" * 40, pair.now, sealed=True)
+    sent_at = pair.now
+    pair.flush()
+    first = len(pair.network.sent)
+    pair.run(lambda: len(pair.network.sent) > first, 5)
+    assert pair.now - sent_at >= config.sealed_ack_delay_lazy_s + config.min_rto_s
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_client_acknowledges_sealed_messages_every_16_or_with_lazy_acks_every_32(
+    lazy: bool,
+) -> None:
+    """128 sealed messages 5 ms apart are acknowledged in 8 ACKs (one per 16), or in
+    4 (one per 32) once "lazy-acks" is on; a lone one within 500 ms, or within 1 s."""
+    config = ProtocolConfig(send_window=128)
+    pair = make_pair(config, delay_s=0.005)
+    session_id = pair.connect()
+    pair.client.use_envelopes()
+    if lazy:
+        pair.server.use_lazy_acks(session_id)
+        pair.client.use_lazy_acks()
+    pair.run(lambda: pair.server.is_idle(session_id), 5)
+    start = len(pair.network.sent)
+    for i in range(128):
+        pair.server.send(session_id, b"line %d" % i, pair.now, sealed=True)
+        until = pair.now + 0.005
+        pair.run(lambda until=until: pair.now >= until, 1)  # type: ignore[misc]
+    pair.run(lambda: pair.server.is_idle(session_id), 5)
+    acks = [d for d, src, _ in pair.network.sent[start:] if src == pair.client_addr]
+    assert len(acks) == (4 if lazy else 8)
+    sent_at = pair.now
+    start = len(pair.network.sent)
+    pair.server.send(session_id, b"lone line", pair.now, sealed=True)
+    pair.run(lambda: pair.server.is_idle(session_id), 5)
+    waited = pair.now - sent_at
+    delay = config.sealed_ack_delay_lazy_s if lazy else config.sealed_ack_delay_s
+    assert delay <= waited < delay + 0.1
+
+
+def test_a_server_that_knows_path_check_but_not_lazy_acks_still_checks_paths() -> None:
+    """A server of before "lazy-acks" refuses the first caps as "bad-message"; the
+    client asks again with "room-keys" and "path-check", and gets both."""
+    net = Net()
+    rules = net.chat_server.rules
+    inner = rules.message_received
+    refused: list[bytes] = []
+
+    def before_lazy_acks(session_id: bytes, payload: bytes, now: float) -> None:
+        message = json.loads(payload)
+        if message["t"] == "caps" and "lazy-acks" in message:
+            refused.append(session_id)
+            payload = b'{"t":"caps","room-keys":true,"unknown-member":1}'  # bad-message
+        inner(session_id, payload, now)
+
+    rules.message_received = before_lazy_acks  # type: ignore[method-assign]
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.room_keys_active and alice.chat.path_checks_active, 60)
+    assert len(refused) == 1
+    assert not alice.chat.lazy_acks_active
+    assert alice.chat.failures == 0
+    assert not [line for line in alice.lines if line.startswith("!!!")]
+
+
 def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
-    """A server of before "path-check" refuses a caps with that member as
-    "bad-message" (11.1): the client asks again with "room-keys" alone, and gets room
-    keys, without showing anything."""
+    """A server of before "path-check" (and "lazy-acks") refuses a caps with those
+    members as "bad-message" (11.1): the client asks again without the newer one, is
+    refused again, asks with "room-keys" alone, and gets room keys, without showing
+    anything."""
     net = Net()
     rules = net.chat_server.rules
     inner = rules.message_received
@@ -756,7 +833,7 @@ def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
     rules.message_received = before_path_check  # type: ignore[method-assign]
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.room_keys_active and bob.chat.room_keys_active, 60)
-    assert len(refused) == 2
+    assert len(refused) == 4
     net.submit(alice, "sealed")
     net.run(2)
     assert "<alice> sealed" in bob.lines
@@ -767,14 +844,16 @@ def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
 
 
 def test_caps_answers_path_check_to_a_client_that_asked_and_enables_it() -> None:
-    """The reference client asks for "path-check" beside "room-keys"; the server
-    answers both and turns path checks on for that session (PROTOCOL.md 11.7)."""
+    """The reference client asks for "path-check" and "lazy-acks" beside
+    "room-keys"; the server answers all three and turns path checks and lazy acks on
+    for that session (PROTOCOL.md 11.7, 11.8)."""
     net = Net()
     sends = record_sends(net)
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.path_checks_active and alice.chat.room_keys_active, 60)
     answers = [json.loads(p) for _, p, _ in sends if json.loads(p)["t"] == "caps"]
-    assert answers == [{"t": "caps", "room-keys": True, "path-check": True}]
+    assert answers == [{"t": "caps", "room-keys": True, "path-check": True, "lazy-acks": True}]
+    assert alice.chat.lazy_acks_active
     session_id = alice.chat.endpoint.session_id
     assert session_id is not None
     assert net.server._sessions[session_id].path_checks  # noqa: SLF001

@@ -295,11 +295,15 @@ class Caps:
     # Extension "path-check" (PROTOCOL.md 11.7): absent from the JSON when None. A
     # server sends it only to a client that sent it.
     path_check: bool | None = field(default=None, metadata={"json": "path-check"})
+    # Extension "lazy-acks" (PROTOCOL.md 11.8): likewise.
+    lazy_acks: bool | None = field(default=None, metadata={"json": "lazy-acks"})
 
     def __post_init__(self) -> None:
         _check_bool("room-keys", self.room_keys)
         if self.path_check is not None:
             _check_bool("path-check", self.path_check)
+        if self.lazy_acks is not None:
+            _check_bool("lazy-acks", self.lazy_acks)
 
 
 # --- server -> client ----------------------------------------------------------------

@@ -189,6 +189,14 @@ class UsePathChecks:
 
 
 @dataclass(frozen=True, slots=True)
+class UseLazyAcks:
+    """The session's client negotiated "lazy-acks" (PROTOCOL.md 11.8): it will hold
+    its acks of sealed messages longer, and the core must wait for them."""
+
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PauseReceiving:
     """Flow control: stop (or resume) accepting new messages from the session. The
     core then leaves them unacknowledged, so its client holds them and sends them
@@ -227,7 +235,15 @@ class Forget:
 
 
 Action: TypeAlias = (
-    Send | Broadcast | Close | LogEvent | UsePathChecks | PauseReceiving | Remember | Forget
+    Send
+    | Broadcast
+    | Close
+    | LogEvent
+    | UsePathChecks
+    | UseLazyAcks
+    | PauseReceiving
+    | Remember
+    | Forget
 )
 
 #: A room's broadcasts (lines and notices) go out at most this many per second, with
@@ -480,13 +496,15 @@ class ChatRules:
         elif isinstance(msg, Rooms):
             self._list_rooms(member)
         elif isinstance(msg, Caps):
+            # The answer has exactly the optional members the client's caps had: a
+            # client that does not know one treats it as malformed (11.1).
             member.room_keys = msg.room_keys and self._room_keys
-            if msg.path_check is None:  # a client that does not know "path-check"
-                self._send(session_id, Caps(room_keys=member.room_keys))
-            else:
-                if msg.path_check:
-                    self._actions.append(UsePathChecks(session_id))
-                self._send(session_id, Caps(member.room_keys, path_check=msg.path_check))
+            if msg.path_check:
+                self._actions.append(UsePathChecks(session_id))
+            lazy_acks = None if msg.lazy_acks is None else msg.lazy_acks and member.room_keys
+            if lazy_acks:
+                self._actions.append(UseLazyAcks(session_id))
+            self._send(session_id, Caps(member.room_keys, msg.path_check, lazy_acks))
         else:  # Bye
             self._remove(member, "quit")
             self._log_member("leave", member, detail="quit")

@@ -45,6 +45,7 @@ from udpchat.chat.rules import (
     PauseReceiving,
     Remember,
     Send,
+    UseLazyAcks,
     UsePathChecks,
 )
 from udpchat.core import events
@@ -416,6 +417,11 @@ class ChatServer:
                 self.endpoint.pause_receiving(action.session_id, action.paused)
             except UnknownSession:
                 pass  # it ended meanwhile: nothing to hold back
+        elif isinstance(action, UseLazyAcks):
+            try:
+                self.endpoint.use_lazy_acks(action.session_id)
+            except UnknownSession:
+                pass  # it ended while the rules were answering it
         elif isinstance(action, UsePathChecks):
             try:
                 self.endpoint.use_path_checks(action.session_id)

@@ -155,9 +155,12 @@ class ChatClient:
         # Extension "room-keys" (PROTOCOL.md section 11): asked for after each welcome.
         self._want_room_keys = room_keys
         self._caps_pending = False
-        self._caps_asked_path_check = False  # so a bad-message answer means "not that"
+        # The optional caps members still offered, newest first: a bad-message answer
+        # means "not the newest", which is dropped before asking again (11.1).
+        self._caps_offer: list[str] = []
         self.room_keys_active = False  # the server said yes on this session
         self.path_checks_active = False
+        self.lazy_acks_active = False
         self._room_keys: dict[int, BinaryFernet] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
@@ -554,8 +557,9 @@ class ChatClient:
     def _hello(self, now: float) -> None:
         self.state = State.JOINING
         self._room_keys.clear()  # a new session: keys come again if the server seals
-        self._caps_pending = self._caps_asked_path_check = False
-        self.room_keys_active = self.path_checks_active = False
+        self._caps_pending = False
+        self._caps_offer = []
+        self.room_keys_active = self.path_checks_active = self.lazy_acks_active = False
         self._hello_id = self._send_control(
             messages.Hello(self.nick, self.room, self.client_id), now
         )
@@ -590,6 +594,9 @@ class ChatClient:
             self.room_keys_active = msg.room_keys
             if msg.room_keys:
                 self.endpoint.use_envelopes()
+            if msg.lazy_acks:
+                self.lazy_acks_active = True
+                self.endpoint.use_lazy_acks()
             return
         if isinstance(msg, messages.RoomKey):
             self._room_keys[msg.key_id] = BinaryFernet.from_key(msg.key)
@@ -597,15 +604,15 @@ class ChatClient:
                 del self._room_keys[next(iter(self._room_keys))]
             return
         if isinstance(msg, messages.Error) and msg.code == "bad-message" and self._caps_pending:
-            # A server that does not know "caps" (version 1), or not "path-check" (a
-            # room-keys server of before): that is its answer, not a problem. The
-            # second kind still gets to say whether it seals (PROTOCOL.md 11.1).
+            # A server that does not know "caps" (version 1), or not the newest
+            # member we offered (a server of before it): that is its answer, not a
+            # problem. The second kind is asked again without that member, and still
+            # gets to say whether it seals (PROTOCOL.md 11.1).
             self._caps_pending = False
-            if self._caps_asked_path_check:
-                self._caps_asked_path_check = False
-                if self._want_room_keys:
-                    self._caps_pending = True
-                    self._send_control(messages.Caps(room_keys=True), now)
+            if self._caps_offer:
+                del self._caps_offer[0]
+                if self._caps_offer or self._want_room_keys:
+                    self._send_caps(now)
             return
         shown = self._incoming.filter(msg)
         if isinstance(msg, messages.Welcome):
@@ -640,10 +647,23 @@ class ChatClient:
         self._output.append(msg)
         # Every client asks for "path-check": the server may then check a new address
         # at once when this client's NAT moves it, instead of holding back (5.3).
-        self._caps_pending = self._caps_asked_path_check = True
+        # "lazy-acks" only matters for the sealed messages of "room-keys" (11.8).
+        self._caps_offer = ["lazy-acks", "path-check"] if self._want_room_keys else ["path-check"]
         self.endpoint.use_path_checks()
-        self._send_control(messages.Caps(self._want_room_keys, path_check=True), now)
+        self._send_caps(now)
         self._entered_room(now)
+
+    def _send_caps(self, now: float) -> None:
+        offer = self._caps_offer
+        self._caps_pending = True
+        self._send_control(
+            messages.Caps(
+                self._want_room_keys,
+                path_check=True if "path-check" in offer else None,
+                lazy_acks=True if "lazy-acks" in offer else None,
+            ),
+            now,
+        )
 
     def _entered_room(self, now: float) -> None:
         """Welcomed into a room, or moved to another: a fresh member list, asked for."""

@@ -392,15 +392,27 @@ class ServerEndpoint(_Endpoint):
         queue was full: nothing was queued for them."""
         check_size(payload, sealed)
         sessions = self._sessions
+        message_ids = self._message_ids
+        out = self._out
         full: list[bytes] = []
         for session_id in session_ids:
             session = sessions.get(session_id)
             if session is None or session.ended or not session.established:
                 continue
+            # _send(), written out: this loop runs once per member per room line.
+            message_id = next(message_ids)
             try:
-                self._send(session, payload, next(self._message_ids), now, sealed)
+                fast = session.send_now(payload, message_id, now, sealed)
+                if fast is None:
+                    session.queue(payload, message_id, sealed)
+                    self._touch(session)
+                    continue
             except QueueFull:
                 full.append(session_id)
+                continue
+            out.append((fast[0], session.addr))
+            if fast[1]:  # the retransmission timer started: it may be the earliest
+                self._schedule(session)
         return full
 
     def _send(
@@ -445,6 +457,14 @@ class ServerEndpoint(_Endpoint):
             raise UnknownSession(session_id)
         session.use_path_checks()
         self._touch(session)
+
+    def use_lazy_acks(self, session_id: bytes) -> None:
+        """The session's client negotiated "lazy-acks" (PROTOCOL.md 11.8): it may hold
+        its acks of sealed messages longer, and the retransmission timeout waits."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        session.use_lazy_acks()
 
     def close_session(self, session_id: bytes, now: float) -> None:
         """End a session, telling the peer once (best effort). What was queued for it
@@ -663,6 +683,12 @@ class ClientEndpoint(_Endpoint):
         ENVELOPEs from now on (PROTOCOL.md section 11)."""
         if self._session is not None:
             self._session.envelope_acks = True
+
+    def use_lazy_acks(self) -> None:
+        """The server accepted "lazy-acks" on this session (PROTOCOL.md 11.8):
+        acknowledge its sealed messages within 1 s or every 32, not 500 ms or 16."""
+        if self._session is not None:
+            self._session.use_lazy_acks()
 
     def close(self, now: float) -> None:
         """End the session, telling the server once (best effort)."""

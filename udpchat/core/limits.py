@@ -69,6 +69,11 @@ class ProtocolConfig:
     #: from every member of a room is a wake-up, which cost more than the relaying.
     sealed_ack_delay_s: float = 0.5
     sealed_ack_every: int = 16
+    #: The same once both peers negotiated "lazy-acks" (PROTOCOL.md 11.8): half the
+    #: acks, so half the wake-ups, for a server relaying busy rooms. The sender's
+    #: window (send_window) must stay above sealed_ack_every_lazy.
+    sealed_ack_delay_lazy_s: float = 1.0
+    sealed_ack_every_lazy: int = 32
     #: Retransmission timeout (RFC 6298 shape), clamped to [min, max].
     initial_rto_s: float = 1.0
     min_rto_s: float = 0.2

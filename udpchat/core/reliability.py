@@ -79,6 +79,7 @@ class SendQueue:
         "_sent_below",
         "_lost",
         "_sealed",
+        "_sealed_ack_delay_s",
         "_backoff",
         "rto_at",
         "_bytes",
@@ -100,6 +101,7 @@ class SendQueue:
         self._sent_below = 0  # 1 + the highest sequence number ever transmitted
         self._lost = 0  # messages in _in_flight marked lost (due for retransmission)
         self._sealed = False  # has carried sealed messages: the peer acks them late
+        self._sealed_ack_delay_s = config.sealed_ack_delay_s  # ... this late at most
         self._backoff = 0
         self.rto_at: float | None = None
         # What the queued messages cost (payload + MESSAGE_OVERHEAD_BYTES each),
@@ -130,23 +132,45 @@ class SendQueue:
         self._next_seq += 1
         self._sealed = self._sealed or sealed
 
-    def push_sent(
-        self, payload: bytes, message_id: int, sealed: bool, now: float
-    ) -> Outgoing | None:
+    def push_sent(self, payload: bytes, message_id: int, sealed: bool, now: float) -> int | None:
         """Fast path: if nothing waits or is due for retransmission and the window has
         room, the message goes straight into flight, transmitted now (the caller puts
-        it into a datagram at once). None otherwise: use push() and due()."""
-        seq = self._next_seq
-        if self._waiting or self._lost or seq >= self._window_end():
+        it into a datagram at once); returns its sequence number. None otherwise: use
+        push() and due(). Raises QueueFull like push().
+
+        One member of a busy room costs the server this once per line, so it is
+        _window_end() and _charge() written out: with nothing waiting, the window
+        bounds the queue's length, and only the byte budget is left to check."""
+        if self._waiting or self._lost:
             return None
-        self._charge(payload)
-        message = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
-        self._sealed = self._sealed or sealed
-        self._in_flight[seq] = message
+        seq = self._next_seq
+        in_flight = self._in_flight
+        config = self._config
+        if in_flight:
+            oldest = self._oldest
+            while oldest not in in_flight:
+                oldest += 1
+            self._oldest = oldest
+            if seq >= oldest + config.send_window:
+                return None
+        cost = len(payload) + MESSAGE_OVERHEAD_BYTES
+        if self._bytes + cost > config.send_queue_bytes:
+            raise QueueFull("send queue is full (bytes)")
+        self._bytes += cost
+        in_flight[seq] = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
+        if sealed:
+            self._sealed = True
         self._next_seq = self._sent_below = seq + 1
         if self.rto_at is None:
             self.rto_at = now + self._rto()
-        return message
+        return seq
+
+    def peer_acks_lazily(self) -> None:
+        """The peer may now hold its acks of sealed messages sealed_ack_delay_lazy_s
+        (extension "lazy-acks", PROTOCOL.md 11.8): the timeout waits for them."""
+        self._sealed_ack_delay_s = max(
+            self._sealed_ack_delay_s, self._config.sealed_ack_delay_lazy_s
+        )
 
     def _oldest_in_flight(self) -> int | None:
         """The lowest sequence number in flight (amortised O(1): it only moves up)."""
@@ -189,7 +213,7 @@ class SendQueue:
             # The peer may hold its ack of a sealed message sealed_ack_delay_s: a
             # timeout near that delay would fire on every ack that comes a little late
             # and resend everything in flight to every member (PROTOCOL.md 5.5).
-            rto = max(rto, self._config.sealed_ack_delay_s + self._config.min_rto_s)
+            rto = max(rto, self._sealed_ack_delay_s + self._config.min_rto_s)
         return min(rto * 2**self._backoff, self._config.max_rto_s)
 
     def sent(self, message: Outgoing, now: float) -> None:
@@ -235,35 +259,44 @@ class SendQueue:
 
         Costs what it acknowledges, not the window: the cumulative part is taken from
         the front (in_flight is in sequence order) and each SACK range is looked up.
+        Each acknowledged message is looked at once (a server's members acknowledge
+        16 room lines at a time, and this is most of what an ACK costs it).
         """
         in_flight = self._in_flight
+        pop = in_flight.pop
         acked: list[Outgoing] = []
+        keep = acked.append
         oldest = self._oldest_in_flight()
         if oldest is not None:
             # Everything in flight lies within one window of the oldest: an ack of
             # more (even of messages never sent) costs no more than the window.
             for seq in range(oldest, min(ack.cumulative, oldest + self._config.send_window)):
-                message = in_flight.get(seq)
+                message = pop(seq, None)
                 if message is not None:
-                    acked.append(message)
+                    keep(message)
         for start, end in ack.ranges:
             if end - start > len(in_flight):
-                acked.extend(m for s, m in in_flight.items() if start <= s < end)
+                named = [s for s in in_flight if start <= s < end]
             else:
-                acked.extend(in_flight[s] for s in range(start, end) if s in in_flight)
+                named = [s for s in range(start, end) if s in in_flight]
+            for seq in named:
+                keep(pop(seq))
         if not acked:
             return acked
         newest_clean: Outgoing | None = None
         newest_sent = 0.0
+        freed = len(acked) * MESSAGE_OVERHEAD_BYTES
+        lost = 0
         for message in acked:
-            if in_flight.pop(message.seq, None) is None:
-                continue  # named twice (overlapping ranges)
-            self._bytes -= len(message.payload) + MESSAGE_OVERHEAD_BYTES
+            freed += len(message.payload)
             if message.lost:
-                self._lost -= 1
-            newest_sent = max(newest_sent, message.last_sent)
+                lost += 1
+            if message.last_sent > newest_sent:
+                newest_sent = message.last_sent
             if message.transmissions == 1:
                 newest_clean = message
+        self._bytes -= freed
+        self._lost -= lost
         if newest_clean is not None:
             self.rtt.sample(now - newest_clean.last_sent)
         self._backoff = 0

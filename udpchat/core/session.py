@@ -32,6 +32,9 @@ from udpchat.core.replay import ReplayWindow
 from udpchat.core.stats import DropStats
 from udpchat.core.wire import Malformed, SessionKeys
 
+_MESSAGE_FRAME_PACK = wire.MESSAGE_FRAME.pack
+_ENVELOPE_HEADER_PACK = wire.ENVELOPE_HEADER.pack
+
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
 MAX_PLAINTEXT_BYTES = (
@@ -134,7 +137,7 @@ class Session:
         "_send_epoch", "pending_epoch", "_candidates", "_sendq", "_recvq",
         "_message_bucket", "last_received", "last_sent", "_ack_due", "_ping_needed",
         "_close_pending", "ended", "_handshake_keys", "_clock", "_handshake_out",
-        "report_delivered", "envelope_acks", "_sealed_unacked", "_initiator",
+        "report_delivered", "envelope_acks", "_sealed_unacked", "_sealed_ack", "_initiator",
         "_handshake_retry_at", "cookie",
         "_handshake_attempts", "path_checks", "_validated", "_path_credit",
         "_challenge", "_challenge_due", "_response_due", "receive_paused",
@@ -186,6 +189,9 @@ class Session:
         # Initiator, after "room-keys" was negotiated: acks and pings travel as
         # ENVELOPEs (PROTOCOL.md section 11).
         self.envelope_acks = False
+        # When sealed room messages are acknowledged: (delay, every), PROTOCOL.md 5.4
+        # and, once negotiated, 11.8.
+        self._sealed_ack = (config.sealed_ack_delay_s, config.sealed_ack_every)
         # Responder: the address known to reach the peer (a handshake's message 2 or a
         # PATH_CHALLENGE was answered from it). While the session's address is
         # another, what may be sent there is limited to PATH_CREDIT_FACTOR times the
@@ -436,23 +442,32 @@ class Session:
             or self._path_credit is not None
         ):
             return None
-        timer_was_running = self._sendq.rto_at is not None
-        message = self._sendq.push_sent(payload, message_id, sealed, now)
-        if message is None:
+        sendq = self._sendq
+        timer_was_running = sendq.rto_at is not None
+        seq = sendq.push_sent(payload, message_id, sealed, now)
+        if seq is None:
             return None
-        frame = wire.encode_message_frame(message.seq, payload)
-        budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
+        frame = _MESSAGE_FRAME_PACK(wire.FRAME_MESSAGE, seq, len(payload)) + payload
         if self._ack_due is not None:
             ack = wire.encode_ack_frame(self._recvq.ack())
+            budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
             if len(ack) + len(frame) <= budget:  # else the ack goes at its own time
                 frame = ack + frame
                 self._ack_due = None
                 self._sealed_unacked = 0
         keyset = self._keys[self._send_epoch]
         self._ping_needed = False
-        if sealed:
-            return self._envelope(keyset, frame, now), not timer_was_running
-        return self._seal(keyset, frame, now), not timer_was_running
+        if not sealed:
+            return self._seal(keyset, frame, now), not timer_was_running
+        # _envelope(), written out: this line runs once per member per room line.
+        data = (
+            _ENVELOPE_HEADER_PACK(wire.ENVELOPE, self.session_id, keyset.epoch, keyset.next_packet)
+            + frame
+        )
+        keyset.next_packet += 1
+        keyset.datagrams += 1
+        self.last_sent = now
+        return data + keyset.mac_send(data), not timer_was_running
 
     def abort(self) -> None:
         """End the session at once after a bug in its handling, telling nobody: its
@@ -696,6 +711,16 @@ class Session:
         if frames.challenge is not None:
             self._response_due = frames.challenge  # answered in the next flush, at once
 
+    def use_lazy_acks(self) -> None:
+        """Both peers negotiated "lazy-acks" (PROTOCOL.md 11.8). The initiator (the
+        client, which receives sealed messages) acknowledges them later and less
+        often; the responder (the server, which sends them) waits that long for it."""
+        config = self._config
+        if self.initiator:
+            self._sealed_ack = (config.sealed_ack_delay_lazy_s, config.sealed_ack_every_lazy)
+        else:
+            self._sendq.peer_acks_lazily()
+
     def use_path_checks(self) -> None:
         """The peers negotiated "path-check" (PROTOCOL.md 11.7): the responder may send
         PATH_CHALLENGEs (at once, if its address is not validated), the initiator
@@ -751,10 +776,8 @@ class Session:
                     due = now
                 elif sealed:
                     self._sealed_unacked += 1
-                    if self._sealed_unacked >= self._config.sealed_ack_every:
-                        due = now
-                    else:
-                        due = now + self._config.sealed_ack_delay_s
+                    delay, every = self._sealed_ack
+                    due = now if self._sealed_unacked >= every else now + delay
                 else:
                     due = now + self._config.ack_delay_s
             elif self._recvq.is_duplicate(seq):
