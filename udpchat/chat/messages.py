@@ -552,17 +552,26 @@ def _plain(value: object) -> object:
     return value
 
 
+#: Per message class, its fields as (attribute, JSON key): dataclasses.fields()
+#: builds its answer anew on every call, and the server encodes every room line.
+_ENCODING: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
 def encode(msg: Message) -> bytes:
     """The wire form of ``msg``; MessageError("too-long") if it exceeds MAX_PAYLOAD_BYTES."""
+    plan = _ENCODING.get(type(msg))
+    if plan is None:
+        plan = tuple((f.name, f.metadata.get("json", f.name)) for f in fields(msg))
+        _ENCODING[type(msg)] = plan
     obj: dict[str, object] = {"t": msg.TYPE}
-    for f in fields(msg):
-        value = getattr(msg, f.name)
-        if f.name == "ts":
+    for name, key in plan:
+        value = getattr(msg, name)
+        if name == "ts":
             if value is not None:
                 obj["ts"] = float(value)
                 obj["history"] = True
         elif value is not None:  # an optional field that is absent
-            obj[f.metadata.get("json", f.name)] = _plain(value)
+            obj[key] = _plain(value)
     data = _dumps(obj)
     if len(data) > MAX_PAYLOAD_BYTES:
         raise MessageError("too-long", f"message too long: {len(data)} bytes")
