@@ -29,6 +29,9 @@ import sys
 import time
 from typing import Any
 
+from udpchat.chat.roomkeys import open_sealed
+from udpchat.core import events
+
 MARKER = re.compile(rb"FB(\d{4}):(\d{7}):(\d+\.\d{6}):")
 #: Members whose handshake/hello is in progress at once, per driver: the daemon keeps
 #: at most 1024 half-open sessions, and a burst of handshakes only costs retries.
@@ -131,10 +134,9 @@ class UdpMember:
             self.core.receive_datagram(data, now)
         self.flush(now, tally)
 
-    def flush(self, now: float, tally: Tally) -> None:
-        from udpchat.core import events
-
-        self.core.handle_timer(now)
+    def flush(self, now: float, tally: Tally, timer: bool = False) -> None:
+        if timer:  # as the real client: only when the core's timer is due
+            self.core.handle_timer(now)
         for data in self.core.datagrams_to_send(now):
             try:
                 self.sock.send(data)
@@ -144,8 +146,6 @@ class UdpMember:
             if isinstance(event, events.MessageReceived):
                 payload = event.payload
                 if event.sealed:  # a room message sealed once for the whole room
-                    from udpchat.chat.roomkeys import open_sealed
-
                     payload = open_sealed(self.room_keys, payload)
                 if payload.startswith(b'{"t":"room-key"'):
                     from udpchat.core.fernet import BinaryFernet
@@ -299,7 +299,7 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
             deadline, _, member = heapq.heappop(timers)
             if member.scheduled == deadline:
                 member.scheduled = None
-                member.flush(now, tally)
+                member.flush(now, tally, timer=True)
                 reschedule(member)
         for member in senders:
             if isinstance(member, NcatMember) and member.pending:
