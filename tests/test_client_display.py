@@ -88,6 +88,7 @@ def plain(item: object) -> str | None:
         ),
         (messages.Welcome("alice", "lobby"), "-!- you are alice in lobby"),
         (messages.Shutdown("maintenance"), "-!- server is shutting down: maintenance"),
+        (messages.ServerNotice("split", "lobby is split: ...", "lobby"), "-!- lobby is split: ..."),
         (
             Notice("connection to server lost; reconnecting"),
             "-!- connection to server lost; reconnecting",

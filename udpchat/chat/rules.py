@@ -258,6 +258,7 @@ class _Member:
     room: str
     addr: Address | None
     room_keys: bool = False  # negotiated "room-keys" (caps)
+    notices: bool = False  # asked for server notices (caps "notices", PROTOCOL.md 11.8)
     waiting: int = 0  # its broadcasts held back by the room's rate
     paused: bool = False  # PauseReceiving(paused=True) is in force
 
@@ -480,13 +481,7 @@ class ChatRules:
         elif isinstance(msg, Rooms):
             self._list_rooms(member)
         elif isinstance(msg, Caps):
-            member.room_keys = msg.room_keys and self._room_keys
-            if msg.path_check is None:  # a client that does not know "path-check"
-                self._send(session_id, Caps(room_keys=member.room_keys))
-            else:
-                if msg.path_check:
-                    self._actions.append(UsePathChecks(session_id))
-                self._send(session_id, Caps(member.room_keys, path_check=msg.path_check))
+            self._caps(member, msg)
         else:  # Bye
             self._remove(member, "quit")
             self._log_member("leave", member, detail="quit")
@@ -528,13 +523,24 @@ class ChatRules:
         self._broadcast(room, JoinNotice(room.name, member.nick))
         self._log_member("join", member)
 
+    def _caps(self, member: _Member, msg: Caps) -> None:
+        """Extensions (PROTOCOL.md 11.1): the answer names only the members the
+        client's caps had, so that a client that does not know one never sees it."""
+        member.room_keys = msg.room_keys and self._room_keys
+        member.notices = bool(msg.notices)
+        if msg.path_check:
+            self._actions.append(UsePathChecks(member.session_id))
+        notices = None if msg.notices is None else True  # this server may send them
+        answer = Caps(member.room_keys, path_check=msg.path_check, notices=notices)
+        self._send(member.session_id, answer)
+
     def _hand_over(self, member: _Member, session_id: bytes, addr: Address | None) -> None:
         """Move a member to a new session, keeping its place in its room."""
         old = member.session_id
         self._sessions.pop(old, None)
         del self._members[old]
         member.session_id, member.addr = session_id, addr
-        member.room_keys = False  # the new session negotiates for itself
+        member.room_keys = member.notices = False  # the new session negotiates anew
         self._members[session_id] = member
         room = self._rooms[member.room]
         room.members = {(session_id if k == old else k): m for k, m in room.members.items()}

@@ -154,9 +154,12 @@ class ChatClient:
         # Extension "room-keys" (PROTOCOL.md section 11): asked for after each welcome.
         self._want_room_keys = room_keys
         self._caps_pending = False
-        self._caps_asked_path_check = False  # so a bad-message answer means "not that"
+        # What to ask instead if the server answers the caps in flight with
+        # "bad-message" (it does not know its newest member): PROTOCOL.md 11.1 item 4.
+        self._caps_fallbacks: list[messages.Caps] = []
         self.room_keys_active = False  # the server said yes on this session
         self.path_checks_active = False
+        self.notices_active = False  # the server may send notices (11.8)
         self._room_keys: dict[int, Fernet] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
@@ -553,8 +556,9 @@ class ChatClient:
     def _hello(self, now: float) -> None:
         self.state = State.JOINING
         self._room_keys.clear()  # a new session: keys come again if the server seals
-        self._caps_pending = self._caps_asked_path_check = False
-        self.room_keys_active = self.path_checks_active = False
+        self._caps_pending = False
+        self._caps_fallbacks = []
+        self.room_keys_active = self.path_checks_active = self.notices_active = False
         self._hello_id = self._send_control(
             messages.Hello(self.nick, self.room, self.client_id), now
         )
@@ -586,6 +590,7 @@ class ChatClient:
         if isinstance(msg, messages.Caps):
             self._caps_pending = False
             self.path_checks_active = bool(msg.path_check)
+            self.notices_active = bool(msg.notices)
             self.room_keys_active = msg.room_keys
             if msg.room_keys:
                 self.endpoint.use_envelopes()
@@ -596,15 +601,13 @@ class ChatClient:
                 del self._room_keys[next(iter(self._room_keys))]
             return
         if isinstance(msg, messages.Error) and msg.code == "bad-message" and self._caps_pending:
-            # A server that does not know "caps" (version 1), or not "path-check" (a
-            # room-keys server of before): that is its answer, not a problem. The
-            # second kind still gets to say whether it seals (PROTOCOL.md 11.1).
-            self._caps_pending = False
-            if self._caps_asked_path_check:
-                self._caps_asked_path_check = False
-                if self._want_room_keys:
-                    self._caps_pending = True
-                    self._send_control(messages.Caps(room_keys=True), now)
+            # A server that does not know "caps" (version 1), or not its newest member
+            # (a server of before "notices", or of before "path-check"): that is its
+            # answer, not a problem. It is asked again without that member, and so
+            # still gets to say what it does know (PROTOCOL.md 11.1 item 4).
+            self._caps_pending = bool(self._caps_fallbacks)
+            if self._caps_fallbacks:
+                self._send_control(self._caps_fallbacks.pop(0), now)
             return
         shown = self._incoming.filter(msg)
         if isinstance(msg, messages.Welcome):
@@ -638,10 +641,15 @@ class ChatClient:
         self._welcomed_once = True
         self._output.append(msg)
         # Every client asks for "path-check": the server may then check a new address
-        # at once when this client's NAT moves it, instead of holding back (5.3).
-        self._caps_pending = self._caps_asked_path_check = True
+        # at once when this client's NAT moves it, instead of holding back (5.3); and
+        # for "notices", the server's word about a cluster split (11.8).
+        want = self._want_room_keys
+        self._caps_pending = True
+        self._caps_fallbacks = [messages.Caps(want, path_check=True)]
+        if want:
+            self._caps_fallbacks.append(messages.Caps(room_keys=True))
         self.endpoint.use_path_checks()
-        self._send_control(messages.Caps(self._want_room_keys, path_check=True), now)
+        self._send_control(messages.Caps(want, path_check=True, notices=True), now)
         self._entered_room(now)
 
     def _entered_room(self, now: float) -> None:
