@@ -123,6 +123,10 @@ LogKind: TypeAlias = Literal[
     "queue-full",
     "flood",
     "key-retired",
+    # Reported by udpchat.chat.cluster (a daemon of a cluster):
+    "renamed",
+    "split",
+    "merged",
 ]
 
 
@@ -165,7 +169,9 @@ class LogEvent:
     session), "refused" (a hello was refused; detail: the error code). The server
     adds "roamed" (old_addr: where it was), "address-refused" (allow/deny),
     "server-full" (a handshake over the member limit) and "queue-full" (a member
-    closed because its send queue overflowed).
+    closed because its send queue overflowed). A daemon of a cluster adds "split" and
+    "merged" (detail: its rooms and what it did; no session) and "renamed" (a nick
+    found to be someone else's at a merge; detail: the old nick).
 
     session_id names the session that caused it (None for a refused address), so
     that the server can limit how many lines one session gets.
