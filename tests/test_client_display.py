@@ -121,6 +121,16 @@ def test_terminal_style_has_timestamps_and_colours() -> None:
     assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "[22:13] <alice> hi"
 
 
+def test_a_servers_notice_is_a_notice_line_in_both_modes() -> None:
+    """A notice (PROTOCOL.md 11.8) shows as the server's text after "-!-", cleaned, in
+    a pipe and on a terminal alike; its code is for programs, not shown."""
+    notice = messages.ServerNotice("split", "lobby is split: \u202eevil", "lobby")
+    assert plain(notice) == "-!- lobby is split: \ufffdevil"
+    line = format_item(notice, TERMINAL, now=NOW)
+    assert line is not None
+    assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "[22:13] -!- lobby is split: \ufffdevil"
+
+
 def test_timestamps_without_colour() -> None:
     """NO_COLOR: timestamps but not a single escape sequence."""
     line = format_item(

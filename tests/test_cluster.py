@@ -252,5 +252,8 @@ def test_a_split_redis_away_costs_no_line_and_shows_none_twice(
     for daemon, here in zip(three_daemons, ("2 members", "1 member", "1 member"), strict=True):
         log = daemon.log()
         assert f"Cluster: split: serving lobby ({here} here) on this daemon alone" in log, log
-        assert "Cluster: merged again: lobby; 2 kept events published, " in log, log
+        # (2 events: the two "during" lines; one more if the daemon had not read its
+        # speaker's "before" back when Redis went: it is published again, shown once.)
+        merged = re.search(r"Cluster: merged again: lobby; (\d+) kept events? published, ", log)
+        assert merged is not None and int(merged[1]) >= 2, log
         assert ("(Redis had restarted empty)" in log) == (how == "stopped"), log
