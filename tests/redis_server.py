@@ -5,6 +5,7 @@ Redis that restarts without a disk would."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -111,8 +112,19 @@ class RedisServer:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def freeze(self) -> None:
+        """SIGSTOP: Redis answers nothing and closes nothing (a hung process, or a
+        network that drops everything), keeping its data; thaw() lets it go on."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # if frozen, or it could not end
             self.proc.terminate()
             try:
                 self.proc.wait(5)

@@ -15,6 +15,7 @@ from udpchat.chat.lineids import new_line_id
 from udpchat.chat.messages import (
     MAX_PAYLOAD_BYTES,
     Bye,
+    Caps,
     ClientMessage,
     Error,
     Hello,
@@ -783,3 +784,14 @@ def test_a_member_that_outruns_the_pause_is_closed_and_the_wait_stays_bounded() 
     paused = [a for a in actions if isinstance(a, PauseReceiving)]
     assert paused == [PauseReceiving(b"mallory1", True)]
     assert rules.waiting_broadcasts() <= WAITING_MAX + 2  # plus the join notices
+
+
+def test_caps_answers_only_what_the_client_asked_about(chat: Chat) -> None:
+    """PROTOCOL.md 11.1 item 4: "notices" (11.8) is in the answer only for a client
+    whose caps had it; a single daemon says yes (it knows the message) and never has
+    anything to say with it."""
+    old, new = chat.member("old"), chat.member("new")
+    chat.send(old, Caps(True, path_check=True))
+    chat.send(new, Caps(True, path_check=True, notices=True))
+    assert chat.take(old)[-1] == Caps(True, path_check=True)
+    assert chat.take(new)[-1] == Caps(True, path_check=True, notices=True)

@@ -88,6 +88,7 @@ def plain(item: object) -> str | None:
         ),
         (messages.Welcome("alice", "lobby"), "-!- you are alice in lobby"),
         (messages.Shutdown("maintenance"), "-!- server is shutting down: maintenance"),
+        (messages.ServerNotice("split", "lobby is split: ...", "lobby"), "-!- lobby is split: ..."),
         (
             Notice("connection to server lost; reconnecting"),
             "-!- connection to server lost; reconnecting",
@@ -118,6 +119,16 @@ def test_terminal_style_has_timestamps_and_colours() -> None:
     assert "22:13" in line
     assert f"\x1b[{nick_colour('alice')}malice\x1b[0m" in line
     assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "[22:13] <alice> hi"
+
+
+def test_a_servers_notice_is_a_notice_line_in_both_modes() -> None:
+    """A notice (PROTOCOL.md 11.8) shows as the server's text after "-!-", cleaned, in
+    a pipe and on a terminal alike; its code is for programs, not shown."""
+    notice = messages.ServerNotice("split", "lobby is split: \u202eevil", "lobby")
+    assert plain(notice) == "-!- lobby is split: \ufffdevil"
+    line = format_item(notice, TERMINAL, now=NOW)
+    assert line is not None
+    assert re.sub(r"\x1b\[[0-9;]*m", "", line) == "[22:13] -!- lobby is split: \ufffdevil"
 
 
 def test_timestamps_without_colour() -> None:

@@ -19,6 +19,7 @@ from udpchat.chat.messages import (
     TEXT_MAX_BYTES,
     TS_END_S,
     Bye,
+    Caps,
     Error,
     Hello,
     Join,
@@ -38,6 +39,7 @@ from udpchat.chat.messages import (
     Rooms,
     Say,
     SayOut,
+    ServerNotice,
     Shutdown,
     Welcome,
     Who,
@@ -99,6 +101,9 @@ server_messages: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Error, st.sampled_from(sorted(ERROR_CODES)), any_text),
     st.builds(Shutdown, any_text),
+    st.builds(
+        ServerNotice, st.from_regex(r"[a-z0-9-]{1,32}", fullmatch=True), any_text, st.none() | rooms
+    ),
 )
 
 json_values = st.recursive(
@@ -418,6 +423,12 @@ def test_decode_client_rejects(data: bytes, code: str) -> None:
         {"t": "rooms", "rooms": [["a", 1.5]], "more": False},
         {"t": "msg", "to": "bob", "text": "x", "id": ID},  # the client's form, not the server's
         {"t": "hello", "nick": "a", "room": "b", "client": "0123456789abcdef"},
+        {"t": "notice", "code": "Split", "text": "x"},  # codes are lowercase words
+        {"t": "notice", "code": "", "text": "x"},
+        {"t": "notice", "code": "split", "text": "x", "room": "Lobby"},
+        {"t": "notice", "code": "split", "text": "a\nb"},
+        {"t": "notice", "code": "split"},
+        {"t": "caps", "room-keys": True, "notices": 1},
     ],
 )
 def test_decode_server_rejects(obj: dict[str, Any]) -> None:
@@ -542,3 +553,18 @@ def test_rooms_chunks_fit_and_keep_every_room(counts: list[tuple[str, int]]) -> 
     for chunk in chunks:
         assert len(encode(chunk)) <= MAX_PAYLOAD_BYTES
         assert decode_server(encode(chunk)) == chunk
+
+
+def test_a_server_notice_has_a_code_for_programs_and_a_text_for_humans() -> None:
+    """Extension "notices" (PROTOCOL.md 11.8): {"t":"notice","code":C,"text":T} with an
+    optional "room"; asked for with "notices": true in caps, which the answer echoes."""
+    notice = ServerNotice("split", "lobby is split", "lobby")
+    assert encode(notice) == b'{"t":"notice","code":"split","text":"lobby is split","room":"lobby"}'
+    assert decode_server(b'{"t":"notice","code":"some-new-code","text":"hi"}') == ServerNotice(
+        "some-new-code", "hi"
+    )
+    assert decode_client(b'{"t":"caps","room-keys":true,"notices":true}') == Caps(True, None, True)
+    assert encode(Caps(True, path_check=True, notices=True)) == (
+        b'{"t":"caps","room-keys":true,"path-check":true,"notices":true}'
+    )
+    assert encode(Caps(False)) == b'{"t":"caps","room-keys":false}'

@@ -644,9 +644,10 @@ def test_two_chat_clients_chat_with_room_keys_every_line_shown_once(loss: float)
 
 def test_a_version_1_server_answering_caps_with_bad_message_is_not_a_problem() -> None:
     """A server that does not know "caps" (version 1) answers error "bad-message", to
-    the first caps (with "lazy-acks" and "path-check"), to the second (without
-    "lazy-acks") and to the third ("room-keys" alone): the client shows nothing,
-    counts no failure, leaves room keys off and chats on with plain lines."""
+    each of the client's four caps (with "lazy-acks", "notices" and "path-check",
+    with "notices" and "path-check", with "path-check", with "room-keys" alone): the
+    client shows nothing, counts no failure, leaves room keys off and chats on with
+    plain lines."""
     net = Net()
     rules = net.chat_server.rules
     inner = rules.message_received
@@ -661,15 +662,15 @@ def test_a_version_1_server_answering_caps_with_bad_message_is_not_a_problem() -
     rules.message_received = version_1  # type: ignore[method-assign]
     sends = record_sends(net)
     alice, bob = net.client("alice"), net.client("bob")
-    net.run_until(lambda: len(refused) == 6)
+    net.run_until(lambda: len(refused) == 8)
     net.run(1)
-    assert len(refused) == 6
+    assert len(refused) == 8
     net.submit(alice, "one", "two")
     net.submit(bob, "three")
     net.run(2)
     assert not [p for _, p, sealed in sends if sealed]
     errors = [json.loads(p) for _, p, _ in sends if json.loads(p)["t"] == "error"]
-    assert [e["code"] for e in errors] == ["bad-message"] * 6
+    assert [e["code"] for e in errors] == ["bad-message"] * 8
     assert [line for line in bob.lines if line.startswith("<alice>")] == [
         "<alice> one",
         "<alice> two",
@@ -742,7 +743,7 @@ def test_the_retransmission_timeout_waits_out_the_sealed_ack_delay(sealed: bool)
 
 
 def test_lazy_acks_make_the_server_wait_longer_before_it_retransmits() -> None:
-    """After "lazy-acks" (11.8) the server waits at least sealed_ack_delay_lazy_s +
+    """After "lazy-acks" (11.9) the server waits at least sealed_ack_delay_lazy_s +
     min_rto_s before it sends a sealed message again: its client may hold the ack
     that long."""
     config = ProtocolConfig()
@@ -791,7 +792,7 @@ def test_a_client_acknowledges_sealed_messages_every_16_or_with_lazy_acks_every_
 
 def test_a_server_that_knows_path_check_but_not_lazy_acks_still_checks_paths() -> None:
     """A server of before "lazy-acks" refuses the first caps as "bad-message"; the
-    client asks again with "room-keys" and "path-check", and gets both."""
+    client asks again with "room-keys", "path-check" and "notices", and gets them."""
     net = Net()
     rules = net.chat_server.rules
     inner = rules.message_received
@@ -808,16 +809,16 @@ def test_a_server_that_knows_path_check_but_not_lazy_acks_still_checks_paths() -
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.room_keys_active and alice.chat.path_checks_active, 60)
     assert len(refused) == 1
-    assert not alice.chat.lazy_acks_active
+    assert not alice.chat.lazy_acks_active and alice.chat.notices_active
     assert alice.chat.failures == 0
     assert not [line for line in alice.lines if line.startswith("!!!")]
 
 
 def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
-    """A server of before "path-check" (and "lazy-acks") refuses a caps with those
-    members as "bad-message" (11.1): the client asks again without the newer one, is
-    refused again, asks with "room-keys" alone, and gets room keys, without showing
-    anything."""
+    """A server of before "path-check" (and "notices", "lazy-acks") refuses a caps
+    with those members as "bad-message" (11.1): the client asks again without the
+    newest one each time, then with "room-keys" alone, and gets room keys, without
+    showing anything."""
     net = Net()
     rules = net.chat_server.rules
     inner = rules.message_received
@@ -833,7 +834,7 @@ def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
     rules.message_received = before_path_check  # type: ignore[method-assign]
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.room_keys_active and bob.chat.room_keys_active, 60)
-    assert len(refused) == 4
+    assert len(refused) == 6
     net.submit(alice, "sealed")
     net.run(2)
     assert "<alice> sealed" in bob.lines
@@ -843,17 +844,44 @@ def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
         assert not [line for line in peer.lines if line.startswith("!!!")]
 
 
+def test_a_server_of_before_notices_is_asked_again_without_and_gives_path_checks() -> None:
+    """A server that knows "path-check" but not "notices" (nor "lazy-acks") refuses
+    the first two caps as "bad-message" (11.1 item 4): the client asks again without
+    "lazy-acks", then without "notices", and gets room keys and path checks, showing
+    nothing."""
+    net = Net()
+    rules = net.chat_server.rules
+    inner = rules.message_received
+    refused: list[bytes] = []
+
+    def before_notices(session_id: bytes, payload: bytes, now: float) -> None:
+        message = json.loads(payload)
+        if message["t"] == "caps" and "notices" in message:
+            refused.append(session_id)
+            payload = b'{"t":"caps","room-keys":true,"unknown-member":1}'  # bad-message
+        inner(session_id, payload, now)
+
+    rules.message_received = before_notices  # type: ignore[method-assign]
+    alice = net.client("alice")
+    net.run_until(lambda: alice.chat.path_checks_active and alice.chat.room_keys_active, 60)
+    assert len(refused) == 2
+    assert not alice.chat.notices_active and alice.chat.failures == 0
+    assert not [line for line in alice.lines if line.startswith("!!!")]
+
+
 def test_caps_answers_path_check_to_a_client_that_asked_and_enables_it() -> None:
-    """The reference client asks for "path-check" and "lazy-acks" beside
-    "room-keys"; the server answers all three and turns path checks and lazy acks on
-    for that session (PROTOCOL.md 11.7, 11.8)."""
+    """The reference client asks for "path-check", "notices" and "lazy-acks" beside
+    "room-keys"; the server answers all four and turns path checks and lazy acks on
+    for that session (PROTOCOL.md 11.7-11.9)."""
     net = Net()
     sends = record_sends(net)
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.path_checks_active and alice.chat.room_keys_active, 60)
     answers = [json.loads(p) for _, p, _ in sends if json.loads(p)["t"] == "caps"]
-    assert answers == [{"t": "caps", "room-keys": True, "path-check": True, "lazy-acks": True}]
-    assert alice.chat.lazy_acks_active
+    assert answers == [
+        {"t": "caps", "room-keys": True, "path-check": True, "notices": True, "lazy-acks": True}
+    ]
+    assert alice.chat.notices_active and alice.chat.lazy_acks_active
     session_id = alice.chat.endpoint.session_id
     assert session_id is not None
     assert net.server._sessions[session_id].path_checks  # noqa: SLF001

@@ -55,6 +55,8 @@ _ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
 #: characters (the last is "=", the one before it one of the 16 that end 32 bytes).
 _FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=")
 _BAD_TEXT_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: A server notice's "code" (PROTOCOL.md 11.8): a word a program can match on.
+_NOTICE_CODE_RE = re.compile(r"[a-z0-9-]{1,32}")
 
 
 class MessageError(ValueError):
@@ -295,13 +297,17 @@ class Caps:
     # Extension "path-check" (PROTOCOL.md 11.7): absent from the JSON when None. A
     # server sends it only to a client that sent it.
     path_check: bool | None = field(default=None, metadata={"json": "path-check"})
-    # Extension "lazy-acks" (PROTOCOL.md 11.8): likewise.
+    # Extension "notices" (PROTOCOL.md 11.8): likewise.
+    notices: bool | None = field(default=None, metadata={"json": "notices"})
+    # Extension "lazy-acks" (PROTOCOL.md 11.9): likewise.
     lazy_acks: bool | None = field(default=None, metadata={"json": "lazy-acks"})
 
     def __post_init__(self) -> None:
         _check_bool("room-keys", self.room_keys)
         if self.path_check is not None:
             _check_bool("path-check", self.path_check)
+        if self.notices is not None:
+            _check_bool("notices", self.notices)
         if self.lazy_acks is not None:
             _check_bool("lazy-acks", self.lazy_acks)
 
@@ -509,6 +515,25 @@ class RoomKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerNotice:
+    """Something about the server a member should know (extension "notices",
+    PROTOCOL.md 11.8): ``code`` for programs, ``text`` for humans, ``room`` when it
+    is about one room. Only to a session whose client asked for it in caps."""
+
+    TYPE: ClassVar[str] = "notice"
+    code: str
+    text: str
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str) or not _NOTICE_CODE_RE.fullmatch(self.code):
+            raise MessageError("bad-message", '"code" must be 1..32 of a-z, 0-9 and -')
+        _check_text(self.text)
+        if self.room is not None:
+            _check_room(self.room)
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is going away; the session will be closed."""
 
@@ -536,6 +561,7 @@ ServerMessage: TypeAlias = (
     | Shutdown
     | Caps
     | RoomKey
+    | ServerNotice
 )
 Message: TypeAlias = ClientMessage | ServerMessage
 
@@ -616,6 +642,10 @@ def _optional_bool(obj: Mapping[str, Any], key: str) -> bool | None:
     return _bool(obj, key) if key in obj else None
 
 
+def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
+    return _str(obj, key) if key in obj else None
+
+
 def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
     value = obj[key]
     if not isinstance(value, list):
@@ -656,6 +686,7 @@ _READERS: Final[dict[str, _Read]] = {
     "str": _str,
     "bool": _bool,
     "bool | None": _optional_bool,
+    "str | None": _optional_str,
     "int": _int,
     "float | None": _ts,
     "tuple[str, ...]": _nicks,

@@ -123,6 +123,10 @@ LogKind: TypeAlias = Literal[
     "queue-full",
     "flood",
     "key-retired",
+    # Reported by udpchat.chat.cluster (a daemon of a cluster):
+    "renamed",
+    "split",
+    "merged",
 ]
 
 
@@ -165,7 +169,9 @@ class LogEvent:
     session), "refused" (a hello was refused; detail: the error code). The server
     adds "roamed" (old_addr: where it was), "address-refused" (allow/deny),
     "server-full" (a handshake over the member limit) and "queue-full" (a member
-    closed because its send queue overflowed).
+    closed because its send queue overflowed). A daemon of a cluster adds "split" and
+    "merged" (detail: its rooms and what it did; no session) and "renamed" (a nick
+    found to be someone else's at a merge; detail: the old nick).
 
     session_id names the session that caused it (None for a refused address), so
     that the server can limit how many lines one session gets.
@@ -274,6 +280,7 @@ class _Member:
     room: str
     addr: Address | None
     room_keys: bool = False  # negotiated "room-keys" (caps)
+    notices: bool = False  # asked for server notices (caps "notices", PROTOCOL.md 11.8)
     waiting: int = 0  # its broadcasts held back by the room's rate
     paused: bool = False  # PauseReceiving(paused=True) is in force
 
@@ -496,15 +503,7 @@ class ChatRules:
         elif isinstance(msg, Rooms):
             self._list_rooms(member)
         elif isinstance(msg, Caps):
-            # The answer has exactly the optional members the client's caps had: a
-            # client that does not know one treats it as malformed (11.1).
-            member.room_keys = msg.room_keys and self._room_keys
-            if msg.path_check:
-                self._actions.append(UsePathChecks(session_id))
-            lazy_acks = None if msg.lazy_acks is None else msg.lazy_acks and member.room_keys
-            if lazy_acks:
-                self._actions.append(UseLazyAcks(session_id))
-            self._send(session_id, Caps(member.room_keys, msg.path_check, lazy_acks))
+            self._caps(member, msg)
         else:  # Bye
             self._remove(member, "quit")
             self._log_member("leave", member, detail="quit")
@@ -546,13 +545,28 @@ class ChatRules:
         self._broadcast(room, JoinNotice(room.name, member.nick))
         self._log_member("join", member)
 
+    def _caps(self, member: _Member, msg: Caps) -> None:
+        """Extensions (PROTOCOL.md 11.1): the answer names only the members the
+        client's caps had, so that a client that does not know one never sees it."""
+        member.room_keys = msg.room_keys and self._room_keys
+        member.notices = bool(msg.notices)
+        if msg.path_check:
+            self._actions.append(UsePathChecks(member.session_id))
+        notices = None if msg.notices is None else True  # this server may send them
+        # lazy-acks is about sealed messages: only with room keys (11.9).
+        lazy_acks = None if msg.lazy_acks is None else msg.lazy_acks and member.room_keys
+        if lazy_acks:
+            self._actions.append(UseLazyAcks(member.session_id))
+        answer = Caps(member.room_keys, msg.path_check, notices, lazy_acks)
+        self._send(member.session_id, answer)
+
     def _hand_over(self, member: _Member, session_id: bytes, addr: Address | None) -> None:
         """Move a member to a new session, keeping its place in its room."""
         old = member.session_id
         self._sessions.pop(old, None)
         del self._members[old]
         member.session_id, member.addr = session_id, addr
-        member.room_keys = False  # the new session negotiates for itself
+        member.room_keys = member.notices = False  # the new session negotiates anew
         self._members[session_id] = member
         room = self._rooms[member.room]
         room.members = {(session_id if k == old else k): m for k, m in room.members.items()}

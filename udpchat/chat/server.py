@@ -204,7 +204,7 @@ class ChatServer:
         if node is None:
             self.rules = ChatRules(**rules_settings)  # type: ignore[arg-type]
         else:
-            self.rules = self.cluster = ClusterRules(node, **rules_settings)
+            self.rules = self.cluster = ClusterRules(node, **rules_settings)  # type: ignore[arg-type]
         self.room_keys = RoomKeys(max_rooms=2 * settings.max_members)
         self._drops: Counter[str] = Counter()  # refused here (the core counts its own)
         self._log: list[LogEvent] = []

@@ -160,6 +160,7 @@ class ChatClient:
         self._caps_offer: list[str] = []
         self.room_keys_active = False  # the server said yes on this session
         self.path_checks_active = False
+        self.notices_active = False  # the server may send notices (11.8)
         self.lazy_acks_active = False
         self._room_keys: dict[int, BinaryFernet] = {}  # key id -> key, the newest few
 
@@ -559,7 +560,8 @@ class ChatClient:
         self._room_keys.clear()  # a new session: keys come again if the server seals
         self._caps_pending = False
         self._caps_offer = []
-        self.room_keys_active = self.path_checks_active = self.lazy_acks_active = False
+        self.room_keys_active = self.path_checks_active = False
+        self.notices_active = self.lazy_acks_active = False
         self._hello_id = self._send_control(
             messages.Hello(self.nick, self.room, self.client_id), now
         )
@@ -591,6 +593,7 @@ class ChatClient:
         if isinstance(msg, messages.Caps):
             self._caps_pending = False
             self.path_checks_active = bool(msg.path_check)
+            self.notices_active = bool(msg.notices)
             self.room_keys_active = msg.room_keys
             if msg.room_keys:
                 self.endpoint.use_envelopes()
@@ -646,9 +649,12 @@ class ChatClient:
         self._welcomed_once = True
         self._output.append(msg)
         # Every client asks for "path-check": the server may then check a new address
-        # at once when this client's NAT moves it, instead of holding back (5.3).
-        # "lazy-acks" only matters for the sealed messages of "room-keys" (11.8).
-        self._caps_offer = ["lazy-acks", "path-check"] if self._want_room_keys else ["path-check"]
+        # at once when this client's NAT moves it, instead of holding back (5.3); and
+        # for "notices", the server's word about a cluster split (11.8). "lazy-acks"
+        # only matters for the sealed messages of "room-keys" (11.9).
+        self._caps_offer = ["notices", "path-check"]
+        if self._want_room_keys:
+            self._caps_offer.insert(0, "lazy-acks")
         self.endpoint.use_path_checks()
         self._send_caps(now)
         self._entered_room(now)
@@ -660,6 +666,7 @@ class ChatClient:
             messages.Caps(
                 self._want_room_keys,
                 path_check=True if "path-check" in offer else None,
+                notices=True if "notices" in offer else None,
                 lazy_acks=True if "lazy-acks" in offer else None,
             ),
             now,

@@ -305,6 +305,8 @@ def _body(item: Item, p: _Painter, highlight: bool = False) -> str | None:
         return _notice(p, f"Rooms: {rooms or 'none'}")
     if isinstance(item, messages.Welcome):
         return _notice(p, f"you are {p.nick(item.nick)} in {clean(item.room)}")
+    if isinstance(item, messages.ServerNotice):
+        return _notice(p, clean(item.text))
     if isinstance(item, messages.Shutdown):
         return _notice(p, f"server is shutting down: {clean(item.text)}")
     if isinstance(item, messages.Error):

@@ -25,10 +25,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from udpchat.chat.cluster import (
+from udpchat.chat.engine import (
     ClaimNick,
     DropRoom,
+    EngineBack,
+    EngineLost,
     LoadRoom,
+    LostWhy,
     NickClaimed,
     NickLost,
     PrivateFailed,
@@ -36,11 +39,13 @@ from udpchat.chat.cluster import (
     Publish,
     QueryRooms,
     QueryWho,
+    Register,
     ReleaseNick,
     Reply,
     Request,
     RoomEvent,
     RoomLoaded,
+    RoomLoadFailed,
     RoomsAnswer,
     SendPrivate,
     WhoAnswer,
@@ -57,6 +62,9 @@ log = Logger(namespace="udpchat")
 PREFIX = "udpchat:"
 ROOMS_KEY = PREFIX + "rooms"  # hash: room name's HMAC -> sealed room name
 NODES_KEY = PREFIX + "nodes"  # sorted set: node's HMAC -> its lease's end (Redis ms)
+#: A random value set by the first daemon that finds it missing: a daemon that sees
+#: it change knows Redis lost its data (restarted empty) while it was away.
+EPOCH_KEY = PREFIX + "epoch"
 #: A room's event stream keeps about this many events: a daemon that falls further
 #: behind than that in reading loses the oldest (history is kept apart, below).
 STREAM_MAXLEN = 1000
@@ -69,25 +77,35 @@ READ_COUNT = 256
 CLAIM_TIMEOUT_S = 3.0
 #: After a failed read, wait this long before the next.
 RETRY_S = 0.5
+#: A connection whose commands have not been answered for this long is dropped
+#: (Redis frozen, or the network to it silent): the daemon splits off (ClusterLink._watch).
+STALL_S = 3.0
+#: After a merge, no daemon is reaped for this long (at least one lease): every
+#: daemon's lease ran out while Redis was away, and the others are coming back too.
+MERGE_GRACE_S = 6.0
 HASH_HEX = 32  # characters of a name's HMAC, as hex
 #: What a command's Deferred gives its callbacks when it failed (logged already).
 FAILED: Any = object()
 
 # Append an event; keep the room's history (lines), member list and the node's list
-# of its members in step, in one atomic step.
+# of its members in step, in one atomic step. Kind "register" (a merge) changes the
+# member lists as a join does, and appends nothing.
 # KEYS: stream, history, members, rooms, node's members
-# ARGV: sealed event, kind (line|join|nick|part), stream maxlen, history lines,
-#       member field, sealed nick, room hash, sealed room name, sealed member record
+# ARGV: sealed event, kind (line|join|nick|part|register), stream maxlen, history
+#       lines, member field, sealed nick, room hash, sealed room name, sealed record
 PUBLISH_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
 local kind = ARGV[2]
+local id = false
+if kind ~= 'register' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
+end
 if kind == 'line' then
   local n = tonumber(ARGV[4])
   if n > 0 then
     redis.call('LPUSH', KEYS[2], ARGV[1])
     redis.call('LTRIM', KEYS[2], 0, n - 1)
   end
-elseif kind == 'join' or kind == 'nick' then
+elseif kind == 'join' or kind == 'nick' or kind == 'register' then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
   redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
   redis.call('HSET', KEYS[5], ARGV[5], ARGV[9])
@@ -105,45 +123,84 @@ local id = '0-0'
 if #last > 0 then id = last[1][1] end
 return {id, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
-# A nick's key holds member hash .. client hash .. sealed owner. Granted if free, or
-# held by the same member (1), or by the same client id: a reconnect through
-# another daemon takes it over (2). 0: someone else holds it.
+# A nick's key holds member hash .. client hash .. flag .. sealed owner; the flag is
+# "p" for a nick taken while its daemon was split (claimed again at the merge as
+# "provisional"), "f" otherwise (values of before the flag hold none, and count as
+# "f"). Granted if free, or held by the same member (1), or by the same client id: a
+# reconnect through another daemon takes it over (2), or, for a claim "firm" (held
+# before a split), held with "p" (3: displaced). 0: someone else holds it.
+# ARGV: member hash, client hash, sealed owner, lease ms, claim (n|f|p)
 CLAIM_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 32) ~= ARGV[1] and string.sub(v, 33, 64) ~= ARGV[2] then
-  return 0
+local code = 1
+if v and string.sub(v, 1, 32) ~= ARGV[1] then
+  if string.sub(v, 33, 64) == ARGV[2] then
+    code = 2
+  elseif ARGV[5] == 'f' and string.sub(v, 65, 65) == 'p' then
+    code = 3
+  else
+    return 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2] .. ARGV[3], 'PX', ARGV[4])
-if v and string.sub(v, 1, 32) ~= ARGV[1] then return 2 end
-return 1
+local flag = 'f'
+if ARGV[5] == 'p' then flag = 'p' end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2] .. flag .. ARGV[3], 'PX', ARGV[4])
+return code
 """
+_CLAIM_FLAGS = {"new": "n", "firm": "f", "provisional": "p"}
 RELEASE_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 32) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# Renew the leases of the nicks this daemon holds; answer which it lost (1-based).
+# Renew the leases of the nicks this daemon holds; answer which it lost (1-based),
+# each followed by who holds it now: 0 nobody, 1 the same client id, 2 another.
+# ARGV: member hash per key, client hash per key, lease ms
 RENEW_SCRIPT = """
+local n = #KEYS
 local lost = {}
 for i, k in ipairs(KEYS) do
   local v = redis.call('GET', k)
   if v and string.sub(v, 1, 32) == ARGV[i] then
     redis.call('PEXPIRE', k, ARGV[#ARGV])
   else
+    local holder = 0
+    if v and string.sub(v, 33, 64) == ARGV[n + i] then
+      holder = 1
+    elseif v then
+      holder = 2
+    end
     table.insert(lost, i)
+    table.insert(lost, holder)
   end
 end
 return lost
 """
+_LOST_WHY: dict[int, LostWhy] = {0: "gone", 1: "takeover", 2: "displaced"}
 # This node's lease, by Redis' clock (no two machines' clocks compared); answer the
 # nodes whose lease ended, taken out of the set: exactly one daemon reaps each.
+# ARGV: node hash, lease ms, whether to reap (0 in the grace after a merge)
 HEARTBEAT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if ARGV[3] == '0' then return {} end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, n in ipairs(dead) do redis.call('ZREM', KEYS[1], n) end
 return dead
+"""
+# Back after a split: Redis' epoch (set if it was missing: Redis lost its data) and
+# whether this node's lease was missing (1: a reaper took it for dead meanwhile).
+# KEYS: epoch, nodes. ARGV: a new epoch, node hash, lease ms
+REJOIN_SCRIPT = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {epoch, redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])}
 """
 # The rooms with members, and how many: sealed name, count, ...
 ROOMS_SCRIPT = """
@@ -208,12 +265,23 @@ class ClusterLink:
         self._inbox = self._node_key(self._node_hash, "inbox")
         self._inbox_last = b"0-0"
         self._following: dict[bytes, _Followed] = {}
-        self._held: dict[bytes, tuple[str, str]] = {}  # nick key -> (member hash, member)
+        # nick key -> (member hash, member, client hash): the nicks to renew
+        self._held: dict[bytes, tuple[str, str, str]] = {}
         self._cmd: Any = None
         self._reader: Any = None
         self._running = False
         self._reading = False
+        self._flushing = False
         self._reachable: bool | None = None
+        # Split: the rules were told the engine is lost (EngineLost), and not yet that
+        # it is back (EngineBack, once REJOIN_SCRIPT answered).
+        self._split = False
+        self._rejoining = False
+        self._epoch: bytes | None = None  # Redis' epoch as last seen (EPOCH_KEY)
+        self._reap_after = 0.0  # reactor time: no reaping before (MERGE_GRACE_S)
+        self._outstanding = 0  # commands sent and not answered yet
+        self._progress_at = 0.0  # when one was last answered (or sent, with none out)
+        self._read_at = 0.0  # when the blocking read was sent
         self._tick = LoopingCall(self._heartbeat)
         self._tick.clock = reactor
         self._last: Deferred[Any] | None = None  # the last command sent
@@ -266,6 +334,7 @@ class ClusterLink:
         self._running = True
         self._protocol.after_service = self.flush
         self._tick.start(self._lease_ms / 5000, now=True)
+        self._command(self._rejoin_args(), "register this daemon").addCallback(self._first_epoch)
         self._read()
         log.info("Cluster: node {node} on {where}", node=self.node, where=config.where)
 
@@ -297,13 +366,23 @@ class ClusterLink:
 
     def flush(self) -> None:
         """Carry out what the chat server asks of the engine (after each datagram,
-        timer and reply)."""
-        for request in self._server.take_cluster_requests():
-            self._do(request)
+        timer and reply), in order: a reply fed back while carrying one out (a command
+        that failed at once) leaves its requests to the loop here, after the others."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while requests := self._server.take_cluster_requests():
+                for request in requests:
+                    self._do(request)
+        finally:
+            self._flushing = False
 
     def _do(self, request: Request) -> None:
         if isinstance(request, Publish):
             self._publish(request.event, self._node_hash)
+        elif isinstance(request, Register):
+            self._publish(request.event, self._node_hash, register=True)
         elif isinstance(request, ClaimNick):
             self._claim(request)
         elif isinstance(request, ReleaseNick):
@@ -324,22 +403,47 @@ class ClusterLink:
             self._private(request)
 
     def _command(self, args: tuple[Any, ...], what: str) -> Deferred[Any]:
+        if not self._outstanding:
+            self._progress_at = self._reactor.seconds()
+        self._outstanding += 1
         d: Deferred[Any] = self._cmd.execute_command(*args)
         self._last = d
+
+        def answered(value: Any) -> Any:
+            self._outstanding -= 1
+            self._progress_at = self._reactor.seconds()
+            return value
 
         def failed(failure: Any) -> Any:
             self._unreachable(f"could not {what}: {failure.getErrorMessage()}")
             return FAILED
 
+        d.addBoth(answered)
         d.addCallback(self._reached)
         d.addErrback(failed)
         return d
+
+    def _watch(self) -> None:
+        """Redis may stop answering without closing the connections (a frozen
+        process, a network that drops everything): commands would wait for minutes,
+        and this daemon's members with them. A connection that has not answered for
+        STALL_S (the reader: its block and STALL_S) is dropped, so that this daemon
+        splits off and serves its members, and the connection starts again."""
+        now = self._reactor.seconds()
+        if self._outstanding and now - self._progress_at > STALL_S:
+            self._progress_at = now
+            self._cmd.drop()
+        if self._reading and now - self._read_at > READ_BLOCK_MS / 1000 + STALL_S:
+            self._read_at = now
+            self._reader.drop()
 
     def _reached(self, value: Any) -> Any:
         if self._reachable is not True:
             if self._reachable is False:
                 log.info("Cluster: Redis at {where} answers again", where=self.config.where)
             self._reachable = True
+        if self._split and not self._rejoining:
+            self._rejoin()
         return value
 
     def _unreachable(self, why: str) -> None:
@@ -351,6 +455,44 @@ class ClusterLink:
                 where=self.config.where,
                 why=why,
             )
+        if not self._split and self._running:
+            self._split = True
+            self._held.clear()  # claimed again at the merge
+            self._reply(EngineLost())
+
+    # -- split and merge -------------------------------------------------------------
+
+    def _rejoin_args(self) -> tuple[Any, ...]:
+        epoch = os.urandom(8).hex()  # used if Redis has none (new, or restarted empty)
+        args = (epoch, self._node_hash, self._lease_ms)
+        return ("EVAL", REJOIN_SCRIPT, 2, EPOCH_KEY, NODES_KEY, *args)
+
+    def _first_epoch(self, result: Any) -> None:
+        if result is not FAILED and not self._split:
+            self._epoch = result[0]
+
+    def _rejoin(self) -> None:
+        """Redis answers again: renew this daemon's lease and learn what Redis kept,
+        then tell the rules (EngineBack), which register their members again and
+        publish what they kept."""
+        self._rejoining = True
+
+        def back(result: Any) -> None:
+            self._rejoining = False
+            if result is FAILED or not self._split or not self._running:
+                return  # still away: the next answer tries again
+            epoch, added = result
+            kept = self._epoch is not None and epoch == self._epoch
+            self._epoch = epoch
+            self._split = False
+            self._reap_after = self._reactor.seconds() + max(MERGE_GRACE_S, self._lease_ms / 1000)
+            if not kept:  # the streams started again: read them from their start
+                self._inbox_last = b"0-0"
+                for followed in self._following.values():
+                    followed.last = b"0-0"
+            self._reply(EngineBack(lost_data=not kept, reaped=kept and int(added) == 1))
+
+        self._command(self._rejoin_args(), "register this daemon again").addCallback(back)
 
     def _reply(self, *replies: Reply) -> None:
         if not self._running or not replies:
@@ -362,13 +504,13 @@ class ClusterLink:
 
         self._protocol.call(feed)
 
-    def _publish(self, event: RoomEvent, node_hash: str) -> None:
+    def _publish(self, event: RoomEvent, node_hash: str, register: bool = False) -> None:
         room_hash, stream, history, members = self._room_keys(event.room)
-        kind = {"say": "line", "me": "line"}.get(event.kind, event.kind)
+        kind = "register" if register else {"say": "line", "me": "line"}.get(event.kind, event.kind)
         sealed = self._fernet.encrypt(event.to_json())
         field = self._name("member", event.member)
         nick = room = record = b""
-        if kind in ("join", "nick"):
+        if kind in ("join", "nick", "register"):
             nick = self._seal(event.nick)
             room = self._seal(event.room)
             record = self._seal({"room": event.room, "nick": event.nick, "member": event.member})
@@ -379,8 +521,10 @@ class ClusterLink:
     def _claim(self, request: ClaimNick) -> None:
         key = self._nick_key(request.nick)
         member_hash = self._name("member", request.member)
+        client_hash = self._name("client", request.client)
         owner = self._seal({"member": request.member, "node": self._node_hash})
-        args = (member_hash, self._name("client", request.client), owner, self._nick_lease_ms)
+        flag = _CLAIM_FLAGS[request.kind]
+        args = (member_hash, client_hash, owner, self._nick_lease_ms, flag)
         answered = False
 
         def done(result: Any) -> None:
@@ -392,27 +536,32 @@ class ClusterLink:
                 return
             answered = True
             if granted:
-                self._held[key] = (member_hash, request.member)
-            unavailable = result is FAILED
-            self._reply(NickClaimed(request.session_id, request.nick, granted, unavailable))
+                self._held[key] = (member_hash, request.member, client_hash)
+            self._answer(request, granted, unavailable=result is FAILED)
 
         def timeout() -> None:
             nonlocal answered
             if not answered:
                 answered = True
-                self._reply(
-                    NickClaimed(request.session_id, request.nick, ok=False, unavailable=True)
-                )
+                self._answer(request, False, unavailable=True)
 
         self._command(("EVAL", CLAIM_SCRIPT, 1, key, *args), "claim a nick").addCallback(done)
         self._reactor.callLater(CLAIM_TIMEOUT_S, timeout)
+
+    def _answer(self, request: ClaimNick, ok: bool, unavailable: bool) -> None:
+        self._reply(
+            NickClaimed(
+                request.session_id, request.nick, ok, unavailable, request.kind, request.member
+            )
+        )
 
     def _load(self, room: str) -> None:
         _, stream, history, _ = self._room_keys(room)
 
         def loaded(result: Any) -> None:
             if result is FAILED:
-                return  # logged; members waiting are not admitted (left in docs/CLUSTER.md)
+                self._reply(RoomLoadFailed(room))  # those waiting are refused
+                return
             last, sealed = result
             events = []
             for token in reversed(sealed):
@@ -468,14 +617,22 @@ class ClusterLink:
         )
 
     def _private(self, request: SendPrivate) -> None:
+        def failed(value: Any) -> None:
+            if value is FAILED:
+                self._reply(PrivateFailed(request.session_id, request.to, unavailable=True))
+
         def route(value: Any) -> None:
             if value is FAILED:
+                failed(value)
                 return
             if value is None:
                 self._reply(PrivateFailed(request.session_id, request.to))
                 return
+            # After the two hashes, the claim's flag (CLAIM_SCRIPT), unless the value
+            # is of before the flag: a Fernet token starts with "g".
+            start = 2 * HASH_HEX + (1 if value[2 * HASH_HEX : 2 * HASH_HEX + 1] in b"fp" else 0)
             try:
-                owner = self._open(value[2 * HASH_HEX :])
+                owner = self._open(value[start:])
             except ValueError:
                 self._reply(PrivateFailed(request.session_id, request.to))
                 return
@@ -487,7 +644,7 @@ class ClusterLink:
             inbox = self._node_key(str(owner["node"]), "inbox")
             self._command(
                 ("XADD", inbox, "MAXLEN", "~", INBOX_MAXLEN, "*", "p", sealed), "send a message"
-            )
+            ).addCallback(failed)
 
         self._command(("GET", self._nick_key(request.to)), "find a nick").addCallback(route)
 
@@ -497,6 +654,7 @@ class ClusterLink:
         if not self._running or self._reading:
             return
         self._reading = True
+        self._read_at = self._reactor.seconds()
         streams = [self._inbox, *self._following]
         ids = [self._inbox_last, *(f.last for f in self._following.values())]
         d = self._reader.execute_command(
@@ -549,21 +707,32 @@ class ClusterLink:
     # -- leases ----------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        beat = ("EVAL", HEARTBEAT_SCRIPT, 1, NODES_KEY, self._node_hash, self._lease_ms)
+        self._watch()
+        if self._split:
+            # Only to learn when Redis is back: the lease is renewed by the rejoin,
+            # which also learns whether a reaper took this daemon for dead meanwhile.
+            self._command(("PING",), "ping")
+            return
+        reap = 0 if self._reactor.seconds() < self._reap_after else 1
+        beat = ("EVAL", HEARTBEAT_SCRIPT, 1, NODES_KEY, self._node_hash, self._lease_ms, reap)
         self._command(beat, "renew this daemon's lease").addCallback(self._reap)
         if self._held:
             held = list(self._held.items())
             keys = [key for key, _ in held]
-            hashes = [member_hash for _, (member_hash, _) in held]
-            renew = ("EVAL", RENEW_SCRIPT, len(keys), *keys, *hashes, self._nick_lease_ms)
+            hashes = [member_hash for _, (member_hash, _, _) in held]
+            clients = [client_hash for _, (_, _, client_hash) in held]
+            renew = (
+                "EVAL", RENEW_SCRIPT, len(keys), *keys, *hashes, *clients, self._nick_lease_ms
+            )  # fmt: skip
 
             def lost(result: Any) -> None:
                 gone = []
-                for index in () if result is FAILED else result:
-                    key, (member_hash, member) = held[int(index) - 1]
+                found = [] if result is FAILED else result
+                for index, holder in zip(found[0::2], found[1::2], strict=True):
+                    key, (member_hash, member, _) = held[int(index) - 1]
                     if self._held.get(key, ("",))[0] == member_hash:
                         del self._held[key]
-                        gone.append(NickLost(member))
+                        gone.append(NickLost(member, _LOST_WHY.get(int(holder), "displaced")))
                 self._reply(*gone)
 
             self._command(renew, "renew nicks").addCallback(lost)

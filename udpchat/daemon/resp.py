@@ -143,6 +143,7 @@ class _RespProtocol(Protocol):
 class _Factory(ReconnectingClientFactory):
     maxDelay = 2  # reconnect within 2 s once Redis is back
     initialDelay = 0.2
+    noisy = False  # no "Starting factory" line per attempt while Redis is away
 
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
@@ -219,6 +220,13 @@ class RedisConnection:
 
     def _lost(self) -> None:
         self._proto = None
+
+    def drop(self) -> None:
+        """Give up on the connection as it is (Redis stopped answering without closing
+        it): the commands waiting fail at once, and it connects again."""
+        transport: Any = None if self._proto is None else self._proto.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def disconnect(self) -> None:
         self._closed = True

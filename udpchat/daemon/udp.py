@@ -46,6 +46,11 @@ _TEXTS = {
     "({detail} messages it never acknowledged; the room sees it time out)",
     "key-retired": "Closing the session of {nick} at {addr}: it still uses the previous "
     "key, whose overlap has ended (it was told to get the new key)",
+    "renamed": "{detail} is now known as {nick} ({addr}): another member of the cluster "
+    "holds {detail} (taken while the cluster was split)",
+    "split": "Cluster: split: serving {detail} on this daemon alone until Redis answers; "
+    "what its members say is kept for the others",
+    "merged": "Cluster: merged again: {detail}",
 }
 
 
