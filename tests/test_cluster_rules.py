@@ -15,22 +15,26 @@ from udpchat.chat.cluster import (
     DropRoom,
     LoadRoom,
     NickClaimed,
+    NickLost,
     Publish,
     ReleaseNick,
     RoomEvent,
     RoomLoaded,
 )
 from udpchat.chat.lineids import new_line_id
-from udpchat.chat.rules import Broadcast, Send
+from udpchat.chat.rules import Broadcast, Close, Send
 
 
 class Engine:
     """The engine's contract, in memory: every Publish is appended to its room's one
-    stream and handed to every daemon following the room, in that order."""
+    stream and handed to every daemon following the room, in that order. A nick is
+    granted if free, or held by the same member or the same client id (a takeover:
+    the daemon that held it is told, NickLost, as the real one learns when renewing)."""
 
     def __init__(self, *daemons: ClusterRules) -> None:
         self.daemons = daemons
         self.nicks: dict[str, str] = {}  # folded nick -> member id
+        self.holders: dict[str, tuple[str, ClusterRules]] = {}  # member id -> client, daemon
         self.streams: dict[str, list[RoomEvent]] = {}
         self.following: dict[ClusterRules, set[str]] = {d: set() for d in daemons}
         self.requests: list[Any] = []
@@ -46,8 +50,14 @@ class Engine:
             self.requests.append(request)
             if isinstance(request, ClaimNick):
                 holder = self.nicks.setdefault(request.nick.lower(), request.member)
-                ok = holder == request.member
+                client, old_daemon = self.holders.get(holder, (request.client, daemon))
+                ok = holder == request.member or client == request.client
+                if ok:
+                    self.nicks[request.nick.lower()] = request.member
+                    self.holders[request.member] = (request.client, daemon)
                 daemon.reply(NickClaimed(request.session_id, request.nick, ok), 0.0)
+                if ok and holder != request.member:
+                    old_daemon.reply(NickLost(holder), 0.0)
             elif isinstance(request, ReleaseNick):
                 if self.nicks.get(request.nick.lower()) == request.member:
                     del self.nicks[request.nick.lower()]
@@ -78,9 +88,9 @@ def said(rules: ClusterRules) -> list[tuple[bytes, dict[str, Any]]]:
     return out
 
 
-def hello(rules: ClusterRules, session: bytes, nick: str) -> None:
+def hello(rules: ClusterRules, session: bytes, nick: str, client: str | None = None) -> None:
     rules.session_started(session, ("127.0.0.1", 1), 0.0)
-    payload = {"t": "hello", "nick": nick, "room": "lobby", "client": session.hex()}
+    payload = {"t": "hello", "nick": nick, "room": "lobby", "client": client or session.hex()}
     rules.message_received(session, json.dumps(payload).encode(), 0.0)
 
 
@@ -152,3 +162,25 @@ def test_a_room_is_loaded_with_its_history_before_a_member_enters_and_dropped_af
     assert [m for _, m in said(a) if m["t"] == "part"] == [
         {"t": "part", "room": "lobby", "nick": "carol", "reason": "quit"}
     ]
+
+
+def test_a_member_taken_over_through_another_daemon_is_not_seen_to_leave() -> None:
+    """alice's client lost its session to daemon a (a lives on) and reconnected
+    through b with its client id: b's claim takes the nick over and b publishes her
+    join; a learns it (NickLost) and closes its stale member, whose part (reason
+    "taken-over") keeps the engine's member list right but is shown by no daemon:
+    bob sees alice join again and never leave."""
+    a, b = ClusterRules("a"), ClusterRules("b")
+    engine = Engine(a, b)
+    hello(a, b"alice-00", "alice")
+    hello(b, b"bob-0000", "bob")
+    engine.run()
+    said(a), said(b)
+    hello(b, b"alice-11", "alice", client=b"alice-00".hex())
+    engine.run()
+    assert [m for sid, m in said(b) if sid == b"bob-0000"] == [
+        {"t": "join", "room": "lobby", "nick": "alice"}
+    ]
+    assert Close(b"alice-00") in a.take_actions()
+    parts = [r.event for r in engine.requests if isinstance(r, Publish) and r.event.kind == "part"]
+    assert [(p.nick, p.member, p.reason) for p in parts] == [("alice", "a/1", "taken-over")]

@@ -65,6 +65,11 @@ _EVENT_KINDS = frozenset({"say", "me", "join", "part", "nick"})
 
 #: What a member hears when the engine cannot be asked (a hello, a rename).
 ENGINE_DOWN_TEXT = "the chat cluster cannot reach its message engine; try again shortly"
+#: The reason of the part a daemon publishes for a stale member whose client took its
+#: nick over through another daemon (NickLost): the member is there, so no daemon shows
+#: this part (it is not a reason of the protocol's); it keeps the engine's member list
+#: in step. The reaper of a dead daemon publishes none for such a member at all.
+TAKEN_OVER = "taken-over"
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +316,7 @@ class ClusterRules(ChatRules):
             member = self._by_member_id.get(reply.member)
             if member is not None:
                 session_id = member.session_id
-                self._remove(member, "quit", release=False)
+                self._remove(member, TAKEN_OVER, release=False)
                 self._log_member("takeover", member)
                 self._close(session_id)
 
@@ -486,7 +491,8 @@ class ClusterRules(ChatRules):
         if not room.members:
             # The server must learn that the room's key holders here are gone: an
             # empty broadcast tells it (see ChatRules._fan_out).
-            self._fan_out(room, PartNotice(name, member.nick, reason), None, None)
+            shown = "quit" if reason == TAKEN_OVER else reason
+            self._fan_out(room, PartNotice(name, member.nick, shown), None, None)
             self._drop(room)
 
     def _drop(self, room: _Room) -> None:
@@ -559,7 +565,8 @@ class ClusterRules(ChatRules):
             elif event.kind == "join":
                 self._broadcast(room, JoinNotice(room.name, event.nick))
             elif event.kind == "part":
-                self._broadcast(room, PartNotice(room.name, event.nick, event.reason))
+                if event.reason != TAKEN_OVER:  # else it is here, through another daemon
+                    self._broadcast(room, PartNotice(room.name, event.nick, event.reason))
             else:
                 self._broadcast(room, NickNotice(event.old, event.nick))
         except MessageError:
