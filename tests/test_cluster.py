@@ -12,32 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-from daemon import Daemon
+from cluster_daemon import ClusterDaemon
 from pipe_client import PipeClient
 from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 
 HISTORY = re.compile(r"^\[\d\d:\d\d\] ")
-
-
-class ClusterDaemon(Daemon):
-    """A Daemon whose config has a [cluster] section."""
-
-    def __init__(
-        self, folder: Path, env: dict[str, str], url: str, node: str, **settings: Any
-    ) -> None:
-        self.cluster = {"url": url, "node": node}
-        super().__init__(folder, env, **settings)
-
-    def write_config(self) -> None:
-        super().write_config()
-        lines = ["[cluster]"] + [f"{k} = {v}" for k, v in self.cluster.items()]
-        with self.config.open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet
 from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from udpchat.chat.cluster import RoomEvent
 from udpchat.chat.server import ChatServer, ServerSettings
@@ -93,7 +93,7 @@ def until(check: Any, what: str, timeout: float = 5.0) -> Any:
     """A Deferred that fires once `check()` (a Deferred or a value) is true."""
 
     @pytest_twisted.inlineCallbacks
-    def wait() -> Iterator[Any]:
+    def wait() -> Generator[Any, Any, Any]:
         for _ in range(int(timeout / 0.02)):
             value = yield check()
             if value:
@@ -107,7 +107,7 @@ def until(check: Any, what: str, timeout: float = 5.0) -> Any:
 @pytest_twisted.inlineCallbacks
 def test_the_reaper_parts_a_dead_daemons_members_except_those_back_elsewhere(
     redis: RedisServer,
-) -> Iterator[Any]:
+) -> Generator[Any, Any, None]:
     """alice, bob and carol are on daemon A, dave on B, all in lobby. A dies (stops
     renewing its lease; it says nothing). alice's client reconnects through B with
     its client id before the reap: B joins her (her nick is taken over). The reap
@@ -120,7 +120,7 @@ def test_the_reaper_parts_a_dead_daemons_members_except_those_back_elsewhere(
         if event.get("log_namespace") == "udpchat" and "parted" in event:
             logged.append(f"{event['parted']} parted, {event['back']} back")
 
-    globalLogPublisher.addObserver(observe)
+    globalLogPublisher.addObserver(cast(ILogObserver, observe))
     a, b = Daemon("a", redis.port), Daemon("b", redis.port)
     conn = RedisConnection(reactor, "127.0.0.1", redis.port)
     fernet = fernet_key(SEAL_KEY)
@@ -145,6 +145,7 @@ def test_the_reaper_parts_a_dead_daemons_members_except_those_back_elsewhere(
         b.hello(b"alice-b0", "alice", "c1a1c1a1c1a1c1a1")  # the same client id
         yield until(lambda: b.member(b"alice-b0"), "alice welcomed on B")
         alice_b = b.member(b"alice-b0")
+        assert alice_b is not None
         # A's lease runs out now (instead of within a second): B's next renewal reaps.
         yield conn.execute_command("ZADD", "udpchat:nodes", "XX", 0, a_node)
         yield until(lambda: logged, "the reap")
@@ -165,6 +166,6 @@ def test_the_reaper_parts_a_dead_daemons_members_except_those_back_elsewhere(
         last = (yield events())[-1]
         assert (last.kind, last.nick, last.member) == ("join", "bob", b.member(b"bob-b000"))
     finally:
-        globalLogPublisher.removeObserver(observe)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observe))
         conn.disconnect()
         yield b.link.stop()
