@@ -359,9 +359,9 @@ def test_host_may_carry_its_port_as_the_daemon_logs_it(
     text: str, port: int | None, expected: tuple[str, int]
 ) -> None:
     """Issue 11: "Clients can connect to 192.0.2.2:12345" can be pasted as HOST."""
-    from udpchat.client.cli import split_host_port
+    from udpchat.client.cli import split_servers
 
-    assert split_host_port(text, port) == expected
+    assert split_servers(text, port) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -369,10 +369,10 @@ def test_host_may_carry_its_port_as_the_daemon_logs_it(
                        ("[::1]:", None), (":4000", None), ("host:99999", None)],
 )  # fmt: skip
 def test_a_bad_host_port_is_one_line_and_status_2(text: str, port: int | None) -> None:
-    from udpchat.client.cli import split_host_port
+    from udpchat.client.cli import split_servers
 
     with pytest.raises(SystemExit) as exit_:
-        split_host_port(text, port)
+        split_servers(text, port)
     assert exit_.value.code == 2
 
 

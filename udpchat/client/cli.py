@@ -24,7 +24,6 @@ from udpchat.address import (
     parse_port,
     split_server_list,
 )
-from udpchat.address import split_host_port as parse_host_port
 from udpchat.chat import messages
 from udpchat.client.chatlog import ChatLog, ChatLogError, open_chat_log
 from udpchat.client.config import (
@@ -273,25 +272,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def split_host_port(
-    text: str, port: int | None, default_port: int | None = None
-) -> tuple[str, int]:
-    """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
-    "[::1]:PORT"; a bare IPv6 address ("::1") is a host (udpchat.address). `port` is
-    --port (None if not given); a port in HOST and a different --port are a usage
-    error. Without either, `default_port` (the config file's), else DEFAULT_PORT."""
-    try:
-        host, in_host = parse_host_port(text)
-    except AddressError as exc:
-        fail(str(exc))
-    return host, _one_port(text, in_host, port, default_port)
-
-
 def split_servers(
     text: str, port: int | None, default_port: int | None = None
 ) -> list[tuple[str, int]]:
-    """HOST or a comma-separated list of them (udpchat.address.split_server_list), each
-    with its port as split_host_port gives it."""
+    """[(host, port), ...] of HOST as the daemon logs it ("NAME", "NAME:PORT",
+    "1.2.3.4:PORT", "[::1]", "[::1]:PORT"; a bare IPv6 address "::1" is a host), or of a
+    comma-separated list of them (udpchat.address). `port` is --port (None if not
+    given); a port in HOST and a different --port are a usage error. Without either,
+    `default_port` (the config file's), else DEFAULT_PORT."""
     try:
         entries = split_server_list(text)
     except AddressError as exc:
@@ -608,11 +596,9 @@ class Runner:
         # Kept across restarts (and locked while in use): a client started again after
         # a crash takes its own place back at once, even on a full server. A list of
         # daemons is one server here: one client id, whichever of them it is on.
-        if len(self.servers) == 1:
-            (host, port), ports = self.servers[0], {self.servers[0][1]}
-        else:
-            host, port = ",".join(join_host_port(*server) for server in self.servers), 0
-            ports = {port for _, port in self.servers}
+        named = ", ".join(join_host_port(*server) for server in self.servers)
+        ports = {port for _, port in self.servers}
+        host, port = self.servers[0] if len(self.servers) == 1 else (named, 0)
         client_id, self._id_lock = claim_client_id(host, port, self.nick, os.environ)
         self.chat = ChatClient(
             ClientEndpoint(self.psk, client_protocol_config(self.idle_timeout_s)),
@@ -622,7 +608,7 @@ class Runner:
             pipe=not self.interactive,
             fallback_after_s=fallback,
             reachability=Reachability(
-                ", ".join(join_host_port(*server) for server in self.servers),
+                named,
                 ports.pop() if len(ports) == 1 else None,
                 fingerprint(self.psk),
                 ipv6=all(":" in host for host, _ in self.servers),
