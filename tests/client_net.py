@@ -1,7 +1,8 @@
 """An in-memory udpchat network for client tests: the real chat server (ChatServer:
 protocol core, chat rules and server policy) wired to ChatClients, with a fake clock,
 optional loss, outages (both ways, or only from the server to one peer), server
-crashes and a dead server's port (the network refuses what is sent to it). No
+crashes and a dead server's port (the network refuses what is sent to it). Or several
+servers, one per address a client is given (`daemons`), each of which can die. No
 sockets, no sleeping."""
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class Net:
         loss: float = 0.0,
         seed: int = 1,
         server_config: ProtocolConfig | None = None,
+        daemons: int = 1,
     ) -> None:
+        """`daemons`: with more than one, a client's address index (ChatClient.
+        address_index) picks the daemon its datagrams go to; each is on its own (no
+        cluster between them)."""
         self.psk = Fernet.generate_key()
         self.config = config
         self.server_config = server_config or config
@@ -62,21 +67,37 @@ class Net:
         self.peers: list[Peer] = []
         self.server_seen: list[bytes] = []  # payloads the chat server received
         self.server_sent: list[tuple[bytes, tuple[str, int]]] = []  # datagrams, to whom
-        self.start_server()
+        self.daemons: list[ChatServer] = []
+        self.seen_by: list[list[bytes]] = []  # payloads each daemon received
+        self.dead: set[int] = set()  # daemons whose process is gone (their port refuses)
+        for index in range(daemons):
+            self.start_server(index=index)
 
-    def start_server(self, history_lines: int = 50) -> None:
+    def start_server(self, history_lines: int = 50, index: int = 0) -> None:
         """A fresh server process: every session and member forgotten (a crash)."""
         settings = ServerSettings(history_lines=history_lines)
-        self.chat_server = ChatServer(self.psk, settings, protocol=self.server_config)
-        self.server = self.chat_server.endpoint
-        rules = self.chat_server.rules
+        chat_server = ChatServer(self.psk, settings, protocol=self.server_config)
+        if index == len(self.daemons):
+            self.daemons.append(chat_server)
+            self.seen_by.append([])
+        self.daemons[index] = chat_server
+        self.dead.discard(index)
+        if index == 0:
+            self.chat_server = chat_server
+            self.server = chat_server.endpoint
+        rules = chat_server.rules
         received = rules.message_received
 
         def seen(session_id: bytes, payload: bytes, now: float) -> None:
             self.server_seen.append(payload)
+            self.seen_by[index].append(payload)
             received(session_id, payload, now)
 
         rules.message_received = seen  # type: ignore[method-assign]
+
+    def daemon_of(self, peer: Peer) -> int:
+        """The daemon the peer's datagrams go to (its address index, see daemons)."""
+        return peer.chat.address_index if len(self.daemons) > 1 else 0
 
     def client(
         self, nick: str, room: str = "lobby", start: bool = True, addresses: int = 1, **kw: object
@@ -100,21 +121,26 @@ class Net:
             return False
         return self.up and not peer.cut and self.rng.random() >= self.loss
 
+    def _refusing(self, index: int) -> bool:
+        return index in self.dead or (self.refusing and index == 0)
+
     def step(self) -> None:
         now = self.now
         for peer in self.peers:
             for data in peer.chat.datagrams_to_send(now):
-                if self.refusing and self.up and not peer.cut:
+                index = self.daemon_of(peer)
+                if self._refusing(index) and self.up and not peer.cut:
                     peer.chat.network_error(peer.chat.address_index, Finding.REFUSED, now)
                 elif self._delivered(peer):
-                    self.chat_server.receive_datagram(data, peer.addr, now)
+                    self.daemons[index].receive_datagram(data, peer.addr, now)
         by_addr = {peer.addr: peer for peer in self.peers}
-        for data, addr in self.chat_server.datagrams_to_send(now):
-            if self.refusing:
-                continue  # a dead process sends nothing
-            self.server_sent.append((data, addr))
-            if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
-                by_addr[addr].chat.receive_datagram(data, now)
+        for index, daemon in enumerate(self.daemons):
+            for data, addr in daemon.datagrams_to_send(now):
+                if self._refusing(index):
+                    continue  # a dead process sends nothing
+                self.server_sent.append((data, addr))
+                if addr in by_addr and self._delivered(by_addr[addr], to_peer=True):
+                    by_addr[addr].chat.receive_datagram(data, now)
         for peer in self.peers:
             peer.collect(now)
 
@@ -127,9 +153,10 @@ class Net:
                 deadline = peer.chat.get_timer()
                 if deadline is not None and deadline <= self.now:
                     peer.chat.handle_timer(self.now)
-            deadline = self.chat_server.get_timer()
-            if deadline is not None and deadline <= self.now:
-                self.chat_server.handle_timer(self.now)
+            for index, daemon in enumerate(self.daemons):
+                deadline = daemon.get_timer()
+                if deadline is not None and deadline <= self.now and index not in self.dead:
+                    daemon.handle_timer(self.now)
             self.step()
 
     def run_until(self, condition: object, timeout: float = 30.0, dt: float = 0.02) -> None:

@@ -20,7 +20,7 @@ class PipeClient:
 
     def __init__(
         self,
-        port: int,
+        port: int | None,
         key: Path,
         nick: str,
         env: dict[str, str],
@@ -28,9 +28,11 @@ class PipeClient:
         host: str = "127.0.0.1",
         prefix: tuple[str, ...] = (),
     ) -> None:
-        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME)."""
+        """`prefix` goes before the command, e.g. ("ip", "netns", "exec", NAME);
+        `port` None: none given (`host` carries it, or a list of daemons, each its own)."""
         self.nick = nick
-        argv = [*prefix, *CLIENT, host, "--port", str(port), "--key", str(key), "--nick", nick]
+        ports = () if port is None else ("--port", str(port))
+        argv = [*prefix, *CLIENT, host, *ports, "--key", str(key), "--nick", nick]
         self.proc = subprocess.Popen(
             [*argv, *args],
             stdin=subprocess.PIPE,

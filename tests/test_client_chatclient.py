@@ -463,15 +463,46 @@ def test_session_lost_while_connecting_moves_on_to_the_next_address() -> None:
     assert alice.chat.state is State.WAITING
 
 
-def test_a_session_that_started_keeps_its_address() -> None:
-    """Once connected, the address stays the same, also when that session is later
-    lost: the address answered, so the reconnect goes there first."""
+def test_a_session_lost_moves_on_to_the_next_address() -> None:
+    """Once connected, a session lost (here: the server went silent until it expired)
+    sends the reconnect to the next address: several addresses may be several daemons
+    of a cluster, and the one just lost comes round again after the others."""
     net = Net()
     alice = net.client("alice", addresses=2, fallback_after_s=3.0)
     net.run_until(lambda: alice.chat.connected)
     net.up = False
     net.run_until(lambda: alice.chat.state is State.WAITING, timeout=FAST.session_expiry_s + 2)
-    assert alice.chat.address_index == 0
+    assert alice.chat.address_index == 1
+    assert alice.lines[-1].startswith(LOST_RECONNECTING)
+
+
+def test_a_dead_daemon_is_left_for_the_next_with_what_it_had_not_acknowledged() -> None:
+    """Two daemons, one address each. alice's daemon dies (its port refuses) just
+    after it took "three" and before it acknowledged it: she moves to the other
+    daemon, says hello there with the same client id, and sends again, in order and
+    with their ids, exactly the lines the dead one had not acknowledged ("three", and
+    "four", typed meanwhile); none of those it had acknowledged."""
+    net = Net(daemons=2)
+    alice = net.client("alice", addresses=2, fallback_after_s=3.0, start=False)
+    alice.chat.start(net.now, addresses=2, names=["192.0.2.1:12345", "192.0.2.2:12345"])
+    net.run_until(lambda: alice.chat.connected)
+    net.submit(alice, "one", "two")
+    net.run(1)  # acknowledged by daemon 0
+    net.submit(alice, "three")  # daemon 0 receives it; its ack is due 25 ms later
+    net.dead.add(0)  # killed -9 before that: its port refuses from now on
+    net.submit(alice, "four")
+    net.run_until(lambda: alice.chat.connected and alice.chat.unsent == 0, timeout=10)
+    assert alice.chat.address_index == 1
+    gone = "(nothing is listening on 192.0.2.1:12345 any more; next: 192.0.2.2:12345)"
+    assert any(line.startswith(LOST_RECONNECTING) and line.endswith(gone) for line in alice.lines)
+    first, second = ([json.loads(p) for p in seen] for seen in net.seen_by)
+    first_lines = [(m["text"], m["id"]) for m in first if m["t"] == "say"]
+    second_lines = [(m["text"], m["id"]) for m in second if m["t"] == "say"]
+    assert [text for text, _ in first_lines] == ["one", "two", "three"]
+    assert [text for text, _ in second_lines] == ["three", "four"]
+    assert second_lines[0] == first_lines[2]  # the same line id: shown once by receivers
+    hello = next(m for m in second if m["t"] == "hello")
+    assert hello["client"] == alice.chat.client_id and hello["nick"] == "alice"
 
 
 def test_the_pump_is_never_re_entered(monkeypatch: pytest.MonkeyPatch) -> None:

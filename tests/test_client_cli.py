@@ -62,9 +62,10 @@ def env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 def test_unknown_host(env: dict[str, str], psk_file: Path) -> None:
-    """A host name that does not resolve is a setup error naming the host as "cannot
-    resolve host '...'"."""
-    result = run_client(["no-such-host.invalid", "--key", str(psk_file)], env)
+    """A host name that does not resolve, alone or in a list of daemons, is a setup
+    error naming that host as "cannot resolve host '...'"."""
+    hosts = "127.0.0.1:4000,no-such-host.invalid:4001"
+    result = run_client([hosts, "--key", str(psk_file)], env)
     assert_setup_error(result, "cannot resolve host 'no-such-host.invalid'")
 
 
@@ -358,9 +359,9 @@ def test_host_may_carry_its_port_as_the_daemon_logs_it(
     text: str, port: int | None, expected: tuple[str, int]
 ) -> None:
     """Issue 11: "Clients can connect to 192.0.2.2:12345" can be pasted as HOST."""
-    from udpchat.client.cli import split_host_port
+    from udpchat.client.cli import split_servers
 
-    assert split_host_port(text, port) == expected
+    assert split_servers(text, port) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -368,11 +369,63 @@ def test_host_may_carry_its_port_as_the_daemon_logs_it(
                        ("[::1]:", None), (":4000", None), ("host:99999", None)],
 )  # fmt: skip
 def test_a_bad_host_port_is_one_line_and_status_2(text: str, port: int | None) -> None:
-    from udpchat.client.cli import split_host_port
+    from udpchat.client.cli import split_servers
 
     with pytest.raises(SystemExit) as exit_:
-        split_host_port(text, port)
+        split_servers(text, port)
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "expected"),
+    [
+        ("a:4000,b:4001", None, [("a", 4000), ("b", 4001)]),
+        ("a:4000, [::1]:4001 ,b", None, [("a", 4000), ("::1", 4001), ("b", 12345)]),
+        ("a,b", 4000, [("a", 4000), ("b", 4000)]),
+        ("a:4000,b", 4000, [("a", 4000), ("b", 4000)]),
+        ("a", None, [("a", 12345)]),
+    ],
+)
+def test_host_may_be_a_list_of_daemons(
+    text: str, port: int | None, expected: list[tuple[str, int]]
+) -> None:
+    """A cluster's daemons, comma-separated, each as the daemon logs its address;
+    --port (or the default) is the port of those without one."""
+    from udpchat.client.cli import split_servers
+
+    assert split_servers(text, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "words"),
+    [
+        ("a:4000,,b:4001", None, "an empty entry in the list"),
+        ("a:4000,", None, "an empty entry in the list"),
+        ("a:4000,b:4001", 4000, "says port 4001 but --port says 4000"),
+        ("a:4000,[::1", None, "write [IPv6 address]"),
+    ],
+)
+def test_a_bad_list_of_daemons_is_one_line_and_status_2(
+    text: str, port: int | None, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from udpchat.client.cli import split_servers
+
+    with pytest.raises(SystemExit) as exit_:
+        split_servers(text, port)
+    assert exit_.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_the_config_files_host_may_be_a_list_of_daemons(tmp_path: Path, psk_file: Path) -> None:
+    """host = in client.ini takes the same list as HOST; --port applies to all."""
+    from udpchat.client.cli import servers_and_key
+    from udpchat.client.config import ClientConfig
+
+    config = ClientConfig(host="chat-a:4000, chat-b:4001", key=psk_file)
+    servers, _ = servers_and_key(build_parser({}).parse_args([]), config, {})
+    assert servers == [("chat-a", 4000), ("chat-b", 4001)]
+    servers, _ = servers_and_key(build_parser({}).parse_args(["--port", "5"]), config, {})
+    assert servers == [("chat-a", 5), ("chat-b", 5)]
 
 
 def test_version_prints_the_program_and_its_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,6 +55,12 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     )
 
 
+def test_host_may_be_a_list_of_daemons(tmp_path: Path) -> None:
+    """host = takes the daemons of a cluster, comma-separated (spaces allowed)."""
+    path = write(tmp_path, "[client]\nhost = chat-a:4000, chat-b:4001\n")
+    assert load_client_config(path).host == "chat-a:4000, chat-b:4001"
+
+
 def test_a_missing_file_is_no_config_unless_named(tmp_path: Path) -> None:
     """No file at the default place: nothing is set. A file named with --config must
     exist."""
@@ -80,6 +86,7 @@ def test_config_path_follows_xdg() -> None:
         ("[client]\nbell = 2\n", "[client] bell = '2' is not yes or no; fix: write yes or no"),
         ("[client]\ntimeout = -1\n", "[client] timeout = '-1' is not a positive number; fix: "),
         ("[client]\nhost = a b\n", "[client] host = 'a b' is not a host; fix: write a name"),
+        ("[client]\nhost = a:1,,b:2\n", "[client] host = 'a:1,,b:2' is not a host; fix: "),
         ("[client]\nkey =\n", "[client] key = '' is empty; fix: name a file, or remove the key"),
         ("[client]\nnick = a\ncolor = yes\n", "[client] unknown key 'color'; fix: use one of host"),
         ("[server]\nport = 1\n", "unknown section [server]; fix: the only valid section is"),

@@ -261,7 +261,7 @@ def test_terminal_mode_keeps_only_the_last_errors() -> None:
     list that never shrank)."""
     from contextlib import ExitStack
 
-    runner = Runner(FakeReactor(), ExitStack(), "h", 1, b"", "alice", "lobby", True)
+    runner = Runner(FakeReactor(), ExitStack(), [("h", 1)], b"", "alice", "lobby", True)
     for i in range(10_000):
         runner.log_event({"isError": 1, "log_format": "error {i}", "i": i, "log_time": NOW})
     lines = runner.error_lines()

@@ -155,6 +155,10 @@ class Engine:
             request.session_id, request.nick, ok, kind=request.kind, member=request.member
         )
         daemon.reply(reply, 0.0)
+        if ok and held is not None and held[0] != request.member and held[1] == request.client:
+            # a takeover: the daemon that held it learns it (as the real one does when
+            # renewing its nicks)
+            held[3].reply(NickLost(held[0], "takeover"), 0.0)
 
     def _fail(self, daemon: ClusterRules, request: Any) -> None:
         """What the adapter answers when Redis does not."""
@@ -199,10 +203,15 @@ def inbox(messages: list[tuple[bytes, dict[str, Any]]], session: bytes) -> list[
 
 
 def hello(
-    rules: ClusterRules, session: bytes, nick: str, room: str = "lobby", notices: bool = False
+    rules: ClusterRules,
+    session: bytes,
+    nick: str,
+    room: str = "lobby",
+    notices: bool = False,
+    client: str | None = None,
 ) -> None:
     rules.session_started(session, ("127.0.0.1", 1), 0.0)
-    payload = {"t": "hello", "nick": nick, "room": room, "client": session.hex()}
+    payload = {"t": "hello", "nick": nick, "room": room, "client": client or session.hex()}
     rules.message_received(session, json.dumps(payload).encode(), 0.0)
     if notices:  # welcomed already (split): the caps of the reference client
         caps(rules, session)
@@ -606,3 +615,25 @@ def test_a_room_entered_while_split_is_loaded_at_the_merge_with_the_history_of_b
     engine.run()
     history = [m["text"] for sid, m in said(a) if sid == CAROL and m.get("history")]
     assert history == ["before", "during"]
+
+
+def test_a_member_taken_over_through_another_daemon_is_not_seen_to_leave() -> None:
+    """alice's client lost its session to daemon a (a lives on) and reconnected
+    through b with its client id: b's claim takes the nick over and b publishes her
+    join; a learns it (NickLost) and closes its stale member, whose part (reason
+    "taken-over") keeps the engine's member list right but is shown by no daemon:
+    bob sees alice join again and never leave."""
+    a, b = ClusterRules("a"), ClusterRules("b")
+    engine = Engine(a, b)
+    hello(a, b"alice-00", "alice")
+    hello(b, b"bob-0000", "bob")
+    engine.run()
+    said(a), said(b)
+    hello(b, b"alice-11", "alice", client=b"alice-00".hex())
+    engine.run()
+    assert [m for sid, m in said(b) if sid == b"bob-0000"] == [
+        {"t": "join", "room": "lobby", "nick": "alice"}
+    ]
+    assert Close(b"alice-00") in a.take_actions()
+    parts = [r.event for r in engine.requests if isinstance(r, Publish) and r.event.kind == "part"]
+    assert [(p.nick, p.member, p.reason) for p in parts] == [("alice", "a/1", "taken-over")]

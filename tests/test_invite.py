@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpchat.client.cli import build_parser, server_and_key
+from udpchat.client.cli import build_parser, servers_and_key
 from udpchat.client.config import ClientConfig
 from udpchat.daemon.keygen import main as keygen_main
 from udpchat.fingerprint import fingerprint
@@ -169,19 +169,21 @@ def test_the_client_saves_the_invites_key_where_it_looks_by_default(
     next run finds it; without it, the client says how to keep it."""
     env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
     line = f"udpchat://chat.example:4000/#{K}"
-    assert server_and_key(client_args(line), ClientConfig(), env) == ("chat.example", 4000, KEY)
+    assert servers_and_key(client_args(line), ClientConfig(), env) == (
+        [("chat.example", 4000)],
+        KEY,
+    )
     err = capsys.readouterr().err
     assert "add --save-key" in err and "udpchat-client chat.example:4000" in err
     default = tmp_path / "config" / "udpchat" / "chat.key"
     assert not default.exists()
-    assert server_and_key(client_args(line, "--save-key"), ClientConfig(), env) == (
-        "chat.example",
-        4000,
+    assert servers_and_key(client_args(line, "--save-key"), ClientConfig(), env) == (
+        [("chat.example", 4000)],
         KEY,
     )
     assert load_key(default) == KEY and mode_of(default) == 0o600
     assert f"saved the invite's key in {default}" in capsys.readouterr().err
-    assert server_and_key(client_args("chat.example:4000"), ClientConfig(), env)[2] == KEY
+    assert servers_and_key(client_args("chat.example:4000"), ClientConfig(), env)[1] == KEY
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,7 @@ def test_invite_options_that_contradict_it_are_usage_errors(
 ) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path)}
     with pytest.raises(SystemExit) as usage:
-        server_and_key(client_args(f"udpchat://h:4000/#{K}", *extra), ClientConfig(), env)
+        servers_and_key(client_args(f"udpchat://h:4000/#{K}", *extra), ClientConfig(), env)
     assert usage.value.code == 2
     err = capsys.readouterr().err
     assert words in err and K not in err
@@ -207,7 +209,7 @@ def test_save_key_and_force_need_an_invite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        server_and_key(client_args("chat.example", "--save-key"), ClientConfig(), {})
+        servers_and_key(client_args("chat.example", "--save-key"), ClientConfig(), {})
     assert "go with an invite line" in capsys.readouterr().err
 
 
@@ -217,7 +219,7 @@ def test_a_different_saved_key_is_kept_and_the_run_stops(
     env = {"XDG_CONFIG_HOME": str(tmp_path)}
     old = create_key(tmp_path / "udpchat" / "chat.key")
     with pytest.raises(SystemExit) as refused:
-        server_and_key(client_args(f"udpchat://h/#{K}", "--save-key"), ClientConfig(), env)
+        servers_and_key(client_args(f"udpchat://h/#{K}", "--save-key"), ClientConfig(), env)
     assert refused.value.code == 2
     assert "holds a different key" in capsys.readouterr().err
     assert load_key(tmp_path / "udpchat" / "chat.key") == old

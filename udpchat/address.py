@@ -3,7 +3,9 @@
 "NAME", "NAME:PORT", "192.0.2.2:PORT", "[2001:db8::2]", "[2001:db8::2]:PORT" and a bare
 IPv6 address ("::1", "2001:db8::2": more than one colon, so no port) are all a server.
 The client takes them as HOST, udpchat-keygen --invite too, and an invite line
-(udpchat.invite) carries one.
+(udpchat.invite) carries one. The client also takes a list of them, comma-separated
+("chat-a:12345,chat-b:12345"): the daemons of a cluster (docs/CLUSTER.md), tried in
+turn. No name or address contains a comma, so a list cannot be mistaken for one.
 """
 
 from __future__ import annotations
@@ -55,3 +57,15 @@ def join_host_port(host: str, port: int) -> str:
     """``host`` and ``port`` as the daemon logs them: "192.0.2.2:12345",
     "[2001:db8::2]:12345", "chat.example:12345"."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_server_list(text: str) -> list[tuple[str, int | None]]:
+    """[(host, port), ...] of a comma-separated list of addresses, each as
+    split_host_port reads it (spaces around the commas are allowed). AddressError
+    for an empty entry or an entry that is not an address."""
+    entries = [entry.strip() for entry in text.split(",")]
+    if "" in entries:
+        raise AddressError(
+            f"bad HOST {text!r}: an empty entry in the list; write HOST:PORT,HOST:PORT"
+        )
+    return [split_host_port(entry) for entry in entries]

@@ -116,6 +116,11 @@ __all__ = [  # the engine's contract, for those who import it from here
 
 #: What a member hears when the engine cannot be asked (a hello, a rename, a room).
 ENGINE_DOWN_TEXT = "the chat cluster cannot reach its message engine; try again shortly"
+#: The reason of the part a daemon publishes for a stale member whose client took its
+#: nick over through another daemon (NickLost): the member is there, so no daemon shows
+#: this part (it is not a reason of the protocol's); it keeps the engine's member list
+#: in step. The reaper of a dead daemon publishes none for such a member at all.
+TAKEN_OVER = "taken-over"
 
 
 class ClusterRules(ChatRules):
@@ -380,7 +385,7 @@ class ClusterRules(ChatRules):
             return
         if reply.why == "takeover":  # its client came back through another daemon
             session_id = member.session_id
-            self._remove(member, "quit", release=False)
+            self._remove(member, TAKEN_OVER, release=False)
             self._log_member("takeover", member)
             self._close(session_id)
         elif self.split or member.session_id in self._pending_rename:
@@ -542,7 +547,8 @@ class ClusterRules(ChatRules):
             # The server must learn that the room's key holders here are gone: an
             # empty broadcast tells it (see ChatRules._fan_out). Split, the part
             # notice shown here just did.
-            self._fan_out(room, PartNotice(name, member.nick, reason), None, None)
+            shown = "quit" if reason == TAKEN_OVER else reason
+            self._fan_out(room, PartNotice(name, member.nick, shown), None, None)
         self._maybe_drop(room)
 
     def _maybe_drop(self, room: _Room) -> None:
@@ -685,7 +691,8 @@ class ClusterRules(ChatRules):
             elif event.kind == "join":
                 self._broadcast(room, JoinNotice(room.name, event.nick))
             elif event.kind == "part":
-                self._broadcast(room, PartNotice(room.name, event.nick, event.reason))
+                if event.reason != TAKEN_OVER:  # else it is here, through another daemon
+                    self._broadcast(room, PartNotice(room.name, event.nick, event.reason))
             else:
                 self._broadcast(room, NickNotice(event.old, event.nick))
         except MessageError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import random
 import secrets
+from collections.abc import Sequence
 
 from cryptography.fernet import InvalidToken
 
@@ -135,6 +136,7 @@ class ChatClient:
         self.failures = 0  # lines refused locally or not delivered: pipe exit status
         self.fatal = False  # the server refused us for good (e.g. no free nick)
         self._addresses = 1  # how many addresses the server has (set by start)
+        self._address_names: list[str] = []  # what to call them in notices (start)
         self._address_index = 0
         self._rng = rng or random.Random()
         self._outbox = Outbox()
@@ -197,7 +199,11 @@ class ChatClient:
         """Which of the server's addresses (0-based, in the order given to ``start``)
         the current connection attempt goes to: the next one after each attempt that
         never started (handshake unanswered within fallback_after_s, or its session
-        lost while still connecting), round again after the last."""
+        lost while still connecting), and after each session that started and was then
+        lost (the server went silent or its port refused, it closed the session or
+        refused the hello): several addresses may be several daemons of a cluster
+        (docs/CLUSTER.md), and the next one is likelier to answer than the one just
+        lost, which comes round again after the others."""
         return self._address_index
 
     def take_output(self) -> list[Item]:
@@ -212,12 +218,16 @@ class ChatClient:
         self.failures += 1
         self._output.append(Problem(text))
 
-    def start(self, now: float, addresses: int = 1) -> None:
+    def start(self, now: float, addresses: int = 1, names: Sequence[str] = ()) -> None:
         """Connect for the first time; the server has ``addresses`` addresses to try
-        in turn (see address_index)."""
+        in turn (see address_index). ``names``: what to call each (e.g.
+        "192.0.2.2:12345") when telling the user which one was lost and which is next."""
         if addresses < 1:
             raise ValueError("the server needs at least one address")
+        if names and len(names) != addresses:
+            raise ValueError("one name per address")
         self._addresses = addresses
+        self._address_names = list(names)
         self._last_progress = now
         self._connect(now)
 
@@ -321,7 +331,7 @@ class ChatClient:
             self._reconnect_at = None
             self._connect(now)
         if self._attempt_deadline is not None and self._attempt_deadline <= now:
-            self._attempt_failed()
+            self._next_address()
             self._connect(now)
         if self._hello_deadline is not None and self._hello_deadline <= now:
             self._hello_deadline = None
@@ -365,9 +375,15 @@ class ChatClient:
         if self.fallback_after_s is not None:
             self._attempt_deadline = now + self.fallback_after_s
 
-    def _attempt_failed(self) -> None:
-        """The connection attempt never started: the next one goes to the next address."""
+    def _next_address(self) -> None:
+        """The next connection attempt goes to the next address (see address_index)."""
         self._address_index = (self._address_index + 1) % self._addresses
+
+    def _address_name(self, index: int) -> str:
+        """The server's address ``index`` as the user is told it."""
+        if self._addresses > 1 and self._address_names:
+            return self._address_names[index]
+        return self.reachability.server
 
     def _begin_quit(self, now: float) -> None:
         """Queue bye (if connected) or stop at once; the caller pumps."""
@@ -402,7 +418,7 @@ class ChatClient:
 
     def _network_lost(self, finding: Finding, now: float) -> None:
         """The network refused the session's datagrams twice: the server is gone."""
-        server = self.reachability.server
+        server = self._address_name(self._address_index)
         if finding is Finding.REFUSED:
             detail = f"nothing is listening on {server} any more"
         else:
@@ -422,7 +438,7 @@ class ChatClient:
         delay = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self._lost_sessions)
         delay *= self._rng.uniform(0.5, 1.0)
         if self.state is State.CONNECTING:
-            self._attempt_failed()
+            self._next_address()
             server = self.reachability.server
             self._output.append(
                 Diagnosis(f"still no answer from {server}; retrying in {max(1, round(delay))} s")
@@ -433,7 +449,11 @@ class ChatClient:
                 "closed": "server closed the connection",
                 "server-full": "server is full",
             }.get(reason, "connection to server lost")
-            after = f" ({detail})" if detail else ""
+            notes = [detail] if detail else []
+            if self._addresses > 1:
+                self._next_address()
+                notes.append(f"next: {self._address_name(self._address_index)}")
+            after = f" ({'; '.join(notes)})" if notes else ""
             self._output.append(Notice(f"{why}; reconnecting in {max(1, round(delay))} s{after}"))
         self._session_id = None
         self._attempt_deadline = self._hello_deadline = None

@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from udpchat import __version__
-from udpchat.address import DEFAULT_PORT, AddressError, join_host_port, parse_port
-from udpchat.address import split_host_port as parse_host_port
+from udpchat.address import (
+    DEFAULT_PORT,
+    AddressError,
+    join_host_port,
+    parse_port,
+    split_server_list,
+)
 from udpchat.chat import messages
 from udpchat.client.chatlog import ChatLog, ChatLogError, open_chat_log
 from udpchat.client.config import (
@@ -48,8 +53,9 @@ EXIT_SETUP = 2
 EXIT_FAILED = 1
 #: Exit status when the server did not answer within --timeout.
 EXIT_NO_ANSWER = 3
-#: With several addresses for the server, a handshake unanswered this long moves on
-#: to the next one (e.g. "localhost" = ::1 and 127.0.0.1, server on IPv4 only).
+#: With several addresses for the server (a name with several, or a list of daemons),
+#: a handshake unanswered this long moves on to the next one (e.g. "localhost" = ::1
+#: and 127.0.0.1, server on IPv4 only).
 ADDRESS_FALLBACK_S = 3.0
 #: On SIGINT/SIGTERM, how long the front end may take to write its last lines.
 SHUTDOWN_FLUSH_S = 1.0
@@ -62,6 +68,11 @@ IDLE_TIMEOUT_DEFAULT_S = 30.0
 
 DESCRIPTION = """\
 Encrypted group chat over UDP: connect to the udpchat server on HOST.
+
+HOST may be a comma-separated list, HOST:PORT,HOST:PORT,... (the daemons of a
+cluster): they are tried in turn, and when the connection to one is lost the
+client moves on to the next, with the same nick and client id, and sends again
+what that one had not acknowledged.
 
 Terminal mode (stdin and stdout are a terminal): a line editor with history, Tab
 completion and Ctrl-R search; type /help for the commands. /quit leaves, and so do
@@ -198,11 +209,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="HOST",
         nargs="?",
         help="server name or IPv4/IPv6 address, with :PORT if you like (as the daemon"
-        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); or an invite line"
-        " (udpchat://HOST:PORT/#KEY, see below); default: host in the config file",
+        " logs it: 192.0.2.2:12345, [2001:db8::2]:12345); or a comma-separated list of"
+        " them (several daemons of a cluster, tried in turn: chat-a:12345,chat-b:12345);"
+        " or an invite line (udpchat://HOST:PORT/#KEY, see below); default: host in the"
+        " config file",
     )
     parser.add_argument(
-        "--port", type=_port, default=None, help=f"server UDP port (default {DEFAULT_PORT})"
+        "--port",
+        type=_port,
+        default=None,
+        help=f"server UDP port, for every HOST without one (default {DEFAULT_PORT})",
     )
     parser.add_argument("--key", metavar="PATH", type=Path, help="pre-shared key file")
     parser.add_argument(
@@ -256,18 +272,19 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     return parser
 
 
-def split_host_port(
+def split_servers(
     text: str, port: int | None, default_port: int | None = None
-) -> tuple[str, int]:
-    """HOST as the daemon logs it: "NAME", "NAME:PORT", "1.2.3.4:PORT", "[::1]",
-    "[::1]:PORT"; a bare IPv6 address ("::1") is a host (udpchat.address). `port` is
-    --port (None if not given); a port in HOST and a different --port are a usage
-    error. Without either, `default_port` (the config file's), else DEFAULT_PORT."""
+) -> list[tuple[str, int]]:
+    """[(host, port), ...] of HOST as the daemon logs it ("NAME", "NAME:PORT",
+    "1.2.3.4:PORT", "[::1]", "[::1]:PORT"; a bare IPv6 address "::1" is a host), or of a
+    comma-separated list of them (udpchat.address). `port` is --port (None if not
+    given); a port in HOST and a different --port are a usage error. Without either,
+    `default_port` (the config file's), else DEFAULT_PORT."""
     try:
-        host, in_host = parse_host_port(text)
+        entries = split_server_list(text)
     except AddressError as exc:
         fail(str(exc))
-    return host, _one_port(text, in_host, port, default_port)
+    return [(host, _one_port(text, in_host, port, default_port)) for host, in_host in entries]
 
 
 def _one_port(
@@ -304,13 +321,13 @@ def choose_key_path(args: argparse.Namespace, config: ClientConfig, env: Mapping
     return default_key_path(env)
 
 
-def server_and_key(
+def servers_and_key(
     args: argparse.Namespace, config: ClientConfig, env: Mapping[str, str]
-) -> tuple[str, int, bytes]:
-    """(host, port, key) from HOST (or the config file's host) and the key options:
-    an invite line carries all three (and --save-key keeps its key); otherwise the key
-    comes from its file. A port in HOST on the command line wins over the file's port;
-    --port wins over any."""
+) -> tuple[list[tuple[str, int]], bytes]:
+    """([(host, port), ...], key) from HOST (or the config file's host) and the key
+    options: an invite line carries one server and its key (and --save-key keeps the
+    key); otherwise HOST may be a list of servers, and the key comes from its file. A
+    port in HOST on the command line wins over the file's port; --port wins over any."""
     text = args.host
     if text is None:
         if config.host is None:
@@ -326,11 +343,12 @@ def server_and_key(
         if args.save_key or args.force:
             fail("--save-key and --force go with an invite line (udpchat://HOST:PORT/#KEY)")
         if args.host is not None:
-            host, port = split_host_port(text, args.port, config.port)
+            servers = split_servers(text, args.port, config.port)
         else:
-            host, port = split_host_port(text, None, config.port)
-            port = port if args.port is None else args.port
-        return host, port, _load_client_key(args, config, env)
+            servers = split_servers(text, None, config.port)
+            if args.port is not None:
+                servers = [(host, args.port) for host, _ in servers]
+        return servers, _load_client_key(args, config, env)
     try:
         invite = parse_invite(text)
     except InviteError as exc:
@@ -354,7 +372,7 @@ def server_and_key(
             f" `{PROG} {join_host_port(invite.host, port)}` is enough",
             file=sys.stderr,
         )
-    return invite.host, port, invite.key
+    return [(invite.host, port)], invite.key
 
 
 def _load_client_key(
@@ -389,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     )
     if reason := messages.room_error(room):
         fail(f"bad --room {settings.room!r}: {reason}")
-    host, port, psk = server_and_key(args, config, os.environ)
+    servers, psk = servers_and_key(args, config, os.environ)
     view = ViewOptions(
         colours=settings.colours is not False,
         timestamps=settings.timestamps,
@@ -404,12 +422,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             fail(str(exc))
     keep = settings.input_history is not False  # --no-input-history
     timeout = settings.timeout
-    sys.exit(run(host, port, psk, nick, room, args.idle_timeout, view, chat_log, timeout, keep))
+    sys.exit(run(servers, psk, nick, room, args.idle_timeout, view, chat_log, timeout, keep))
 
 
 def run(
-    host: str,
-    port: int,
+    servers: Sequence[tuple[str, int]],
     psk: bytes,
     nick: str,
     room: str,
@@ -419,7 +436,8 @@ def run(
     timeout_s: float | None = None,
     input_history: bool = True,
 ) -> int:
-    """Resolve, connect and chat until done; return the exit status. ``timeout_s``:
+    """Resolve, connect and chat until done; return the exit status. ``servers``: the
+    server's (host, port), or several daemons' in the order to try them; ``timeout_s``:
     --timeout (None: wait for the server for ever)."""
     from twisted.internet import reactor as _reactor
 
@@ -432,8 +450,7 @@ def run(
         runner = Runner(
             reactor,
             cleanup,
-            host,
-            port,
+            servers,
             psk,
             nick,
             room,
@@ -470,8 +487,7 @@ class Runner:
         self,
         reactor: Any,
         cleanup: ExitStack,
-        host: str,
-        port: int,
+        servers: Sequence[tuple[str, int]],
         psk: bytes,
         nick: str,
         room: str,
@@ -485,7 +501,9 @@ class Runner:
     ) -> None:
         self.reactor = reactor
         self.cleanup = cleanup
-        self.host, self.port, self.psk = host, port, psk
+        if not servers:
+            raise ValueError("no server")
+        self.servers, self.psk = list(servers), psk
         self.nick, self.room = nick, room
         self.interactive = interactive
         self.idle_timeout_s = idle_timeout_s
@@ -504,7 +522,7 @@ class Runner:
         from udpchat.client.link import resolve
 
         self._start_logging()
-        d = resolve(self.host, self.port)
+        d = resolve(self.servers)
         d.addCallbacks(self._resolved, self._resolve_failed)
         d.addErrback(self._crashed)
 
@@ -542,8 +560,10 @@ class Runner:
         return lines
 
     def _resolve_failed(self, failure: Any) -> None:
-        failure.trap(OSError)
-        self._setup_error(describe_resolve_error(self.host, failure.value))
+        from udpchat.client.link import LookupFailed
+
+        failure.trap(LookupFailed)
+        self._setup_error(describe_resolve_error(failure.value.host, failure.value.error))
 
     def _setup_error(self, text: str) -> None:
         self.add_error(f"{PROG}: {text}")
@@ -569,12 +589,17 @@ class Runner:
         from udpchat.core.endpoint import ClientEndpoint
 
         if not servers:
-            self._setup_error(f"host {self.host!r} has no IPv4 or IPv6 address")
+            hosts = " or ".join(repr(host) for host, _ in self.servers)
+            self._setup_error(f"host {hosts} has no IPv4 or IPv6 address")
             return
         fallback = ADDRESS_FALLBACK_S if len(servers) > 1 else None
         # Kept across restarts (and locked while in use): a client started again after
-        # a crash takes its own place back at once, even on a full server.
-        client_id, self._id_lock = claim_client_id(self.host, self.port, self.nick, os.environ)
+        # a crash takes its own place back at once, even on a full server. A list of
+        # daemons is one server here: one client id, whichever of them it is on.
+        named = ", ".join(join_host_port(*server) for server in self.servers)
+        ports = {port for _, port in self.servers}
+        host, port = self.servers[0] if len(self.servers) == 1 else (named, 0)
+        client_id, self._id_lock = claim_client_id(host, port, self.nick, os.environ)
         self.chat = ChatClient(
             ClientEndpoint(self.psk, client_protocol_config(self.idle_timeout_s)),
             self.nick,
@@ -583,10 +608,10 @@ class Runner:
             pipe=not self.interactive,
             fallback_after_s=fallback,
             reachability=Reachability(
-                join_host_port(self.host, self.port),
-                self.port,
+                named,
+                ports.pop() if len(ports) == 1 else None,
                 fingerprint(self.psk),
-                ipv6=":" in self.host,
+                ipv6=all(":" in host for host, _ in self.servers),
             ),
             give_up_after_s=self.timeout_s,
         )

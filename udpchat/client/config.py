@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TypeVar
 
+from udpchat.address import split_server_list
 from udpchat.chat import messages
 from udpchat.client.display import TIMESTAMP_FORMATS, Timestamps, timestamps_format
 from udpchat.ini import IniError, read_ini
@@ -39,7 +40,7 @@ class ClientConfig:
     [client], and the ``dest`` of the matching command-line flag (``merge``)."""
 
     path: Path | None = None  # the file read (None: there was none)
-    host: str | None = None  # HOST, with :PORT if you like
+    host: str | None = None  # HOST, with :PORT if you like; or a list of them
     port: int | None = None  # --port
     nick: str | None = None  # --nick
     room: str | None = None  # --room
@@ -181,7 +182,9 @@ def _not_empty(text: str) -> str:
 
 
 def _host(text: str) -> str:
-    if not text or any(ch.isspace() for ch in text):
+    """HOST, or a comma-separated list of them (udpchat.address)."""
+    entries = split_server_list(text)  # AddressError is a ValueError
+    if any(ch.isspace() for host, _ in entries for ch in host):
         raise ValueError(text)
     return text
 
@@ -231,7 +234,11 @@ def load_client_config(path: str | os.PathLike[str], must_exist: bool = False) -
     return ClientConfig(
         path=Path(name).absolute(),
         host=r.get(
-            "host", _host, "is not a host", "write a name or address, e.g. chat.example.lan:12345"
+            "host",
+            _host,
+            "is not a host",
+            "write a name or address, e.g. chat.example.lan:12345, or a comma-separated"
+            " list of them (several daemons of a cluster)",
         ),
         port=r.get("port", _port, "is not a port number", "use an integer 1-65535"),
         nick=r.named("nick", messages.nick_error, "choose another nick"),

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from udpchat.address import join_host_port
 from udpchat.client.chatclient import ChatClient
 from udpchat.client.display import Item, Problem
 from udpchat.client.reachability import Finding
@@ -52,20 +53,33 @@ class FrontEnd(Protocol):
         """The ChatClient is finished; the front end should exit."""
 
 
-def resolve(host: str, port: int) -> Deferred[list[tuple[int, Address]]]:
-    """Look ``host`` up (name or IPv4/IPv6 literal) in a thread, so the reactor never
-    blocks on DNS. Fires with [(family, (address, port)), ...] in the system's order of
-    preference, or fails with socket.gaierror."""
+class LookupFailed(OSError):
+    """One of the servers' names could not be resolved (``host``; ``error`` says why)."""
+
+    def __init__(self, host: str, error: OSError) -> None:
+        super().__init__(str(error))
+        self.host = host
+        self.error = error
+
+
+def resolve(servers: Sequence[tuple[str, int]]) -> Deferred[list[tuple[int, Address]]]:
+    """Look each (host, port) up (name or IPv4/IPv6 literal) in a thread, so the
+    reactor never blocks on DNS. Fires with [(family, (address, port)), ...]: each
+    server's addresses in the system's order of preference, the servers in the order
+    given, each address once; or fails with LookupFailed for the first that fails."""
 
     def lookup() -> list[tuple[int, Address]]:
         found: list[tuple[int, Address]] = []
-        for family, _, _, _, sockaddr in socket.getaddrinfo(
-            host, port, 0, socket.SOCK_DGRAM, socket.IPPROTO_UDP
-        ):
-            if family in (socket.AF_INET, socket.AF_INET6):
-                entry = (family, (str(sockaddr[0]), int(sockaddr[1])))
-                if entry not in found:
-                    found.append(entry)
+        for host, port in servers:
+            try:
+                answers = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+            except OSError as exc:
+                raise LookupFailed(host, exc) from exc
+            for family, _, _, _, sockaddr in answers:
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    entry = (family, (str(sockaddr[0]), int(sockaddr[1])))
+                    if entry not in found:
+                        found.append(entry)
         return found
 
     return threads.deferToThread(lookup)
@@ -89,8 +103,9 @@ class _Socket(DatagramProtocol):
 class ChatLink:
     """Runs one ChatClient over UDP for one front end (see module docstring).
 
-    ``servers`` are the resolved addresses of the server; the ChatClient decides which
-    one each connection attempt goes to (e.g. "localhost" as ::1, then 127.0.0.1).
+    ``servers`` are the resolved addresses of the server (or of several daemons of a
+    cluster); the ChatClient decides which one each connection attempt goes to (e.g.
+    "localhost" as ::1, then 127.0.0.1; after a lost session, the next one).
     """
 
     def __init__(
@@ -145,7 +160,8 @@ class ChatLink:
         self.servers = [s for s in self.servers if s[0] in self._ports]
         if not self.servers:
             raise problems[0]
-        self.chat.start(self.now(), addresses=len(self.servers))
+        names = [join_host_port(*address) for _, address in self.servers]
+        self.chat.start(self.now(), addresses=len(self.servers), names=names)
         self.pump()
 
     # --- inputs ------------------------------------------------------------------

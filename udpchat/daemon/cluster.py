@@ -18,10 +18,10 @@ import hmac
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.fernet import InvalidToken
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -202,6 +202,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {epoch, redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])}
 """
+# One member of a dead node, atomically (so that a reconnect's claim is either
+# before it, and seen, or after it, and granted as a free nick): out of the room's
+# member list; then, unless its nick is now held by another member with the same
+# client id (it came back through another daemon before this reap: it is there, and
+# a part would say it left), a part for the room and its nick freed if still its own.
+# Answers 1 (parted) or 0 (it is back).
+# KEYS: nick, stream, room's members, rooms
+# ARGV: member hash, client hash ('' if unknown), sealed part, stream maxlen, room hash
+REAP_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('HLEN', KEYS[3]) == 0 then redis.call('HDEL', KEYS[4], ARGV[5]) end
+if v and string.sub(v, 1, 32) ~= ARGV[1] and ARGV[2] ~= ''
+    and string.sub(v, 33, 64) == ARGV[2] then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
+if v and string.sub(v, 1, 32) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
 # The rooms with members, and how many: sealed name, count, ...
 ROOMS_SCRIPT = """
 local out = {}
@@ -226,6 +246,14 @@ def incarnation(node: str) -> str:
 def _stream_id(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
+
+
+class _Held(NamedTuple):
+    """A nick this daemon holds for one of its members."""
+
+    member_hash: str
+    member: str
+    client_hash: str  # the member's client id, as a name (the reaper compares it)
 
 
 @dataclass
@@ -265,8 +293,7 @@ class ClusterLink:
         self._inbox = self._node_key(self._node_hash, "inbox")
         self._inbox_last = b"0-0"
         self._following: dict[bytes, _Followed] = {}
-        # nick key -> (member hash, member, client hash): the nicks to renew
-        self._held: dict[bytes, tuple[str, str, str]] = {}
+        self._held: dict[bytes, _Held] = {}  # by nick key: the nicks to renew
         self._cmd: Any = None
         self._reader: Any = None
         self._running = False
@@ -388,7 +415,8 @@ class ClusterLink:
         elif isinstance(request, ReleaseNick):
             key = self._nick_key(request.nick)
             member_hash = self._name("member", request.member)
-            if self._held.get(key, ("",))[0] == member_hash:
+            held = self._held.get(key)
+            if held is not None and held.member_hash == member_hash:
                 del self._held[key]
             self._command(("EVAL", RELEASE_SCRIPT, 1, key, member_hash), "release a nick")
         elif isinstance(request, LoadRoom):
@@ -513,7 +541,13 @@ class ClusterLink:
         if kind in ("join", "nick", "register"):
             nick = self._seal(event.nick)
             room = self._seal(event.room)
-            record = self._seal({"room": event.room, "nick": event.nick, "member": event.member})
+            # The member's client id (as a name) too: the reaper of a dead daemon
+            # tells by it whether the member came back through another one.
+            held = self._held.get(self._nick_key(event.nick))
+            client = held.client_hash if held and held.member == event.member else ""
+            record = self._seal(
+                {"room": event.room, "nick": event.nick, "member": event.member, "client": client}
+            )
         keys = (stream, history, members, ROOMS_KEY, self._node_key(node_hash, "members"))
         args = (sealed, kind, STREAM_MAXLEN, self._history_lines, field, nick, room_hash, room)
         self._command(("EVAL", PUBLISH_SCRIPT, len(keys), *keys, *args, record), "publish")
@@ -536,7 +570,7 @@ class ClusterLink:
                 return
             answered = True
             if granted:
-                self._held[key] = (member_hash, request.member, client_hash)
+                self._held[key] = _Held(member_hash, request.member, client_hash)
             self._answer(request, granted, unavailable=result is FAILED)
 
         def timeout() -> None:
@@ -739,7 +773,8 @@ class ClusterLink:
 
     def _reap(self, dead: Any) -> None:
         """Nodes whose lease ended (their daemon died): their members part, with
-        reason "timeout", for everyone; their nicks are free again."""
+        reason "timeout", for everyone, and their nicks are free again; except the
+        members that came back through another daemon meanwhile (REAP_SCRIPT)."""
         for node_hash in () if dead is FAILED else dead:
             node_hash = node_hash.decode() if isinstance(node_hash, bytes) else str(node_hash)
             if node_hash == self._node_hash:
@@ -747,7 +782,7 @@ class ClusterLink:
             members_key = self._node_key(node_hash, "members")
 
             def reap(records: Any, node_hash: str = node_hash, key: bytes = members_key) -> None:
-                count = 0
+                outcomes = []
                 for sealed in ([] if records is FAILED else records)[1::2]:
                     try:
                         record = self._open(sealed)
@@ -755,19 +790,33 @@ class ClusterLink:
                             "part", str(record["room"]), str(record["nick"]),
                             str(record["member"]), reason="timeout",
                         )  # fmt: skip
-                    except (ValueError, KeyError, TypeError):
+                        client_hash = str(record.get("client", ""))
+                    except (ValueError, KeyError, TypeError, AttributeError):
                         continue
-                    self._publish(event, node_hash)
-                    member_hash = self._name("member", event.member)
-                    release = ("EVAL", RELEASE_SCRIPT, 1, self._nick_key(event.nick), member_hash)
-                    self._command(release, "release a nick")
-                    count += 1
+                    outcomes.append(self._reap_member(event, client_hash))
                 self._command(("DEL", key, self._node_key(node_hash, "inbox")), "tidy up")
-                if count:
-                    log.info(
-                        "Cluster: a daemon stopped renewing its lease; its {n} members "
-                        "left their rooms",
-                        n=count,
-                    )
+                if outcomes:
+                    gatherResults(outcomes).addCallback(self._reaped)
 
             self._command(("HGETALL", members_key), "reap a node").addCallback(reap)
+
+    def _reap_member(self, part: RoomEvent, client_hash: str) -> Deferred[Any]:
+        """One member of a dead daemon (REAP_SCRIPT): fires with 1 if it was parted,
+        0 if it is back through another daemon, FAILED if Redis did not answer."""
+        room_hash, stream, _, members = self._room_keys(part.room)
+        keys = (self._nick_key(part.nick), stream, members, ROOMS_KEY)
+        member_hash = self._name("member", part.member)
+        sealed = self._fernet.encrypt(part.to_json())
+        args = (member_hash, client_hash, sealed, STREAM_MAXLEN, room_hash)
+        return self._command(("EVAL", REAP_SCRIPT, len(keys), *keys, *args), "reap a member")
+
+    @staticmethod
+    def _reaped(outcomes: list[Any]) -> None:
+        parted = sum(1 for outcome in outcomes if outcome == 1)
+        back = sum(1 for outcome in outcomes if outcome == 0)
+        log.info(
+            "Cluster: a daemon stopped renewing its lease; of its members, {parted} left "
+            "their rooms (timeout) and {back} had come back through another daemon",
+            parted=parted,
+            back=back,
+        )
