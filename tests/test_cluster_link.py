@@ -45,6 +45,9 @@ class FakeRedis:
                 return
         raise AssertionError(f"no {script[:30]!r} waiting among {self.waiting()}")
 
+    def push(self) -> None:
+        """What was sent is out at once here (RedisConnection.push)."""
+
     def drop(self) -> None:
         self.drops += 1
         for _, d in self.sent:

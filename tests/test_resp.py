@@ -4,6 +4,7 @@ Redis under an open connection."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from udpchat.daemon.resp import RedisConnection, RedisError, encode_command, parse_reply
 
@@ -98,3 +100,31 @@ def test_a_round_trip_with_a_real_redis_that_restarts(redis: RedisServer) -> Ite
             raise AssertionError("no reconnection within 5 s")
     finally:
         conn.disconnect()
+
+
+@pytest_twisted.inlineCallbacks
+def test_push_hands_a_command_to_the_kernel_before_the_reactor_turns() -> Iterator[Any]:
+    """The daemon acknowledges a line in the same pass as it asks Redis to publish
+    it; push() puts the command into the socket at once (Twisted would write it at
+    its next turn), so that a kill -9 after the acknowledgement cannot lose it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn = RedisConnection(reactor, "127.0.0.1", listener.getsockname()[1])
+    try:
+        accepted: tuple[socket.socket, Any] = yield deferToThread(listener.accept)
+        server = accepted[0]
+        for _ in range(50):  # the client side's connectionMade
+            if conn._proto is not None:  # noqa: SLF001
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        conn.execute_command("PING")
+        server.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            server.recv(100)  # written to Twisted's buffer only
+        conn.push()
+        assert server.recv(100) == b"*1\r\n$4\r\nPING\r\n"  # no reactor turn since
+        server.close()
+    finally:
+        conn.disconnect()
+        listener.close()

@@ -404,6 +404,8 @@ class ClusterLink:
                     self._do(request)
         finally:
             self._flushing = False
+        if self._cmd is not None:
+            self._cmd.push()  # before the datagrams of this pass (their acks) leave
 
     def _do(self, request: Request) -> None:
         if isinstance(request, Publish):

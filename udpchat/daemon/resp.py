@@ -221,6 +221,18 @@ class RedisConnection:
     def _lost(self) -> None:
         self._proto = None
 
+    def push(self) -> None:
+        """Hand the commands written so far to the kernel now. Twisted writes a TCP
+        transport's buffer at the reactor's next turn; the chat server acknowledges a
+        line in the same pass as it asks for the line's publication, and an
+        acknowledgement must not leave before the command it depends on is out of
+        this process (kill -9 in between would lose an acknowledged line; what the
+        kernel holds, it still sends after the process is gone)."""
+        transport: Any = None if self._proto is None else self._proto.transport
+        if transport is None or not transport.connected or transport.disconnecting:
+            return
+        transport.doWrite()  # IWriteDescriptor: what the reactor calls when writable
+
     def drop(self) -> None:
         """Give up on the connection as it is (Redis stopped answering without closing
         it): the commands waiting fail at once, and it connects again."""

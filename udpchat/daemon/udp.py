@@ -209,12 +209,14 @@ class ChatProtocol(DatagramProtocol):
 
     def _service(self, now: float) -> None:
         try:
+            # What the core acknowledged in this pass is kept (history file) and
+            # handed to the cluster's engine before the acknowledgements leave.
             self._keep_history()
+            if self.after_service is not None:
+                self.after_service()
             self._write(now)
             for entry in self.server.take_log():
                 self._log(entry)
-            if self.after_service is not None:
-                self.after_service()
         except Exception:
             self._bug(now)
         finally:  # whatever happened, the one timer stays set
