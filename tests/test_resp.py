@@ -5,7 +5,7 @@ Redis under an open connection."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def test_a_round_trip_with_a_real_redis_that_restarts(redis: RedisServer) -> Ite
 
 
 @pytest_twisted.inlineCallbacks
-def test_push_hands_a_command_to_the_kernel_before_the_reactor_turns() -> Iterator[Any]:
+def test_push_hands_a_command_to_the_kernel_before_the_reactor_turns() -> Generator[Any, Any, None]:
     """The daemon acknowledges a line in the same pass as it asks Redis to publish
     it; push() puts the command into the socket at once (Twisted would write it at
     its next turn), so that a kill -9 after the acknowledgement cannot lose it."""
