@@ -86,13 +86,12 @@ class BinaryFernet:
     """A Fernet key that seals and opens binary tokens (the base64 of Fernet's own
     tokens decoded). Not thread-safe: the reactor thread only."""
 
-    __slots__ = ("_signing", "_encryption", "_state")
+    __slots__ = ("_raw", "_state")
 
     def __init__(self, raw32: bytes) -> None:
         if len(raw32) != 32:
             raise ValueError("a Fernet key is 32 bytes")
-        self._signing = raw32[:16]
-        self._encryption = raw32[16:]
+        self._raw = bytes(raw32)  # signing || encryption (one object: 10,000 sessions)
         self._state: _Hot | None = None
 
     @classmethod
@@ -104,14 +103,14 @@ class BinaryFernet:
     @property
     def raw(self) -> bytes:
         """The 32 raw key bytes (signing || encryption)."""
-        return self._signing + self._encryption
+        return self._raw
 
     def _hot(self) -> _Hot:
         state = self._state
         if state is not None:
             _hot.move_to_end(id(self))
             return state
-        state = self._state = _Hot(self._signing, self._encryption)
+        state = self._state = _Hot(self._raw[:16], self._raw[16:])
         _hot[id(self)] = self
         while len(_hot) > HOT_KEYS:
             _, coldest = _hot.popitem(last=False)

@@ -137,7 +137,8 @@ class Session:
         "_send_epoch", "pending_epoch", "_candidates", "_sendq", "_recvq",
         "_message_bucket", "last_received", "last_sent", "_ack_due", "_ping_needed",
         "_close_pending", "ended", "_handshake_keys", "_clock", "_handshake_out",
-        "report_delivered", "envelope_acks", "_sealed_unacked", "_sealed_ack", "_initiator",
+        "report_delivered", "envelope_acks", "_sealed_unacked", "_sealed_ack_delay_s",
+        "_sealed_ack_every", "_initiator",
         "_handshake_retry_at", "cookie",
         "_handshake_attempts", "path_checks", "_validated", "_path_credit",
         "_challenge", "_challenge_due", "_response_due", "receive_paused",
@@ -189,9 +190,10 @@ class Session:
         # Initiator, after "room-keys" was negotiated: acks and pings travel as
         # ENVELOPEs (PROTOCOL.md section 11).
         self.envelope_acks = False
-        # When sealed room messages are acknowledged: (delay, every), PROTOCOL.md 5.4
-        # and, once negotiated, 11.8.
-        self._sealed_ack = (config.sealed_ack_delay_s, config.sealed_ack_every)
+        # When sealed room messages are acknowledged: PROTOCOL.md 5.4 and, once
+        # negotiated, 11.9.
+        self._sealed_ack_delay_s = config.sealed_ack_delay_s
+        self._sealed_ack_every = config.sealed_ack_every
         # Responder: the address known to reach the peer (a handshake's message 2 or a
         # PATH_CHALLENGE was answered from it). While the session's address is
         # another, what may be sent there is limited to PATH_CREDIT_FACTOR times the
@@ -717,7 +719,8 @@ class Session:
         often; the responder (the server, which sends them) waits that long for it."""
         config = self._config
         if self.initiator:
-            self._sealed_ack = (config.sealed_ack_delay_lazy_s, config.sealed_ack_every_lazy)
+            self._sealed_ack_delay_s = config.sealed_ack_delay_lazy_s
+            self._sealed_ack_every = config.sealed_ack_every_lazy
         else:
             self._sendq.peer_acks_lazily()
 
@@ -776,8 +779,10 @@ class Session:
                     due = now
                 elif sealed:
                     self._sealed_unacked += 1
-                    delay, every = self._sealed_ack
-                    due = now if self._sealed_unacked >= every else now + delay
+                    if self._sealed_unacked >= self._sealed_ack_every:
+                        due = now
+                    else:
+                        due = now + self._sealed_ack_delay_s
                 else:
                     due = now + self._config.ack_delay_s
             elif self._recvq.is_duplicate(seq):
