@@ -28,6 +28,7 @@ Usage (from a checkout, or with PYTHONPATH=<checkout>):
   python benchmarks/cluster_fanout.py                   # 50 + 10 x 10/s, 15 s each
   python benchmarks/cluster_fanout.py --repeat 3        # configurations interleaved
   python benchmarks/cluster_fanout.py --configs single,cluster-3 --seconds 10
+  python benchmarks/cluster_fanout.py --idle 3000       # idle members: CPU, RSS, Redis
   add --json FILE to save the numbers.
 
 redis-server comes from Debian's package (`apt-get install redis-server`, which
@@ -51,7 +52,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fanout import SETTLE_S, Drivers, count_results, percentile, pin, plan_members, stop_on_signal
+from fanout import (
+    SETTLE_S,
+    Drivers,
+    count_results,
+    percentile,
+    pin,
+    plan_members,
+    source_address,
+    stop_on_signal,
+)
 from fanout_servers import (
     CLK_TCK,
     RealClient,
@@ -79,7 +89,15 @@ CONFIGS = {
 class Cluster:
     """The daemons of one configuration (and their Redis, for a cluster)."""
 
-    def __init__(self, name: str, args: argparse.Namespace, folder: Path, env: dict[str, str]):
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        env: dict[str, str],
+        max_members: int,
+        history: str = "off",
+        idle_timeout: float = 3600,
+    ) -> None:
         count, clustered = CONFIGS[name]
         self.redis: RedisServer | None = None
         self.daemons: list[Server] = []
@@ -90,7 +108,6 @@ class Cluster:
         if clustered:
             (folder / "redis").mkdir()
             self.redis = RedisServer(folder / "redis").start()
-        members = args.receivers + args.senders
 
         def start(index: int) -> Server:
             home = folder / f"daemon-{index}"
@@ -103,8 +120,9 @@ class Cluster:
             if self.redis is not None:
                 section = {"url": self.redis.url, "node": f"bench-{index}"}
             return start_udpchat(
-                home, env, max_members=members + 10, history=args.history, cluster=section
-            )
+                home, env, max_members, history=history, cluster=section,
+                idle_timeout=idle_timeout,
+            )  # fmt: skip
 
         try:
             with ThreadPoolExecutor(count) as pool:  # each start waits for its daemon
@@ -192,7 +210,8 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, env: dict[str
     drivers: Drivers | None = None
     client: RealClient | None = None
     try:
-        cluster = Cluster(name, args, workdir / f"{name}-{int(began * 1000)}", env)
+        home = workdir / f"{name}-{int(began * 1000)}"
+        cluster = Cluster(name, home, env, members + 10, args.history)
         ports = [d.port for d in cluster.daemons]
         shares = plan_members(receivers, senders, args.drivers, real_client=True)
         for share in shares:
@@ -300,6 +319,116 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, env: dict[str
         "errors": counted["errors"], "udp_rcvbuf_drops": kernel_drops, "stuck": stuck,
         "wall_s": time.monotonic() - began,
     }  # fmt: skip
+
+
+def run_idle(name: str, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> dict:
+    """`args.idle` established members doing nothing (rooms of 10, member i on daemon
+    i mod D, so that a room spans every daemon), held `args.idle_hold` seconds with
+    the daemons' default idle_timeout (30 s: keepalives every 10 s, a rekey every
+    120 s, and in a cluster the leases of nodes and nicks renewed every 2 s): what
+    members cost the daemons and Redis when nobody talks."""
+    count, clustered = CONFIGS[name]
+    began = time.monotonic()
+    cluster: Cluster | None = None
+    drivers: Drivers | None = None
+    try:
+        home = workdir / f"idle-{name}-{int(began * 1000)}"
+        cluster = Cluster(name, home, env, args.idle + 10, idle_timeout=30)
+        time.sleep(1.0)
+        empty_rss = [rss_mb(d.pid) for d in cluster.daemons]
+        shares: list[list[Any]] = [[] for _ in range(args.drivers)]
+        for index in range(args.idle):
+            spec = {
+                "index": index, "source": source_address(index), "room": f"r{index // 10}",
+                "port": cluster.daemons[index % count].port,
+            }  # fmt: skip
+            shares[index % args.drivers].append(spec)
+        setup_s = 60.0 + args.idle * 0.03
+        first = cluster.daemons[0]
+        common = {
+            "target": "udpchat", "host": "127.0.0.1", "port": first.port, "psk": first.psk,
+            "rate": 1.0, "line_bytes": 0, "total_senders": 0, "warmup_s": 0.0,
+            "seconds": args.idle_hold, "stragglers_s": 0.0,
+            "hard_deadline_s": setup_s + args.idle_hold + 60,
+        }  # fmt: skip
+        drivers = Drivers([{**common, "members": share} for share in shares], env)
+        for pid in cluster.pids():
+            pin(args, pid, [])
+        pin(args, None, [proc.pid for proc in drivers.procs])
+        drivers.wait_line("ready", setup_s)
+        established_s = time.monotonic() - began
+        time.sleep(2.0)  # the last joins' notices
+        daemons0, redis0, cmds0 = (
+            cluster.daemons_cpu(),
+            cluster.redis_cpu(),
+            cluster.redis_commands(),
+        )
+        (busy0, _), t0 = machine_ticks(), time.monotonic()
+        drivers.go(t0)  # hold: keepalives and rekeys keep flowing both ways
+        results = [json.loads(line) for line in drivers.wait_line("{", args.idle_hold + 60)]
+        held_s = time.monotonic() - t0
+        daemons1, redis1, cmds1 = (
+            cluster.daemons_cpu(),
+            cluster.redis_cpu(),
+            cluster.redis_commands(),
+        )
+        busy1, _ = machine_ticks()
+        rss = [rss_mb(d.pid) for d in cluster.daemons]
+        redis_rss = rss_mb(cluster.pids()[-1]) if clustered else 0.0
+        stuck = cluster.stuck()
+    finally:
+        if drivers is not None:
+            drivers.kill()
+        if cluster is not None:
+            cluster.stop()
+    errors: dict[str, int] = {}
+    for result in results:
+        for error, n in result["errors"].items():
+            errors[error] = errors.get(error, 0) + n
+    calls = {c: n - cmds0.get(c, (0, 0))[0] for c, (n, _) in cmds1.items()}
+    usec = {c: u - cmds0.get(c, (0, 0))[1] for c, (_, u) in cmds1.items()}
+    members = args.idle
+    return {
+        "config": name, "daemons": count, "clustered": clustered, "idle": members,
+        "established_s": established_s, "held_s": held_s,
+        "daemons_us_per_member_s": (daemons1 - daemons0) / held_s / members * 1e6,
+        "redis_us_per_member_s": (redis1 - redis0) / held_s / members * 1e6,
+        "redis_calls_per_s": {c: n / held_s for c, n in calls.items() if n and c != "info"},
+        "redis_eval_us_per_call": usec.get("eval", 0) / max(1, calls.get("eval", 0)),
+        "daemon_rss_mb": rss, "empty_rss_mb": empty_rss, "redis_rss_mb": redis_rss,
+        "kib_per_member": (sum(rss) - sum(empty_rss)) * 1024 / members,
+        "machine_busy_percent": (busy1 - busy0) / held_s * 100,
+        "errors": errors, "stuck": stuck, "wall_s": time.monotonic() - began,
+    }  # fmt: skip
+
+
+def idle_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    out = [
+        f"{args.idle} idle members in rooms of 10, member i on daemon i mod D, held "
+        f"{args.idle_hold:g} s with idle_timeout 30 s:"
+    ]
+    for r in rows:
+        line = (
+            f"  {r['config']}: established in {r['established_s']:.0f} s; daemons "
+            f"{r['daemons_us_per_member_s']:.1f} µs CPU per member per second "
+            f"({r['daemons_us_per_member_s'] * 1000 / 1e4:.1f} % of a core per 1,000 members), "
+            f"{r['kib_per_member']:.1f} KiB RSS per member "
+            f"(daemons {'+'.join(f'{m:.0f}' for m in r['daemon_rss_mb'])} MB)"
+        )
+        if r["clustered"]:
+            calls = ", ".join(
+                f"{n:.1f} {c.upper()}" for c, n in sorted(r["redis_calls_per_s"].items())
+            )
+            line += (
+                f"; Redis {r['redis_us_per_member_s']:.2f} µs CPU per member per second, "
+                f"{r['redis_rss_mb']:.0f} MB RSS, per second {calls}, "
+                f"{r['redis_eval_us_per_call']:.0f} µs per EVAL"
+            )
+        line += f"; machine busy {r['machine_busy_percent']:.0f} % (of 200)"
+        if r["errors"] or r["stuck"]:
+            line += f"; errors {r['errors']}, exited daemons {r['stuck']}"
+        out.append(line)
+    return "\n".join(out)
 
 
 def fmt(value: float, spec: str) -> str:
@@ -447,6 +576,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="FILE", help="save the numbers as JSON")
     parser.add_argument(
+        "--idle", type=int, metavar="N", help="idle mode: N members who say nothing"
+    )
+    parser.add_argument("--idle-hold", type=float, default=130.0, help="seconds held idle")
+    parser.add_argument(
         "--keep", metavar="DIR", help="keep the run's folder (logs, configs) inside DIR"
     )
     args = parser.parse_args(argv)  # fmt: skip
@@ -477,14 +610,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for _ in range(args.repeat):
             for name in args.configs:
-                rows.append(run_config(name, args, folder, env))
+                run = run_idle if args.idle else run_config
+                rows.append(run(name, args, folder, env))
                 print(f"  ({name}: {rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
         else:
             print(f"(the daemons' and Redis' logs are kept in {folder})", file=sys.stderr)
-    print(report(rows, args))
+    print(idle_report(rows, args) if args.idle else report(rows, args))
     print(f"(took {time.monotonic() - began:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

@@ -99,13 +99,15 @@ def start_udpchat(
     profile: Path | None = None,
     history: str = "off",
     cluster: dict[str, str] | None = None,
+    idle_timeout: float = 3600,
 ) -> Server:
     """`twistd -n udpchat` with a benchmark config: a high handshake rate (the real
     client and the idle mode come from few addresses), a long idle timeout, and by
     default no history; `history` "memory" keeps 50 lines per room in memory, "file"
     also in the history file. With `profile`, twistd writes cProfile stats there when
     it stops. `cluster` is a [cluster] section (docs/CLUSTER.md: url, node); the
-    daemons of one cluster each need a folder of their own with the same key file."""
+    daemons of one cluster each need a folder of their own with the same key file.
+    The long `idle_timeout` keeps a member the load starves of CPU for a while."""
     from cryptography.fernet import Fernet
 
     key_file = folder / "chat.key"
@@ -118,7 +120,7 @@ def start_udpchat(
         "interface": "127.0.0.1", "port": port, "key_file": key_file,
         "max_members": max_members, "history_lines": 0 if history == "off" else 50,
         "history_file": "chat.history" if history == "file" else "",
-        "idle_timeout": 3600, "handshake_rate": 100000, "handshake_burst": 100000,
+        "idle_timeout": idle_timeout, "handshake_rate": 100000, "handshake_burst": 100000,
     }  # fmt: skip
     config = folder / "chat.ini"
     text = "[server]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
