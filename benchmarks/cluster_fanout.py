@@ -183,6 +183,22 @@ def cpu_pressure_s() -> float:
     return int(line.rsplit("total=", 1)[1]) / 1e6
 
 
+def wait_quiet(limit_s: float, pressure_max: float = 20.0) -> float:
+    """Wait up to `limit_s` for the machine to calm down: until the share of the last
+    10 s in which some task waited for a CPU (/proc/pressure/cpu avg10) is below
+    `pressure_max` %. Returns that share as it was when the wait ended."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            line = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+            avg10 = float(line.split("avg10=", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+        if avg10 < pressure_max or time.monotonic() >= deadline:
+            return avg10
+        time.sleep(2.0)
+
+
 def order_disagreements(orders: dict[int, list[list[int]]]) -> int:
     """Receivers that saw some two lines in the other order than the room's order,
     taken as the order of the receiver that got the most lines (lines it missed
@@ -482,12 +498,12 @@ RATIO_KEYS = ["daemons_us_per_delivery", "p50_ms", "p99_ms"]
 
 
 def spread(values: list[float], spec: str = "{:.2f}") -> str:
-    """One value, or min-max of several (one per repeat)."""
+    """One value, or the least and the most of several (one per repeat)."""
     shown = [v for v in values if v == v]
     if not shown:
         return "-"
     low, high = min(shown), max(shown)
-    return spec.format(low) if low == high else f"{spec.format(low)}-{spec.format(high)}"
+    return spec.format(low) if low == high else f"{spec.format(low)} to {spec.format(high)}"
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -501,7 +517,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     names = list(dict.fromkeys(r["config"] for r in rows))
     runs = [rows[i : i + len(names)] for i in range(0, len(rows), len(names))]
     if "single" in names:
-        out.append("ratios to single within each run (min-max over the runs):")
+        out.append("ratios to single within each run (least to most over the runs):")
         for name in names:
             if name == "single":
                 continue
@@ -580,6 +596,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--idle-hold", type=float, default=130.0, help="seconds held idle")
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each configuration, wait up to S seconds for the machine's CPU"
+        " pressure (other work on a shared machine) to fall below 20 %%",
+    )
+    parser.add_argument(
         "--keep", metavar="DIR", help="keep the run's folder (logs, configs) inside DIR"
     )
     args = parser.parse_args(argv)  # fmt: skip
@@ -610,8 +634,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for _ in range(args.repeat):
             for name in args.configs:
+                pressure = wait_quiet(args.wait_quiet) if args.wait_quiet else float("nan")
                 run = run_idle if args.idle else run_config
                 rows.append(run(name, args, folder, env))
+                rows[-1]["cpu_pressure_before"] = pressure
                 print(f"  ({name}: {rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
     finally:
         if args.keep is None:
