@@ -288,6 +288,10 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, env: dict[str
         if cluster is not None:
             cluster.stop()
     counted = count_results(results, client_tally, members)
+    # A line still on its way when the drivers stopped counting is "lost" too: say
+    # whether new lines were still arriving in the last second before that.
+    counted_at = window[1] + args.stragglers
+    last_new = max(r["last_new"] for r in [*results, client_tally])
     deliveries, latencies = counted["deliveries"], counted["latencies_ms"]
     lines = deliveries / max(1, members - 1)  # room lines shown in the window
     crossing: dict[str, list[float]] = {"same": [], "cross": []}
@@ -321,6 +325,7 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, env: dict[str
         "cross_p99_ms": percentile(crossing["cross"], 0.99),
         "cross_deliveries": len(crossing["cross"]),
         "lost": counted["lost"], "dup": counted["dup"],
+        "still_arriving": counted_at - last_new < 1.0,
         "order_disagreements": order_disagreements(orders),
         "daemon_rss_mb": daemon_rss, "redis_rss_mb": redis_rss,
         "driver_cpu_percent": counted["driver_cpu_s"] / args.seconds * 100,
@@ -546,6 +551,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 note += f"; crossing daemons adds {spread(added)} ms at p50 (cross - same)"
             out.append(note)
     for row in rows:
+        if row["lost"] and row["still_arriving"]:
+            out.append(
+                f"{row['config']}: lines were still arriving when they were counted: some "
+                "of the lost may be late (a longer --stragglers tells)"
+            )
         if row["errors"]:
             out.append(f"{row['config']}: errors seen by members: {row['errors']}")
         if row["stuck"]:
@@ -574,7 +584,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="lines per second per sender")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=3.0, help="load before the window")
-    parser.add_argument("--stragglers", type=float, default=4.0, help="wait before counting")
+    parser.add_argument(
+        "--stragglers", type=float, default=8.0, help="wait for late lines before counting"
+    )
     parser.add_argument("--drivers", type=int, default=2, help="load processes")
     parser.add_argument("--line-bytes", type=int, default=64, help="chat text length")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs of each")

@@ -63,6 +63,7 @@ class Tally:
         self.nodes = nodes
         self.crossing_ms: dict[str, list[float]] = {"same": [], "cross": []}
         self.order: dict[int, list[tuple[int, int]]] | None = {} if record_order else None
+        self.last_new = float("-inf")  # when a line was last seen for the first time
 
     def add(self, receiver: int, raw: bytes, now: float) -> None:
         for match in MARKER.finditer(raw):
@@ -73,6 +74,7 @@ class Tally:
                 continue
             seen.add(key)
             self.total += 1
+            self.last_new = now
             if self.order is not None:
                 self.order.setdefault(receiver, []).append(key)
             if self.window[0] <= now < self.window[1]:
@@ -88,6 +90,7 @@ class Tally:
         extras: dict[str, Any] = {}
         if self.nodes is not None:
             extras["crossing_ms"] = self.crossing_ms
+            extras["last_new"] = self.last_new
         if self.order is not None:
             extras["order"] = {str(r): keys for r, keys in self.order.items()}
         return extras
