@@ -215,6 +215,40 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
         for part in (drivers, client, server):
             if part is not None:
                 part.kill()
+    counted = count_results(results, client_tally, members)
+    deliveries, latencies = counted["deliveries"], counted["latencies_ms"]
+    driver_cpu = counted["driver_cpu_s"]
+    driver_deliveries = deliveries - client_tally["window_deliveries"]
+    return {
+        "target": target,
+        "receivers": receivers, "senders": senders, "rate": rate, "seconds": args.seconds,
+        "lines_sent": counted["lines_sent"],
+        "deliveries_per_s": deliveries / args.seconds,
+        "server_us_per_delivery": (server_cpu1 - server_cpu0) / max(1, deliveries) * 1e6,
+        "server_cpu_percent": (server_cpu1 - server_cpu0) / args.seconds * 100,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies, default=float("nan")),
+        "lost": counted["lost"], "dup": counted["dup"], "server_rss_mb": server_rss,
+        "driver_cpu_percent": driver_cpu / args.seconds * 100,
+        "driver_us_per_line": driver_cpu / max(1, driver_deliveries) * 1e6,
+        "client_us_per_line": (client_cpu1 - client_cpu0)
+        / max(1, client_tally["window_deliveries"]) * 1e6,
+        "client_lines": client_tally["window_deliveries"],
+        "client_p50_ms": percentile(client_tally["latencies_ms"], 0.5),
+        "client_rss_mb": client_rss,
+        "errors": counted["errors"], "udp_rcvbuf_drops": kernel_drops,
+        "server_socket_drops": server_drops,
+        "wall_s": time.monotonic() - began,
+    }  # fmt: skip
+
+
+def count_results(
+    results: list[dict[str, Any]], client_tally: dict[str, Any], members: int
+) -> dict[str, Any]:
+    """The drivers' and the real client's tallies added up: lines sent, deliveries
+    and latencies in the window, lines lost (a member that did not get a line some
+    other member said) and duplicated, the drivers' CPU, the errors members saw."""
     sent: dict[int, int] = {}
     received: dict[int, dict[int, int]] = {}
     latencies: list[float] = []
@@ -235,28 +269,9 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, env: dict[s
     for r in range(members):
         got = received.get(r, {})
         lost += sum(n - got.get(s, 0) for s, n in sent.items() if s != r)
-    driver_deliveries = deliveries - client_tally["window_deliveries"]
     return {
-        "target": target,
-        "receivers": receivers, "senders": senders, "rate": rate, "seconds": args.seconds,
-        "lines_sent": sum(sent.values()),
-        "deliveries_per_s": deliveries / args.seconds,
-        "server_us_per_delivery": (server_cpu1 - server_cpu0) / max(1, deliveries) * 1e6,
-        "server_cpu_percent": (server_cpu1 - server_cpu0) / args.seconds * 100,
-        "p50_ms": percentile(latencies, 0.50),
-        "p99_ms": percentile(latencies, 0.99),
-        "max_ms": max(latencies, default=float("nan")),
-        "lost": lost, "dup": dups, "server_rss_mb": server_rss,
-        "driver_cpu_percent": driver_cpu / args.seconds * 100,
-        "driver_us_per_line": driver_cpu / max(1, driver_deliveries) * 1e6,
-        "client_us_per_line": (client_cpu1 - client_cpu0)
-        / max(1, client_tally["window_deliveries"]) * 1e6,
-        "client_lines": client_tally["window_deliveries"],
-        "client_p50_ms": percentile(client_tally["latencies_ms"], 0.5),
-        "client_rss_mb": client_rss,
-        "errors": errors, "udp_rcvbuf_drops": kernel_drops,
-        "server_socket_drops": server_drops,
-        "wall_s": time.monotonic() - began,
+        "lines_sent": sum(sent.values()), "deliveries": deliveries, "latencies_ms": latencies,
+        "lost": lost, "dup": dups, "driver_cpu_s": driver_cpu, "errors": errors,
     }  # fmt: skip
 
 

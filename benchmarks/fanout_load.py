@@ -10,6 +10,8 @@ Conversation with fanout.py (one line each, JSON where it says so):
   stdin  <- the plan (JSON), then later "go T0" (T0 on the CLOCK_MONOTONIC scale)
   stdout -> "ready" once every member joined, then the result (JSON) at the end.
 End of stdin (fanout.py died) or the plan's hard deadline stops the process.
+benchmarks/cluster_fanout.py uses it too: a member's spec may name its own daemon's
+"port", and the plan may carry "nodes" and "record_order" (see Tally).
 
 A chat line's text is `FB<sender>:<seq>:<monotonic send time>:` plus padding, so a
 receiver measures latency (all processes share CLOCK_MONOTONIC) and loss/duplicates.
@@ -47,15 +49,24 @@ def line_text(sender: int, seq: int, line_bytes: int) -> str:
 
 class Tally:
     """What this driver's members received: unique lines per (receiver, sender),
-    duplicates, and latencies of the lines received inside the measured window."""
+    duplicates, and latencies of the lines received inside the measured window.
 
-    def __init__(self) -> None:
+    With `nodes` (member index -> the daemon it is on; a sender's id is its member
+    index) the window's latencies are also kept apart for lines that crossed from
+    one daemon to another and lines that did not (benchmarks/cluster_fanout.py);
+    with `record_order` each receiver's lines are kept in the order shown."""
+
+    def __init__(self, nodes: dict[int, int] | None = None, record_order: bool = False) -> None:
         self.seen: dict[int, set[tuple[int, int]]] = {}
         self.dups = 0
         self.window = (float("inf"), float("inf"))
         self.window_deliveries = 0
         self.latencies_ms: list[float] = []
         self.total = 0
+        self.nodes = nodes
+        self.crossing_ms: dict[str, list[float]] = {"same": [], "cross": []}
+        self.order: dict[int, list[tuple[int, int]]] | None = {} if record_order else None
+        self.last_new = float("-inf")  # when a line was last seen for the first time
 
     def add(self, receiver: int, raw: bytes, now: float) -> None:
         for match in MARKER.finditer(raw):
@@ -66,9 +77,26 @@ class Tally:
                 continue
             seen.add(key)
             self.total += 1
+            self.last_new = now
+            if self.order is not None:
+                self.order.setdefault(receiver, []).append(key)
             if self.window[0] <= now < self.window[1]:
                 self.window_deliveries += 1
-                self.latencies_ms.append(round((now - float(match[3])) * 1000, 3))
+                latency = round((now - float(match[3])) * 1000, 3)
+                self.latencies_ms.append(latency)
+                if self.nodes is not None:
+                    crossed = self.nodes.get(receiver) != self.nodes.get(key[0])
+                    self.crossing_ms["cross" if crossed else "same"].append(latency)
+
+    def extras(self) -> dict[str, Any]:
+        """What only a cluster run asks for (see the class docstring), for the result."""
+        extras: dict[str, Any] = {}
+        if self.nodes is not None:
+            extras["crossing_ms"] = self.crossing_ms
+            extras["last_new"] = self.last_new
+        if self.order is not None:
+            extras["order"] = {str(r): keys for r, keys in self.order.items()}
+        return extras
 
     def per_sender(self) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
@@ -92,7 +120,7 @@ class UdpMember:
         self.room: str = spec.get("room", "lobby")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((spec["source"], 0))
-        self.sock.connect((plan["host"], plan["port"]))
+        self.sock.connect((plan["host"], spec.get("port", plan["port"])))  # its own daemon
         self.sock.setblocking(False)
         # The real client's timers (its 100 ms ack delay above all): the server's cost
         # per line depends on how often members acknowledge.
@@ -228,7 +256,8 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
     stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
     os.set_blocking(stdin.fileno(), False)
     selector.register(stdin, selectors.EVENT_READ, None)
-    tally = Tally()
+    nodes = {int(i): n for i, n in plan["nodes"].items()} if "nodes" in plan else None
+    tally = Tally(nodes, record_order=bool(plan.get("record_order")))
     members: list[Any] = []
     if plan["target"] == "ncat":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -349,6 +378,7 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
         "latencies_ms": tally.latencies_ms,
         "cpu_window_s": window_cpu[1] - window_cpu[0] if len(window_cpu) == 2 else None,
         "errors": errors,
+        **tally.extras(),
     }
 
 

@@ -98,12 +98,16 @@ def start_udpchat(
     max_members: int,
     profile: Path | None = None,
     history: str = "off",
+    cluster: dict[str, str] | None = None,
+    idle_timeout: float = 3600,
 ) -> Server:
     """`twistd -n udpchat` with a benchmark config: a high handshake rate (the real
     client and the idle mode come from few addresses), a long idle timeout, and by
     default no history; `history` "memory" keeps 50 lines per room in memory, "file"
     also in the history file. With `profile`, twistd writes cProfile stats there when
-    it stops."""
+    it stops. `cluster` is a [cluster] section (docs/CLUSTER.md: url, node); the
+    daemons of one cluster each need a folder of their own with the same key file.
+    The long `idle_timeout` keeps a member the load starves of CPU for a while."""
     from cryptography.fernet import Fernet
 
     key_file = folder / "chat.key"
@@ -116,10 +120,13 @@ def start_udpchat(
         "interface": "127.0.0.1", "port": port, "key_file": key_file,
         "max_members": max_members, "history_lines": 0 if history == "off" else 50,
         "history_file": "chat.history" if history == "file" else "",
-        "idle_timeout": 3600, "handshake_rate": 100000, "handshake_burst": 100000,
+        "idle_timeout": idle_timeout, "handshake_rate": 100000, "handshake_burst": 100000,
     }  # fmt: skip
     config = folder / "chat.ini"
-    config.write_text("[server]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    text = "[server]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    if cluster is not None:
+        text += "[cluster]\n" + "".join(f"{k} = {v}\n" for k, v in cluster.items())
+    config.write_text(text)
     log_file = folder / f"daemon-{port}.log"
     log = open(log_file, "wb")  # noqa: SIM115 - closed by Server.kill
     profiling = [] if profile is None else [
@@ -192,6 +199,8 @@ class RealClient:
     env: dict[str, str]
     window: tuple[float, float] = (float("inf"), float("inf"))
     profile: Path | None = None  # udpchat only: cProfile stats written here at exit
+    nodes: dict[int, int] | None = None  # member -> daemon, as in fanout_load.Tally
+    record_order: bool = False
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,7 +213,7 @@ class RealClient:
             ]  # fmt: skip
         else:
             command = ["ncat", "--ssl", "127.0.0.1", str(self.server.port)]
-        self._tally = Tally()
+        self._tally = Tally(self.nodes, self.record_order)
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -237,6 +246,7 @@ class RealClient:
             "sent": {}, "received": tally.per_sender(), "dups": tally.dups,
             "window_deliveries": tally.window_deliveries,
             "latencies_ms": list(tally.latencies_ms), "cpu_window_s": None, "errors": {},
+            **tally.extras(),
         }  # fmt: skip
 
     def kill(self) -> None:

@@ -700,9 +700,10 @@ class ClusterLink:
 
     def _read_failed(self, failure: Any) -> None:
         self._reading = False
+        if not self._running:
+            return  # stop() closed the connection under the blocking read: not Redis
         self._unreachable(f"reading: {failure.getErrorMessage()}")
-        if self._running:
-            self._reactor.callLater(RETRY_S, self._read)
+        self._reactor.callLater(RETRY_S, self._read)
 
     def _got(self, result: Any) -> None:
         self._reading = False
