@@ -112,6 +112,36 @@ def test_exactly_one_timer_is_scheduled() -> None:
         assert len(reactor.getDelayedCalls()) == 1
 
 
+class TickingReactor(FakeReactor):
+    """A reactor whose clock moves on a little at every reading, as a real one does."""
+
+    def seconds(self) -> float:
+        self.rightNow += 10e-6
+        return self.rightNow
+
+
+def test_a_deadline_that_did_not_move_keeps_its_timer() -> None:
+    """Input that leaves the ChatClient's next deadline where it was (most datagrams:
+    the ack was already due) leaves the reactor's timer alone, although the clock
+    moved on between reading it and arming the timer (before: the timer ended a few
+    microseconds after the deadline, and was cancelled and armed again for every
+    datagram, a reactor round trip per received line)."""
+    reactor = TickingReactor()
+    reactor.advance(1_700_000_000)
+    chat = ChatClient(ClientEndpoint(Net().psk, FAST), "alice")
+    link = ChatLink(chat, [V4], reactor, Front(), wall=reactor.seconds)
+    link.start()
+    [timer] = reactor.getDelayedCalls()
+    deadline = chat.get_timer()
+    assert deadline is not None and timer.getTime() > deadline
+    for _ in range(20):
+        link.pump()  # what every datagram ends with
+    assert reactor.getDelayedCalls() == [timer] and timer.active()
+    reactor.advance(timer.getTime() - reactor.rightNow)  # it fires: armed anew, once
+    [after] = reactor.getDelayedCalls()
+    assert after is not timer and after.active()
+
+
 def test_a_bug_costs_one_datagram_is_shown_once_and_keeps_the_timer() -> None:
     """An exception escaping the ChatClient (a bug in udpchat) is caught by the link:
     the user is shown it once a minute at most, it is counted, and the client and its

@@ -114,6 +114,7 @@ class ChatLink:
         self._listen = listen or reactor.listenUDP
         self._ports: dict[int, Any] = {}  # family -> IListeningPort
         self._timer: Any = None  # the one IDelayedCall
+        self._timer_at = 0.0  # the deadline it was set for (its getTime() is later)
         self._finished = False
         self.paused = False  # the front end's output is full: not reading the network
         self.internal_errors = 0  # exceptions that escaped the ChatClient (bugs)
@@ -271,14 +272,19 @@ class ChatLink:
 
     def _schedule(self, deadline: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
-            if deadline is not None and self._timer.getTime() <= deadline + 1e-6:
+            if deadline is not None and self._timer_at <= deadline:
                 # Keep an earlier timer: it fires, finds little to do and reschedules.
                 # Moving it on every datagram (an ack due later each time) cost more.
+                # Compared with the deadline asked for, not with getTime(): the
+                # reactor's clock moved on between ``now`` and callLater, so getTime()
+                # is a little later than the deadline and the timer was re-armed for
+                # every datagram even when the deadline stayed the same.
                 return
             self._timer.cancel()
         self._timer = None
         if deadline is not None:
             self._timer = self.reactor.callLater(max(0.0, deadline - now), self._on_timer)
+            self._timer_at = deadline
 
     # --- IPushProducer: what the front end shows is produced from the network -------
 
