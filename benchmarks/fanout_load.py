@@ -97,7 +97,7 @@ class UdpMember:
 
         self.core = ClientEndpoint(plan["psk"].encode(), client_protocol_config(3600.0))
         self.room_keys_wanted = bool(plan.get("room_keys", True))
-        self.room_keys: dict[int, Any] = {}  # key id -> Fernet (extension "room-keys")
+        self.room_keys: dict[int, Any] = {}  # key id -> OpeningKey (extension "room-keys")
         self.joined = False
         self.started = False
         self.scheduled: float | None = None
@@ -148,10 +148,10 @@ class UdpMember:
 
                     payload = open_sealed(self.room_keys, payload)
                 if payload.startswith(b'{"t":"room-key"'):
-                    from cryptography.fernet import Fernet
+                    from udpchat.chat.roomkeys import OpeningKey
 
                     key = json.loads(payload)  # first: a key's base64 may contain "FB"
-                    self.room_keys[key["id"]] = Fernet(key["key"])
+                    self.room_keys[key["id"]] = OpeningKey(key["key"])
                 elif b"FB" in payload:
                     tally.add(self.index, payload, time.monotonic())
                 elif not self.joined and b'"welcome"' in payload:

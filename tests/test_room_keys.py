@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from sim import SERVER_ADDR, ChatWorld, LossyNetwork, Pair, received
 
 from udpchat.chat.lineids import new_line_id
-from udpchat.chat.roomkeys import KEY_ID_BYTES, ROOM_KEY_MAX_AGE_S, open_sealed
+from udpchat.chat.roomkeys import KEY_ID_BYTES, ROOM_KEY_MAX_AGE_S, OpeningKey, open_sealed
 from udpchat.chat.server import ChatServer, ServerSettings
 from udpchat.client.chatclient import State
 from udpchat.core import events, wire
@@ -384,7 +384,7 @@ def timeline(world: ChatWorld, addr: Any) -> list[tuple[dict[str, Any], int | No
     """What ``addr`` received, in order: each message with the id of the room key
     that sealed it (None: plain). A sealed message is opened with the room keys this
     member was sent before it, and only those (open_sealed raises otherwise)."""
-    keys: dict[int, Fernet] = {}
+    keys: dict[int, OpeningKey] = {}
     out: list[tuple[dict[str, Any], int | None]] = []
     for event in world.client_events[addr]:
         if not isinstance(event, events.MessageReceived):
@@ -394,7 +394,7 @@ def timeline(world: ChatWorld, addr: Any) -> list[tuple[dict[str, Any], int | No
         else:
             msg = json.loads(event.payload)
             if msg["t"] == "room-key":
-                keys[msg["id"]] = Fernet(msg["key"])
+                keys[msg["id"]] = OpeningKey(msg["key"])
             out.append((msg, None))
     return out
 
@@ -407,9 +407,9 @@ def sealed_payloads(world: ChatWorld, addr: Any) -> list[bytes]:
     ]
 
 
-def room_keys_of(world: ChatWorld, addr: Any, room: str) -> dict[int, Fernet]:
+def room_keys_of(world: ChatWorld, addr: Any, room: str) -> dict[int, OpeningKey]:
     return {
-        m["id"]: Fernet(m["key"])
+        m["id"]: OpeningKey(m["key"])
         for m, _ in timeline(world, addr)
         if m["t"] == "room-key" and m["room"] == room
     }

@@ -16,12 +16,16 @@ show observers the server's clock).
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
+import hmac
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from udpchat.chat.messages import ROOM_KEY_ID_MAX, RoomKey, encode
 
@@ -29,6 +33,15 @@ from udpchat.chat.messages import ROOM_KEY_ID_MAX, RoomKey, encode
 #: leaked key opens at most this much of a room's traffic (as sessions rekey).
 ROOM_KEY_MAX_AGE_S = 120.0
 KEY_ID_BYTES = 4
+#: A binary Fernet token: version (0x80), timestamp (8 bytes), IV (16), AES-128-CBC
+#: ciphertext (whole blocks of 16, at least one: PKCS7 always pads), HMAC-SHA256 (32).
+_FERNET_VERSION = 0x80
+_AES_BLOCK_BYTES = 16
+_IV_AT = 9
+_CIPHERTEXT_AT = _IV_AT + _AES_BLOCK_BYTES
+_HMAC_BYTES = 32
+_TOKEN_MIN_BYTES = _CIPHERTEXT_AT + _AES_BLOCK_BYTES + _HMAC_BYTES
+_HMAC_BLOCK_BYTES = 64  # SHA-256's block: the HMAC pads its key to it
 
 
 @dataclass(eq=False, slots=True)
@@ -46,13 +59,71 @@ def seal(key_id: int, fernet: Fernet, payload: bytes) -> bytes:
     return key_id.to_bytes(KEY_ID_BYTES, "big") + token
 
 
-def open_sealed(keys: dict[int, Fernet], sealed: bytes) -> bytes:
+class OpeningKey:
+    """A room key (the Fernet key of a "room-key" message) set up once to open the
+    sealed messages it sealed.
+
+    It accepts exactly the tokens Fernet.decrypt (no TTL) accepts, and returns the
+    same plaintext; it only does the work once per key that Fernet does per token:
+    the HMAC's padded key is hashed once (each token copies the two hash states),
+    and AES-128-CBC decryption is done as AES-ECB decryption of the ciphertext XOR
+    the IV and the ciphertext shifted by one block (that is what CBC decryption is),
+    with one ECB context for every token (ECB keeps no state between whole blocks).
+    About a third of Fernet's cost, for a client that opens a token per line it
+    shows (tests/test_room_key_opening.py checks it against Fernet).
+    """
+
+    __slots__ = ("_inner", "_outer", "_blocks")
+
+    def __init__(self, key: str | bytes) -> None:
+        """``key``: a Fernet key (32 bytes in URL-safe base64); ValueError otherwise."""
+        try:
+            raw = base64.urlsafe_b64decode(key)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("Fernet key must be 32 url-safe base64-encoded bytes.") from exc
+        if len(raw) != 32:
+            raise ValueError("Fernet key must be 32 url-safe base64-encoded bytes.")
+        signing = raw[:16].ljust(_HMAC_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in signing))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in signing))
+        self._blocks = Cipher(algorithms.AES(raw[16:]), modes.ECB()).decryptor()
+
+    def open(self, token: bytes) -> bytes:
+        """The plaintext of binary Fernet ``token``; InvalidToken if it is not one
+        this key made (any timestamp: Fernet without a TTL)."""
+        size = len(token)
+        if (
+            size < _TOKEN_MIN_BYTES
+            or (size - _CIPHERTEXT_AT - _HMAC_BYTES) % _AES_BLOCK_BYTES
+            or token[0] != _FERNET_VERSION
+        ):
+            raise InvalidToken
+        inner = self._inner.copy()
+        inner.update(token[:-_HMAC_BYTES])
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        if not hmac.compare_digest(outer.digest(), token[-_HMAC_BYTES:]):
+            raise InvalidToken
+        # Authenticated: from here on only the key's holders can have made it.
+        ciphertext = token[_CIPHERTEXT_AT:-_HMAC_BYTES]
+        chained = token[_IV_AT : -_HMAC_BYTES - _AES_BLOCK_BYTES]  # IV, then all but last
+        decrypted = self._blocks.update(ciphertext)
+        padded = (int.from_bytes(decrypted, "big") ^ int.from_bytes(chained, "big")).to_bytes(
+            len(ciphertext), "big"
+        )
+        pad = padded[-1]
+        if not 1 <= pad <= _AES_BLOCK_BYTES or padded[-pad:] != bytes((pad,)) * pad:
+            raise InvalidToken  # PKCS7
+        return padded[:-pad]
+
+
+def open_sealed(keys: Mapping[int, OpeningKey], sealed: bytes) -> bytes:
     """The JSON message inside a sealed room message; raise InvalidToken if no key
-    in ``keys`` (key id -> Fernet) opens it."""
-    fernet = keys.get(int.from_bytes(sealed[:KEY_ID_BYTES], "big"))
-    if fernet is None or len(sealed) <= KEY_ID_BYTES:
+    in ``keys`` (key id -> OpeningKey) opens it."""
+    key = keys.get(int.from_bytes(sealed[:KEY_ID_BYTES], "big"))
+    if key is None:
         raise InvalidToken
-    return fernet.decrypt(base64.urlsafe_b64encode(sealed[KEY_ID_BYTES:]))
+    return key.open(sealed[KEY_ID_BYTES:])
 
 
 class RoomKeys:

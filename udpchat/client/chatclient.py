@@ -20,10 +20,10 @@ import enum
 import random
 import secrets
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken
 
 from udpchat.chat import lineids, messages
-from udpchat.chat.roomkeys import open_sealed
+from udpchat.chat.roomkeys import OpeningKey, open_sealed
 from udpchat.client import commands
 from udpchat.client.display import Info, Item, Notice, OwnLine, Problem
 from udpchat.client.echoes import PrivateEchoes
@@ -157,7 +157,7 @@ class ChatClient:
         self._caps_asked_path_check = False  # so a bad-message answer means "not that"
         self.room_keys_active = False  # the server said yes on this session
         self.path_checks_active = False
-        self._room_keys: dict[int, Fernet] = {}  # key id -> key, the newest few
+        self._room_keys: dict[int, OpeningKey] = {}  # key id -> key, the newest few
 
     # --- what the UI asks --------------------------------------------------------
 
@@ -591,7 +591,7 @@ class ChatClient:
                 self.endpoint.use_envelopes()
             return
         if isinstance(msg, messages.RoomKey):
-            self._room_keys[msg.key_id] = Fernet(msg.key)
+            self._room_keys[msg.key_id] = OpeningKey(msg.key)
             while len(self._room_keys) > ROOM_KEYS_KEPT:
                 del self._room_keys[next(iter(self._room_keys))]
             return
