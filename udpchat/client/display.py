@@ -13,6 +13,7 @@ lists every format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -77,6 +78,7 @@ def _cube_colours() -> tuple[int, ...]:
 NICK_COLOURS_256 = _cube_colours()
 
 
+@functools.lru_cache(maxsize=1024)  # per line shown; a room has far fewer nicks
 def nick_colour(nick: str, colours_256: bool = False) -> str:
     """The SGR code of ``nick``'s colour: the same for every run and every client, and
     the same for nicks that differ only in case (they are the same user). From
@@ -228,6 +230,8 @@ class _Painter:
         return f"\x1b[{code}m{text}{_RESET}" if self.style.colour and text else text
 
     def nick(self, nick: str, bold: bool = False, reverse: bool = False) -> str:
+        if not self.style.colour:
+            return clean(nick)  # no colour to look up (pipe mode: every line)
         code = nick_colour(nick, self.style.colours_256) + (";1" if bold else "")
         return self.sgr(clean(nick), code + (";7" if reverse else ""))
 

@@ -157,11 +157,12 @@ class ChatLink:
         # server's port from any address. The core authenticates every datagram.
         if addr[1] != self.server[1][1]:
             return
+        now = self.now()
         try:
-            self.chat.receive_datagram(datagram, self.now())
+            self.chat.receive_datagram(datagram, now)
         except Exception as exc:
             self._bug(exc)
-        self.pump()
+        self.pump(now)
 
     def network_error(self, destination: Address, error: int) -> None:
         """An ICMP error about a datagram to ``destination``: a hint for the ChatClient
@@ -224,13 +225,15 @@ class ChatLink:
 
     # --- outputs -----------------------------------------------------------------
 
-    def pump(self) -> None:
+    def pump(self, now: float | None = None) -> None:
         """Send what the ChatClient has to send, show its output, reschedule. An
         exception on the way (a bug, in the client or the front end) costs this
-        round's datagrams or output at most: the timer is always set again."""
+        round's datagrams or output at most: the timer is always set again. ``now``:
+        the time the input that led here was handled at (default: read the clock)."""
         if self._finished:
             return
-        now = self.now()
+        if now is None:
+            now = self.now()
         try:
             self._send(self.chat.datagrams_to_send(now))
         except Exception as exc:
