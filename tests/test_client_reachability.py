@@ -368,6 +368,7 @@ def test_the_error_queue_is_read_only_when_an_error_is_pending() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
             for text in (b"one", b"two"):
                 other.sendto(text, port.socket.getsockname())
+            port.doRead()  # one datagram per turn of the reactor
             port.doRead()
             assert proto.datagrams == [b"one", b"two"] and looked == []
             dead = ("127.0.0.1", closed_port())

@@ -99,31 +99,31 @@ class ErrorQueuePort(udp.Port):
             pass
 
     def doRead(self) -> None:
-        """Read the datagrams that wait, as udp.Port.doRead does; a read that fails
-        with a network error (the socket's pending error, see the module docstring)
-        has the error queue read, and reading goes on."""
-        read = 0
-        error_reads = 0
-        while read < self.maxThroughput:
+        """Read one datagram, as udp.Port.doRead does but for the loop: the reactor
+        comes back at once if more wait, and looking for more cost a read that finds
+        the socket empty (an exception) at every wake-up, more than a turn of the
+        reactor costs in a burst. A read that fails with a network error (the
+        socket's pending error, see the module docstring) has the error queue read,
+        and is tried again."""
+        for _ in range(ERRORS_PER_READ):
             try:
                 data, addr = self.socket.recvfrom(self.maxPacketSize)
             except OSError as exc:
                 if exc.errno in READ_AGAIN_ERRORS:
                     return
-                if not self.hears_errors or error_reads >= ERRORS_PER_READ:
+                if not self.hears_errors:
                     if exc.errno == errno.ECONNREFUSED:
                         return  # as udp.Port (unconnected)
                     raise
-                error_reads += 1
                 self.read_errors()
                 continue
-            read += len(data)
             if self.addressFamily == socket.AF_INET6:
                 addr = addr[:2]  # (host, port), as udp.Port gives it
             try:
                 self.protocol.datagramReceived(data, addr)
             except BaseException:
                 log.err()
+            return
 
     def readConnectionLost(self, reason: Failure) -> None:
         # epoll/poll: an error with no datagram waiting wakes the reactor as "closed",
