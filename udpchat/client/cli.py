@@ -421,6 +421,12 @@ def run(
 ) -> int:
     """Resolve, connect and chat until done; return the exit status. ``timeout_s``:
     --timeout (None: wait for the server for ever)."""
+    import select
+
+    if hasattr(select, "epoll"):  # Linux: the leaner reactor (udpchat.client.reactor)
+        from udpchat.client.reactor import install
+
+        install()
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
