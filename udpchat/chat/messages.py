@@ -667,7 +667,7 @@ def _schema(cls: type[Message]) -> _Schema:
     and the optional ``ts`` travels with "history": true."""
     keys: set[str] = set()
     optional: set[str] = set()
-    readers: list[tuple[str, str, _Read]] = []
+    readers: list[tuple[str, str, _Read | None]] = []  # None: _str, done inline
     for f in fields(cls):
         key = f.metadata.get("json", f.name)
         if f.name == "ts":
@@ -676,11 +676,23 @@ def _schema(cls: type[Message]) -> _Schema:
             optional.add(key)
         else:
             keys.add(key)
-        readers.append((f.name, key, _READERS[str(f.type)]))
+        read = _READERS[str(f.type)]
+        readers.append((f.name, key, None if read is _str else read))
 
     def build(obj: Mapping[str, Any]) -> Message:
         # Fields are read in declaration order, so the first bad one is reported.
-        return cls(**{name: read(obj, key) for name, key, read in readers})
+        # A loop with the string check inline: a chat line is mostly strings, and
+        # this runs for every line a client shows.
+        values: dict[str, Any] = {}
+        for name, key, read in readers:
+            if read is None:
+                value = obj[key]
+                if not isinstance(value, str):
+                    raise MessageError("bad-message", f'"{key}" must be a string')
+                values[name] = value
+            else:
+                values[name] = read(obj, key)
+        return cls(**values)
 
     return _Schema(frozenset(keys), frozenset(keys | optional | {"t"}), build)
 

@@ -484,6 +484,8 @@ class ChatClient:
 
     def _flush(self, now: float) -> bool:
         """Send queued lines if the session is ready; True if something changed."""
+        if not self._draining and not self._outbox.waiting:
+            return False  # after every received datagram: nothing to do
         idle = self._outbox.empty
         if self._draining and idle and self.state is State.READY:
             self._begin_quit(now)  # the pump loop that called us sends the bye
@@ -594,6 +596,12 @@ class ChatClient:
             msg = messages.decode_server(payload)
         except messages.MessageError:
             self._malformed()
+            return
+        if isinstance(msg, messages.SayOut | messages.MeOut):  # most messages: first
+            shown = self._incoming.filter(msg)
+            self.roster.update(msg)
+            if shown is not None:
+                self._output.append(shown)
             return
         if isinstance(msg, messages.Caps):
             self._caps_pending = False

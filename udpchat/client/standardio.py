@@ -14,9 +14,10 @@ buffer, every later write queues behind it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from twisted.internet import fdesc, process, stdio
+from twisted.internet import process, stdio
 from twisted.internet.interfaces import IProtocol
 
 
@@ -25,25 +26,26 @@ class PromptWriter(process.ProcessWriter):
     docstring)."""
 
     def write(self, data: bytes) -> None:
-        if data and self._idle():
-            written = fdesc.writeToFD(self.fd, data)
-            # Not an int: an error (the reader is gone). The buffered write below
-            # meets it again and reports it the way Twisted always did.
-            if isinstance(written, int):
-                if written == len(data):
-                    return
-                data = data[written:]  # the pipe is full: the rest waits, in order
-        super().write(data)
-
-    def _idle(self) -> bool:
-        """Connected, and nothing waits to be written (a write may go out at once)."""
-        return (
-            bool(self.connected)
+        if (
+            data
+            and self.connected
             and not self.disconnecting
             and not self._writeDisconnected
             and not self._tempDataLen
             and self.offset == len(self.dataBuffer)
-        )
+        ):  # nothing waits before it: try to write it now
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0  # the pipe is full
+            except OSError:
+                # The reader is gone, or worse: the buffered write below meets the
+                # error again and reports it the way Twisted always did.
+                written = 0
+            if written == len(data):
+                return
+            data = data[written:]  # the rest waits, in order
+        super().write(data)
 
 
 class StandardIO(stdio.StandardIO):
