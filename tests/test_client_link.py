@@ -132,14 +132,16 @@ def test_a_deadline_that_did_not_move_keeps_its_timer() -> None:
     chat = ChatClient(ClientEndpoint(Net().psk, FAST), "alice")
     link = ChatLink(chat, [V4], reactor, Front(), wall=reactor.seconds)
     link.start()
-    [timer] = reactor.getDelayedCalls()
+    calls: list[Any] = list(reactor.getDelayedCalls())
+    [timer] = calls
     deadline = chat.get_timer()
     assert deadline is not None and timer.getTime() > deadline
     for _ in range(20):
         link.pump()  # what every datagram ends with
     assert reactor.getDelayedCalls() == [timer] and timer.active()
     reactor.advance(timer.getTime() - reactor.rightNow)  # it fires: armed anew, once
-    [after] = reactor.getDelayedCalls()
+    calls = list(reactor.getDelayedCalls())
+    [after] = calls
     assert after is not timer and after.active()
 
 

@@ -12,7 +12,6 @@ import socket
 from typing import Any
 
 import pytest
-
 from client_net import START, Net
 from test_client_link import V4, V6, make_link
 from twisted.internet.error import ConnectionDone

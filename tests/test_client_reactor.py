@@ -84,11 +84,12 @@ def test_a_handler_that_raises_is_logged_and_disconnected_and_the_others_go_on(
     healthy.startReading()
     os.write(pipes[0][1], b"x")
     os.write(pipes[1][1], b"still read")
-    globalLogPublisher.addObserver(logged.append)
+    observer: Any = logged.append
+    globalLogPublisher.addObserver(observer)
     try:
         reactor.iterate(0)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(observer)
     assert broken.lost is not None and broken.lost.check(RuntimeError)
     assert broken not in reactor.getReaders()
     failures = [e.get("log_failure") or e.get("failure") for e in logged]

@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 from twisted.internet import process, stdio
-from twisted.internet.interfaces import IProtocol
 
 
 class PromptWriter(process.ProcessWriter):
@@ -51,9 +50,7 @@ class PromptWriter(process.ProcessWriter):
 class StandardIO(stdio.StandardIO):
     """twisted.internet.stdio.StandardIO with a PromptWriter for stdout."""
 
-    def __init__(
-        self, proto: IProtocol, stdin: int = 0, stdout: int = 1, reactor: Any = None
-    ) -> None:
+    def __init__(self, proto: Any, stdin: int = 0, stdout: int = 1, reactor: Any = None) -> None:
         # As Twisted's __init__, but for the writer's class.
         if reactor is None:
             from twisted.internet import reactor
