@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -655,6 +656,20 @@ _READERS: Final[dict[str, _Read]] = {
 }
 
 
+#: What a JSON string decodes to (json makes no subclasses of str).
+_ONLY_STR: Final = frozenset({str})
+
+
+def _taker(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function of a JSON object that returns its values for ``keys``, in order."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    if keys:
+        key = keys[0]
+        return lambda obj: (obj[key],)
+    return lambda obj: ()
+
+
 class _Schema(NamedTuple):
     keys: frozenset[str]  # required, besides "t"
     allowed: frozenset[str]  # every key it may have: "t", required, optional
@@ -667,7 +682,7 @@ def _schema(cls: type[Message]) -> _Schema:
     and the optional ``ts`` travels with "history": true."""
     keys: set[str] = set()
     optional: set[str] = set()
-    readers: list[tuple[str, str, _Read | None]] = []  # None: _str, done inline
+    readers: list[tuple[str, str, _Read]] = []
     for f in fields(cls):
         key = f.metadata.get("json", f.name)
         if f.name == "ts":
@@ -676,22 +691,21 @@ def _schema(cls: type[Message]) -> _Schema:
             optional.add(key)
         else:
             keys.add(key)
-        read = _READERS[str(f.type)]
-        readers.append((f.name, key, None if read is _str else read))
+        readers.append((f.name, key, _READERS[str(f.type)]))
+    # The string fields (always required) are taken in one go, and checked in one go:
+    # a chat line is mostly strings, and this runs for every line a client shows.
+    strings = [(name, key) for name, key, read in readers if read is _str]
+    others = [entry for entry in readers if entry[2] is not _str]
+    names = tuple(name for name, _ in strings)
+    take = _taker(tuple(key for _, key in strings))
 
     def build(obj: Mapping[str, Any]) -> Message:
-        # Fields are read in declaration order, so the first bad one is reported.
-        # A loop with the string check inline: a chat line is mostly strings, and
-        # this runs for every line a client shows.
-        values: dict[str, Any] = {}
-        for name, key, read in readers:
-            if read is None:
-                value = obj[key]
-                if not isinstance(value, str):
-                    raise MessageError("bad-message", f'"{key}" must be a string')
-                values[name] = value
-            else:
-                values[name] = read(obj, key)
+        values = dict(zip(names, take(obj), strict=True))
+        if not _ONLY_STR >= set(map(type, values.values())):
+            # Fields are read in declaration order, so the first bad one is reported.
+            return cls(**{name: read(obj, key) for name, key, read in readers})
+        for name, key, read in others:
+            values[name] = read(obj, key)
         return cls(**values)
 
     return _Schema(frozenset(keys), frozenset(keys | optional | {"t"}), build)

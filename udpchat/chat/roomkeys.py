@@ -35,12 +35,14 @@ ROOM_KEY_MAX_AGE_S = 120.0
 KEY_ID_BYTES = 4
 #: A binary Fernet token: version (0x80), timestamp (8 bytes), IV (16), AES-128-CBC
 #: ciphertext (whole blocks of 16, at least one: PKCS7 always pads), HMAC-SHA256 (32).
-_FERNET_VERSION = 0x80
 _AES_BLOCK_BYTES = 16
 _IV_AT = 9
 _CIPHERTEXT_AT = _IV_AT + _AES_BLOCK_BYTES
 _HMAC_BYTES = 32
 _TOKEN_MIN_BYTES = _CIPHERTEXT_AT + _AES_BLOCK_BYTES + _HMAC_BYTES
+_OVERHEAD_BYTES = _CIPHERTEXT_AT + _HMAC_BYTES  # all but the ciphertext
+_HMAC_AT = -_HMAC_BYTES
+_LAST_BLOCK_AT = _HMAC_AT - _AES_BLOCK_BYTES
 _HMAC_BLOCK_BYTES = 64  # SHA-256's block: the HMAC pads its key to it
 
 
@@ -94,25 +96,23 @@ class OpeningKey:
         size = len(token)
         if (
             size < _TOKEN_MIN_BYTES
-            or (size - _CIPHERTEXT_AT - _HMAC_BYTES) % _AES_BLOCK_BYTES
-            or token[0] != _FERNET_VERSION
+            or (size - _OVERHEAD_BYTES) % _AES_BLOCK_BYTES
+            or token[0] != 0x80  # Fernet's version
         ):
             raise InvalidToken
         inner = self._inner.copy()
-        inner.update(token[:-_HMAC_BYTES])
+        inner.update(token[:_HMAC_AT])
         outer = self._outer.copy()
         outer.update(inner.digest())
-        if not hmac.compare_digest(outer.digest(), token[-_HMAC_BYTES:]):
+        if not hmac.compare_digest(outer.digest(), token[_HMAC_AT:]):
             raise InvalidToken
         # Authenticated: from here on only the key's holders can have made it.
-        ciphertext = token[_CIPHERTEXT_AT:-_HMAC_BYTES]
-        chained = token[_IV_AT : -_HMAC_BYTES - _AES_BLOCK_BYTES]  # IV, then all but last
-        decrypted = self._blocks.update(ciphertext)
-        padded = (int.from_bytes(decrypted, "big") ^ int.from_bytes(chained, "big")).to_bytes(
-            len(ciphertext), "big"
-        )
+        # Plaintext block i = AES-decrypt(ciphertext block i) XOR the block before it.
+        decrypted = self._blocks.update(token[_CIPHERTEXT_AT:_HMAC_AT])
+        chained = token[_IV_AT:_LAST_BLOCK_AT]  # the IV, then all blocks but the last
+        padded = (int.from_bytes(decrypted) ^ int.from_bytes(chained)).to_bytes(len(decrypted))
         pad = padded[-1]
-        if not 1 <= pad <= _AES_BLOCK_BYTES or padded[-pad:] != bytes((pad,)) * pad:
+        if not 0 < pad <= _AES_BLOCK_BYTES or padded[-pad:] != bytes((pad,)) * pad:
             raise InvalidToken  # PKCS7
         return padded[:-pad]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import random
 import secrets
+from typing import cast
 
 from cryptography.fernet import InvalidToken
 
@@ -339,11 +340,12 @@ class ChatClient:
         return out
 
     def get_timer(self) -> float | None:
-        # Asked after every datagram: one tuple and plain comparisons (a list, a
-        # generator and min() showed in the profile of a client in a busy room).
-        deadline = self.endpoint.get_timer()
+        # Asked after every datagram: the deadlines in a set, None dropped, min() of
+        # the rest, all in C (a list and a generator, or a loop in Python, cost a
+        # tenth of what the client does per line beyond the core).
         live = self.state is not State.DONE
-        for other in (
+        deadlines = {
+            self.endpoint.get_timer(),
             self._reconnect_at,
             self._attempt_deadline,
             self._quit_deadline,
@@ -355,10 +357,9 @@ class ChatClient:
             self._drain_deadline()
             if live and self._draining and self.state is not State.QUITTING
             else None,
-        ):
-            if other is not None and (deadline is None or other < deadline):
-                deadline = other
-        return deadline
+        }
+        deadlines.discard(None)
+        return min(cast(set[float], deadlines), default=None)
 
     # --- connection life ---------------------------------------------------------
 

@@ -105,25 +105,43 @@ class ErrorQueuePort(udp.Port):
         reactor costs in a burst. A read that fails with a network error (the
         socket's pending error, see the module docstring) has the error queue read,
         and is tried again."""
+        try:
+            data, addr = self.socket.recvfrom(self.maxPacketSize)
+        except OSError as exc:
+            if not self._after_error(exc):
+                return
+            data, addr = self._read_after_errors()
+            if data is None:
+                return
+        if self.addressFamily == socket.AF_INET6:
+            addr = addr[:2]  # (host, port), as udp.Port gives it
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except BaseException:
+            log.err()
+
+    def _after_error(self, exc: OSError) -> bool:
+        """A read failed with ``exc``: True if it was a network error, now read from
+        the error queue (read again); False if nothing waits (or, as udp.Port, for a
+        refusal elsewhere than on Linux); raise what is neither."""
+        if exc.errno in READ_AGAIN_ERRORS:
+            return False
+        if not self.hears_errors:
+            if exc.errno == errno.ECONNREFUSED:
+                return False
+            raise exc
+        self.read_errors()
+        return True
+
+    def _read_after_errors(self) -> tuple[Any, Any]:
+        """A datagram, read once the network's errors are; (None, None) if none."""
         for _ in range(ERRORS_PER_READ):
             try:
-                data, addr = self.socket.recvfrom(self.maxPacketSize)
+                return self.socket.recvfrom(self.maxPacketSize)
             except OSError as exc:
-                if exc.errno in READ_AGAIN_ERRORS:
-                    return
-                if not self.hears_errors:
-                    if exc.errno == errno.ECONNREFUSED:
-                        return  # as udp.Port (unconnected)
-                    raise
-                self.read_errors()
-                continue
-            if self.addressFamily == socket.AF_INET6:
-                addr = addr[:2]  # (host, port), as udp.Port gives it
-            try:
-                self.protocol.datagramReceived(data, addr)
-            except BaseException:
-                log.err()
-            return
+                if not self._after_error(exc):
+                    break
+        return None, None
 
     def readConnectionLost(self, reason: Failure) -> None:
         # epoll/poll: an error with no datagram waiting wakes the reactor as "closed",
