@@ -350,10 +350,10 @@ class ChatClient:
             self._attempt_deadline,
             self._quit_deadline,
             self._hello_deadline,
-            self._echoes.next_deadline(),
+            self._echoes.next_deadline() if self._echoes.waiting else None,
             self._link_check.probe_at,
             self.reachability.deadline() if live else None,
-            self._give_up_at() if live else None,
+            self._give_up_at() if live and self.give_up_after_s is not None else None,
             self._drain_deadline()
             if live and self._draining and self.state is not State.QUITTING
             else None,
@@ -481,7 +481,8 @@ class ChatClient:
         if self.state is State.DONE:
             while self.endpoint.next_event() is not None:
                 pass  # the close() aftermath; nothing is waiting for it any more
-        self._output.extend(self._echoes.due(now))
+        if self._echoes.waiting:
+            self._output.extend(self._echoes.due(now))
 
     def _flush(self, now: float) -> bool:
         """Send queued lines if the session is ready; True if something changed."""

@@ -287,7 +287,7 @@ class ChatLink:
                         pass
 
     def _schedule(self, deadline: float | None, now: float) -> None:
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None:  # pending (None once fired: _on_timer)
             if deadline is not None and self._timer_at <= deadline:
                 # Keep an earlier timer: it fires, finds little to do and reschedules.
                 # Moving it on every datagram (an ack due later each time) cost more.
