@@ -80,8 +80,9 @@ class Stdio:
         os.set_blocking(self.stdout_r, False)
         self.reactor = FDSet()
         self.proto = Output()
-        self.transport = StandardIO(self.proto, self.stdin_r, self.stdout_w, self.reactor)
-        self.writer = self.transport._writer
+        posix_stdio: Any = StandardIO  # (mypy also sees the Windows signature)
+        self.transport = posix_stdio(self.proto, self.stdin_r, self.stdout_w, self.reactor)
+        self.writer: Any = self.transport._writer
 
     def read_all(self) -> bytes:
         data = b""

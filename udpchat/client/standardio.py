@@ -6,35 +6,37 @@ datagram, that was a second wake-up per received line (and, on a pipe, four
 epoll_ctl calls, as Twisted's writer switches between watching for the reader's
 close and watching for room). Here a write goes to the file descriptor at once when
 nothing waits before it. Only what does not fit (the reader is slow) goes to
-Twisted's buffer, whose flow control stays as it was: above its bufferSize the
-producer (ChatLink) is paused, which stops reading the network, and it is resumed
-once the buffer drained. Nothing is lost or reordered: while anything waits in the
-buffer, every later write queues behind it.
+Twisted's writer and its buffer, whose flow control stays as it was: above its
+bufferSize the producer (ChatLink) is paused, which stops reading the network, and
+it is resumed once the buffer drained. Nothing is lost or reordered: while anything
+waits in the buffer, every later write queues behind it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from twisted.internet import process, stdio
+from twisted.internet import stdio
 
 
-class PromptWriter(process.ProcessWriter):
-    """Twisted's writer of stdout, that writes at once what it can (see module
-    docstring)."""
+class StandardIO(stdio.StandardIO):
+    """twisted.internet.stdio.StandardIO whose writes go out at once when they can."""
 
     def write(self, data: bytes) -> None:
+        # Twisted's writer of stdout (a process.ProcessWriter), None once it is gone.
+        writer = self._writer  # type: ignore[attr-defined]
+        if writer is None:
+            return
         if (
             data
-            and self.connected
-            and not self.disconnecting
-            and not self._writeDisconnected
-            and not self._tempDataLen
-            and self.offset == len(self.dataBuffer)
+            and writer.connected
+            and not writer.disconnecting
+            and not writer._writeDisconnected
+            and not writer._tempDataLen
+            and writer.offset == len(writer.dataBuffer)
         ):  # nothing waits before it: try to write it now
             try:
-                written = os.write(self.fd, data)
+                written = os.write(writer.fd, data)
             except BlockingIOError:
                 written = 0  # the pipe is full
             except OSError:
@@ -44,18 +46,4 @@ class PromptWriter(process.ProcessWriter):
             if written == len(data):
                 return
             data = data[written:]  # the rest waits, in order
-        super().write(data)
-
-
-class StandardIO(stdio.StandardIO):
-    """twisted.internet.stdio.StandardIO with a PromptWriter for stdout."""
-
-    def __init__(self, proto: Any, stdin: int = 0, stdout: int = 1, reactor: Any = None) -> None:
-        # As Twisted's __init__, but for the writer's class.
-        if reactor is None:
-            from twisted.internet import reactor
-        self.protocol = proto
-        self._writer = PromptWriter(reactor, self, "write", stdout)
-        self._reader = process.ProcessReader(reactor, self, "read", stdin)
-        self._reader.startReading()
-        self.protocol.makeConnection(self)
+        writer.write(data)
