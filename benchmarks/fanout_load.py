@@ -128,7 +128,7 @@ class UdpMember:
 
         self.core = ClientEndpoint(plan["psk"].encode(), client_protocol_config(3600.0))
         self.room_keys_wanted = bool(plan.get("room_keys", True))
-        self.room_keys: dict[int, Any] = {}  # key id -> Fernet (extension "room-keys")
+        self.room_keys: dict[int, Any] = {}  # key id -> BinaryFernet (extension "room-keys")
         self.joined = False
         self.started = False
         self.scheduled: float | None = None

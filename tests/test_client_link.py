@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from client_net import FAST, Net
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -110,6 +111,70 @@ def test_exactly_one_timer_is_scheduled() -> None:
     for _ in range(50):
         reactor.advance(0.7)
         assert len(reactor.getDelayedCalls()) == 1
+
+
+class TickingReactor(FakeReactor):
+    """A reactor whose clock moves on a little at every reading, as a real one does."""
+
+    def seconds(self) -> float:
+        self.rightNow += 10e-6
+        return self.rightNow
+
+
+def test_a_deadline_that_did_not_move_keeps_its_timer() -> None:
+    """Input that leaves the ChatClient's next deadline where it was (most datagrams:
+    the ack was already due) leaves the reactor's timer alone, although the clock
+    moved on between reading it and arming the timer (before: the timer ended a few
+    microseconds after the deadline, and was cancelled and armed again for every
+    datagram, a reactor round trip per received line)."""
+    reactor = TickingReactor()
+    reactor.advance(1_700_000_000)
+    chat = ChatClient(ClientEndpoint(Net().psk, FAST), "alice")
+    link = ChatLink(chat, [V4], reactor, Front(), wall=reactor.seconds)
+    link.start()
+    calls: list[Any] = list(reactor.getDelayedCalls())
+    [timer] = calls
+    deadline = chat.get_timer()
+    assert deadline is not None and timer.getTime() > deadline
+    for _ in range(20):
+        link.pump()  # what every datagram ends with
+    assert reactor.getDelayedCalls() == [timer] and timer.active()
+    reactor.advance(timer.getTime() - reactor.rightNow)  # it fires: armed anew, once
+    calls = list(reactor.getDelayedCalls())
+    [after] = calls
+    assert after is not timer and after.active()
+
+
+def test_the_system_clock_is_told_when_it_moves() -> None:
+    """The ChatClient hears what the system clock says (for its handshakes) at the
+    start and whenever it moved against monotonic time, a step or a drift of a
+    millisecond, not again and again for every datagram when it did not."""
+    reactor = FakeReactor()
+    reactor.advance(1_700_000_000)
+    step = [0.0]
+    chat = ChatClient(ClientEndpoint(Net().psk, FAST), "alice")
+    told: list[float] = []
+    tell = chat.set_wall_clock
+
+    def recorded(wall: float, now: float) -> None:
+        told.append(wall - now)
+        tell(wall, now)
+
+    chat.set_wall_clock = recorded  # type: ignore[method-assign]
+    link = ChatLink(chat, [V4], reactor, Front(), wall=lambda: reactor.seconds() + step[0])
+    link.start()
+    for _ in range(10):
+        reactor.advance(0.1)
+        link.datagram_received(b"\x02junk", V4[1])
+    assert told == [0.0]
+    step[0] = -300.0  # stepped back five minutes
+    link.datagram_received(b"\x02junk", V4[1])
+    step[0] += 0.0005  # slewed: less than the tolerance
+    link.datagram_received(b"\x02junk", V4[1])
+    step[0] += 0.001
+    link.datagram_received(b"\x02junk", V4[1])
+    assert told == [0.0, -300.0, pytest.approx(-299.9985)]
+    assert chat.endpoint.clock.offset == pytest.approx(-299.9985)
 
 
 def test_a_bug_costs_one_datagram_is_shown_once_and_keeps_the_timer() -> None:

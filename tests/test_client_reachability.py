@@ -7,9 +7,11 @@ real loopback socket; the real daemon and client are in test_client_diagnosis.py
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from typing import Any
 
+import pytest
 from client_net import START, Net
 from test_client_link import V4, V6, make_link
 from twisted.internet.error import ConnectionDone
@@ -340,5 +342,46 @@ def test_an_unconnected_socket_hears_port_unreachable_and_keeps_reading() -> Non
         assert proto.errors[1:] == [(dead, errno.ECONNREFUSED)]
         assert proto.datagrams == [b"from elsewhere"]
         assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    finally:
+        port.socket.close()
+
+
+def test_the_error_queue_is_read_only_when_an_error_is_pending() -> None:
+    """Reading datagrams when no network error is pending does not look at the error
+    queue (it was two system calls per received line). An error whose pending mark a
+    send took (that send failed with it) is still read, when the reactor says "closed"
+    once no datagram waits (select.poll stands in for the reactor's epoll here)."""
+    reactor = _Reactor()
+    proto = _Proto()
+    port = ErrorQueuePort(0, proto, "127.0.0.1", reactor=reactor)
+    port.startListening()
+    looked: list[bool] = []
+    read_errors = port.read_errors
+
+    def counted() -> None:
+        looked.append(True)
+        read_errors()
+
+    port.read_errors = counted  # type: ignore[method-assign]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            for text in (b"one", b"two"):
+                other.sendto(text, port.socket.getsockname())
+            port.doRead()  # one datagram per turn of the reactor
+            port.doRead()
+            assert proto.datagrams == [b"one", b"two"] and looked == []
+            dead = ("127.0.0.1", closed_port())
+            port.socket.sendto(b"hello?", dead)
+            with pytest.raises(ConnectionRefusedError):
+                port.socket.sendto(b"hello?", dead)  # takes the pending mark
+            other.sendto(b"three", port.socket.getsockname())
+            port.doRead()
+            assert proto.datagrams[-1] == b"three" and proto.errors == []
+            poller = select.poll()
+            poller.register(port.socket.fileno(), select.POLLIN)
+            assert poller.poll(0) == [(port.socket.fileno(), select.POLLERR)]  # "closed"
+            port.readConnectionLost(Failure(ConnectionDone()))
+            assert proto.errors == [(dead, errno.ECONNREFUSED)]
+            assert poller.poll(0) == []
     finally:
         port.socket.close()

@@ -437,6 +437,27 @@ def test_decode_server_rejects(obj: dict[str, Any]) -> None:
         decode_server(raw(obj))
 
 
+@pytest.mark.parametrize(
+    ("changes", "reported"),
+    [
+        ({"nick": 5}, '"nick" must be a string'),
+        ({"nick": 5, "text": None}, '"nick" must be a string'),  # the first bad field
+        ({"room": ["lobby"], "nick": 5}, '"room" must be a string'),
+        ({"text": 7, "ts": "noon", "history": True}, '"text" must be a string'),
+        ({"ts": "noon", "history": True}, '"ts" must be a number 0 <= ts < 253402214400'),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_reported_first_in_field_order(
+    changes: dict[str, Any], reported: str
+) -> None:
+    """The error names the first field (in the order the message declares them)
+    whose JSON type is wrong, whatever the others hold."""
+    obj = {"t": "say", "room": "lobby", "nick": "bob", "text": "hi", "id": ID, **changes}
+    with pytest.raises(MessageError) as info:
+        decode_server(raw(obj))
+    assert str(info.value) == reported
+
+
 @given(st.binary(max_size=1200))
 @example(b"\xed\xa0\x80")  # UTF-8-encoded surrogate
 def test_arbitrary_bytes_raise_only_message_error(data: bytes) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -45,7 +45,7 @@ def seal(key_id: int, fernet: BinaryFernet, payload: bytes) -> bytes:
     return key_id.to_bytes(KEY_ID_BYTES, "big") + fernet.seal(payload, 0)
 
 
-def open_sealed(keys: dict[int, BinaryFernet], sealed: bytes) -> bytes:
+def open_sealed(keys: Mapping[int, BinaryFernet], sealed: bytes) -> bytes:
     """The JSON message inside a sealed room message; raise InvalidToken if no key
     in ``keys`` (key id -> key, BinaryFernet.from_key of "room-key"'s key) opens it."""
     fernet = keys.get(int.from_bytes(sealed[:KEY_ID_BYTES], "big"))

@@ -439,6 +439,12 @@ def run(
     """Resolve, connect and chat until done; return the exit status. ``servers``: the
     server's (host, port), or several daemons' in the order to try them; ``timeout_s``:
     --timeout (None: wait for the server for ever)."""
+    import select
+
+    if hasattr(select, "epoll"):  # Linux: the leaner reactor (udpchat.client.reactor)
+        from udpchat.client.reactor import install
+
+        install()
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -576,7 +582,7 @@ class Runner:
         self._stop()
 
     def _resolved(self, servers: list[tuple[int, tuple[str, int]]]) -> None:
-        from twisted.internet import error, stdio
+        from twisted.internet import error
 
         from udpchat.client.chatclient import ChatClient
         from udpchat.client.chatlog import LoggedFrontEnd
@@ -585,6 +591,7 @@ class Runner:
         from udpchat.client.link import ChatLink
         from udpchat.client.pipe import PipeFrontEnd
         from udpchat.client.reachability import Reachability
+        from udpchat.client.standardio import StandardIO
         from udpchat.client.udpport import listen_udp
         from udpchat.core.endpoint import ClientEndpoint
 
@@ -627,12 +634,12 @@ class Runner:
             proto = terminal.make_terminal_protocol(
                 self._front_exited, self.reactor.seconds, style, saved
             )
-            stdio.StandardIO(proto)
+            StandardIO(proto)  # its writes go out at once: one wake-up per line
             front = proto.terminalProtocol
             self.cleanup.enter_context(terminal.follow_window_size(front, self.reactor))
         else:
             front = PipeFrontEnd(self._front_exited, time.time, style)  # the date, for the reader
-            stdio.StandardIO(front)
+            StandardIO(front)
         shown = front
         if self.chat_log is not None:  # --log: what is shown is also written there
             shown = LoggedFrontEnd(front, self.chat_log, time.time)  # the date, for the reader

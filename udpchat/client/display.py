@@ -13,9 +13,10 @@ lists every format.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, cast
@@ -46,9 +47,10 @@ UNSHOWABLE_REPORT_INTERVAL_S = 60.0
 UNSHOWABLE_DETAIL_MAX_CHARS = 120
 
 
-def clean(text: str) -> str:
-    """``text`` with every control/bidi/surrogate character replaced by U+FFFD."""
-    return _UNSAFE.sub(REPLACEMENT, text)
+#: ``clean(text)``: ``text`` with every control/bidi/surrogate character replaced by
+#: U+FFFD. A partial of the pattern's sub, not a function: twice per line shown, and
+#: a call that stays in C.
+clean: Callable[[str], str] = functools.partial(_UNSAFE.sub, REPLACEMENT)
 
 
 def _cube_colours() -> tuple[int, ...]:
@@ -77,6 +79,7 @@ def _cube_colours() -> tuple[int, ...]:
 NICK_COLOURS_256 = _cube_colours()
 
 
+@functools.lru_cache(maxsize=1024)  # per line shown; a room has far fewer nicks
 def nick_colour(nick: str, colours_256: bool = False) -> str:
     """The SGR code of ``nick``'s colour: the same for every run and every client, and
     the same for nicks that differ only in case (they are the same user). From
@@ -228,6 +231,8 @@ class _Painter:
         return f"\x1b[{code}m{text}{_RESET}" if self.style.colour and text else text
 
     def nick(self, nick: str, bold: bool = False, reverse: bool = False) -> str:
+        if not self.style.colour:
+            return clean(nick)  # no colour to look up (pipe mode: every line)
         code = nick_colour(nick, self.style.colours_256) + (";1" if bold else "")
         return self.sgr(clean(nick), code + (";7" if reverse else ""))
 
@@ -253,10 +258,15 @@ def format_item(
     colour style only). The result never contains a control character other than the
     SGR sequences this function adds itself in colour style.
     """
+    return _format(item, _Painter(style), now, highlight)
+
+
+def _format(item: Item, p: _Painter, now: float, highlight: bool) -> str | None:
+    """format_item, with the painter of its style."""
+    style = p.style
     ts = getattr(item, "ts", None)  # set on lines replayed from a room's history
     if ts is not None and not style.history:
         return None
-    p = _Painter(style)
     body = _body(item, p, highlight)
     if body is None:
         return None
@@ -329,6 +339,7 @@ class Renderer:
 
     def __init__(self, style: Style = PLAIN) -> None:
         self.style = style
+        self._painter = _Painter(style)
         self.unshowable = 0
         self._unreported = 0
         self._reported_at: float | None = None
@@ -337,10 +348,11 @@ class Renderer:
         """One line per item that shows as one, in order (see class docstring); with
         ``nick`` (the user's) and a highlighting style, alerts are highlighted."""
         out: list[str] = []
+        highlight = self.style.highlight
         for item in items:
             try:
-                alert = nick is not None and self.style.highlight and is_alert(item, nick)
-                line = format_item(item, self.style, now=now, highlight=alert)
+                alert = highlight and nick is not None and is_alert(item, nick)
+                line = _format(item, self._painter, now, alert)
             except Exception as exc:  # anything: one item, one guard
                 line = self._unshowable(exc, now)
             if line is not None:

@@ -32,44 +32,44 @@ class PrivateEchoes:
     """Echoes of private lines waiting to be shown, in typing order."""
 
     def __init__(self) -> None:
-        self._waiting: list[_Echo] = []
+        self.waiting: list[_Echo] = []  # read-only outside: empty, nothing to do
 
     def add(self, seq: int, line: OwnLine) -> None:
         """A msg (outbox line ``seq``) was queued; ``line`` is its echo."""
-        self._waiting.append(_Echo(seq, line))
+        self.waiting.append(_Echo(seq, line))
 
     def acknowledged(self, seq: int, now: float) -> None:
         """The server acknowledged msg ``seq``: its echo shows after the grace time."""
-        for echo in self._waiting:
+        for echo in self.waiting:
             if echo.seq == seq and echo.due_at is None:
                 echo.due_at = now + ECHO_GRACE_S
 
     def refused(self, text: str = "") -> None:
         """The server answered a msg with ``no-such-nick`` saying ``text``: cancel the
         echo of that msg (see module docstring)."""
-        for index, echo in enumerate(self._waiting):
+        for index, echo in enumerate(self.waiting):
             if echo.line.to is not None and mentions(text, echo.line.to):
-                del self._waiting[index]
+                del self.waiting[index]
                 return
-        if self._waiting:
-            del self._waiting[0]
+        if self.waiting:
+            del self.waiting[0]
 
     def forget(self, seq: int) -> None:
         """Msg ``seq`` will never be delivered (reported as such): no echo."""
-        self._waiting = [echo for echo in self._waiting if echo.seq != seq]
+        self.waiting = [echo for echo in self.waiting if echo.seq != seq]
 
     def clear(self) -> None:
-        self._waiting.clear()
+        self.waiting.clear()
 
     def due(self, now: float) -> list[OwnLine]:
         """The echoes to show now, in order: an echo waits for those before it."""
         out: list[OwnLine] = []
-        while self._waiting and (due_at := self._waiting[0].due_at) is not None and due_at <= now:
-            out.append(self._waiting.pop(0).line)
+        while self.waiting and (due_at := self.waiting[0].due_at) is not None and due_at <= now:
+            out.append(self.waiting.pop(0).line)
         return out
 
     def next_deadline(self) -> float | None:
         """When ``due`` may next have something (None: nothing is acknowledged)."""
-        if self._waiting:
-            return self._waiting[0].due_at
+        if self.waiting:
+            return self.waiting[0].due_at
         return None

@@ -168,14 +168,19 @@ class PipeFrontEnd(Protocol):
     # --- stdout ------------------------------------------------------------------
 
     def update(self, items: list[Item]) -> None:
-        for item in items:
-            if isinstance(item, Diagnosis):
-                self._warn(clean(item.text))
-        items = [item for item in items if not isinstance(item, Diagnosis)]
-        lines = self._renderer.lines(items, self._clock())
-        if lines and not self._stdout_gone and self.transport is not None:
-            self.transport.write("".join(line + "\n" for line in lines).encode("utf-8", "replace"))
-        self._feed()
+        if items:
+            shown: list[Item] = []
+            for item in items:
+                if isinstance(item, Diagnosis):
+                    self._warn(clean(item.text))
+                else:
+                    shown.append(item)
+            lines = self._renderer.lines(shown, self._clock())
+            if lines and not self._stdout_gone and self.transport is not None:
+                text = "\n".join(lines) + "\n"
+                self.transport.write(text.encode("utf-8", "replace"))
+        if self._buffer or self._eof or self._paused:
+            self._feed()  # the outbox may have room again (else: nothing to feed)
 
     def chat_done(self) -> None:
         if self._stdout_gone or self.transport is None:

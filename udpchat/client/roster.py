@@ -40,7 +40,10 @@ class Roster:
 
     def update(self, msg: messages.ServerMessage) -> None:
         """Follow one message from the server (the user's own joins are ``enter``)."""
-        if isinstance(msg, messages.WhoList) and msg.room == self.room and not msg.more:
+        if isinstance(msg, messages.SayOut | messages.MeOut):  # most messages: first
+            if msg.room == self.room and msg.ts is None:  # live lines only
+                self._add(msg.nick, spoke=True)
+        elif isinstance(msg, messages.WhoList) and msg.room == self.room and not msg.more:
             known = {messages.fold_nick(n) for n in msg.nicks}
             for folded in [f for f in self._nicks if f not in known]:
                 del self._nicks[folded]
@@ -55,9 +58,6 @@ class Roster:
             old = self._nicks.pop(messages.fold_nick(msg.old), None)
             if old is not None:
                 self._nicks[messages.fold_nick(msg.new)] = (msg.new, old[1])
-        elif isinstance(msg, messages.SayOut | messages.MeOut):
-            if msg.room == self.room and msg.ts is None:  # live lines only
-                self._add(msg.nick, spoke=True)
 
     def _add(self, nick: str, spoke: bool) -> None:
         folded = messages.fold_nick(nick)

@@ -13,13 +13,18 @@ datagram it is about, so it can be matched to the server.
 
 Twisted knows none of that: its epoll and poll reactors take the bare error event of
 such a socket for the end of the connection and stop reading it. This port reads the
-error queue itself, both when the reactor says "readable" and when it says "closed",
-and reads on. Elsewhere than on Linux it is a plain UDP port, and the client only
-goes by silence.
+error queue itself and reads on: when the reactor says "closed" (an error and no
+datagram), and when a read fails (the socket reports a pending error before the
+datagrams that wait). It does not look at the error queue for every datagram: that
+was two system calls per received line. An error whose pending mark a send took
+instead (the send fails with it) stays queued, and the reactor says "closed" for it
+as soon as no datagram waits. Elsewhere than on Linux it is a plain UDP port, and the
+client only goes by silence.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import sys
@@ -28,6 +33,7 @@ from typing import Any
 
 from twisted.internet import udp
 from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
@@ -42,6 +48,8 @@ SO_EE_ORIGIN_ICMP6 = 3
 SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
 #: Errors read per wake-up at most: forged ICMP errors cannot keep the client busy.
 ERRORS_PER_READ = 64
+#: A read that fails with one of these found nothing (more): as udp.Port.
+READ_AGAIN_ERRORS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 
 _RECVERR = {
     socket.AF_INET: (socket.IPPROTO_IP, IP_RECVERR),
@@ -90,9 +98,50 @@ class ErrorQueuePort(udp.Port):
         except OSError:
             pass
 
-    def doRead(self) -> Any:
+    def doRead(self) -> None:
+        """Read one datagram, as udp.Port.doRead does but for the loop: the reactor
+        comes back at once if more wait, and looking for more cost a read that finds
+        the socket empty (an exception) at every wake-up, more than a turn of the
+        reactor costs in a burst. A read that fails with a network error (the
+        socket's pending error, see the module docstring) has the error queue read,
+        and is tried again."""
+        try:
+            data, addr = self.socket.recvfrom(self.maxPacketSize)
+        except OSError as exc:
+            if not self._after_error(exc):
+                return
+            data, addr = self._read_after_errors()
+            if data is None:
+                return
+        if self.addressFamily == socket.AF_INET6:
+            addr = addr[:2]  # (host, port), as udp.Port gives it
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except BaseException:
+            log.err()
+
+    def _after_error(self, exc: OSError) -> bool:
+        """A read failed with ``exc``: True if it was a network error, now read from
+        the error queue (read again); False if nothing waits (or, as udp.Port, for a
+        refusal elsewhere than on Linux); raise what is neither."""
+        if exc.errno in READ_AGAIN_ERRORS:
+            return False
+        if not self.hears_errors:
+            if exc.errno == errno.ECONNREFUSED:
+                return False
+            raise exc
         self.read_errors()
-        return super().doRead()
+        return True
+
+    def _read_after_errors(self) -> tuple[Any, Any]:
+        """A datagram, read once the network's errors are; (None, None) if none."""
+        for _ in range(ERRORS_PER_READ):
+            try:
+                return self.socket.recvfrom(self.maxPacketSize)
+            except OSError as exc:
+                if not self._after_error(exc):
+                    break
+        return None, None
 
     def readConnectionLost(self, reason: Failure) -> None:
         # epoll/poll: an error with no datagram waiting wakes the reactor as "closed",
