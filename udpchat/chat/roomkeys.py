@@ -84,10 +84,12 @@ class RoomKeys:
                 self.rotations += 1
             key = self._new_key(room, now)
         self._keys.move_to_end(room)
+        missing = [sid for sid in capable if sid not in key.holders]
+        if not missing:  # every line of a settled room: no "room-key" to encode
+            return [], key.key_id, key.fernet
         announce = encode(RoomKey(room, key.key_id, key.secret))
-        sends = [(sid, announce) for sid in capable if sid not in key.holders]
-        key.holders.update(sid for sid, _ in sends)
-        return sends, key.key_id, key.fernet
+        key.holders.update(missing)
+        return [(sid, announce) for sid in missing], key.key_id, key.fernet
 
     def forget(self, room: str) -> None:
         """The room has no capable member left: its next message starts a new key."""
