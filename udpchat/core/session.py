@@ -488,6 +488,18 @@ class Session:
         """Datagrams to send now, each with its address: handshake messages first,
         then ENVELOPEs (sealed messages, with the ack if one is due), then DATA
         (plain messages, the ack otherwise, close; a ping if nothing else went)."""
+        if (
+            not self._handshake_out
+            and not self._ping_needed
+            and not self._close_pending
+            and self._response_due is None
+            and not self._challenge_due
+            and (self._ack_due is None or self._ack_due > now)
+            and not self._sendq.has_due(now)
+        ):
+            # Nothing of what follows would send anything: after most datagrams a
+            # client receives (a room line, its ack not due yet) this is the answer.
+            return []
         out, self._handshake_out = self._handshake_out, []
         if self._send_epoch is None:
             return out
