@@ -84,6 +84,33 @@ def test_plugin_import_is_light(subprocess_env: dict[str, str], tmp_path: Path) 
     assert result.stdout.split() == ["udpchat", "False"]
 
 
+def test_a_daemon_on_its_own_and_the_client_import_no_cluster_and_no_key_formats(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """What a daemon outside a cluster and the client import loads neither the
+    cluster's rules and engine messages (only a daemon in a cluster builds them) nor
+    cryptography's key serialization formats (the handshake needs raw X25519 bytes
+    only): each cost every daemon or client 20-35 ms of CPU at start."""
+    code = (
+        "import sys\n"
+        "import udpchat.daemon.tap, udpchat.daemon.service\n"
+        "import udpchat.client.cli, udpchat.client.link, udpchat.client.pipe\n"
+        "unwanted = ('udpchat.chat.cluster', 'udpchat.chat.engine', 'udpchat.chat.split',\n"
+        "            'cryptography.hazmat.primitives.serialization')\n"
+        "print(sorted(set(unwanted) & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_version_is_0_1_0() -> None:
     """The package version (read by setup.cfg) is 0.1.0."""
     assert udpchat.__version__ == "0.1.0"
