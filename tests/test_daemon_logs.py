@@ -83,7 +83,9 @@ def test_members_coming_and_going_are_limited_in_total(daemon: Daemon) -> None:
     per-session limit does not apply to lines a session causes once, the total
     does: at most log_lines_per_minute join and leave lines, the rest counted."""
     sessions, elapsed, log = flood(daemon, "join", count=80)
-    assert sessions == 80, "more joins and leaves than a minute allows"
+    # What the flood must reach is more lines than the minute's limit, not all 80 of
+    # its sessions in FLOOD_S: on a machine running two suites at once it got 75.
+    assert 2 * sessions > PER_MINUTE, "more joins and leaves than a minute allows"
     lines = lines_of(log, "join")
     assert lines <= PER_MINUTE * math.ceil(elapsed / 60)
     held_back = suppressed(log)
