@@ -11,11 +11,10 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cluster_daemon import ClusterDaemon
+from cluster_daemon import ClusterDaemon, started_daemons
 from pipe_client import PipeClient
 from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
@@ -40,18 +39,8 @@ def three_daemons(
     tmp_path: Path, subprocess_env: dict[str, str], redis: RedisServer, psk_file: Path
 ) -> Iterator[list[ClusterDaemon]]:
     """Three daemons on one Redis, sharing one key file."""
-    daemons = []
-    for name in ("a", "b", "c"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "chat.key").write_bytes(psk_file.read_bytes())
-        (folder / "chat.key").chmod(0o600)
-        daemons.append(ClusterDaemon(folder, subprocess_env, redis.url, name, history_lines=5))
-    with ThreadPoolExecutor(3) as pool:  # each start waits for its daemon: at once
-        list(pool.map(ClusterDaemon.start, daemons))
-    yield daemons
-    for daemon in daemons:
-        daemon.kill()
+    with started_daemons(tmp_path, subprocess_env, redis.url, psk_file, history_lines=5) as daemons:
+        yield daemons
 
 
 def test_three_members_on_three_daemons_share_one_room_in_one_order(

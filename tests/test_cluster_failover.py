@@ -14,11 +14,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cluster_daemon import ClusterDaemon
+from cluster_daemon import ClusterDaemon, started_daemons
 from pipe_client import PipeClient
 from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
@@ -57,18 +56,9 @@ def env(subprocess_env: dict[str, str]) -> dict[str, str]:
 def three_daemons(
     tmp_path: Path, env: dict[str, str], redis: RedisServer, psk_file: Path
 ) -> Iterator[list[ClusterDaemon]]:
-    daemons = []
-    for name in ("a", "b", "c"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "chat.key").write_bytes(psk_file.read_bytes())
-        (folder / "chat.key").chmod(0o600)
-        daemons.append(ClusterDaemon(folder, env, redis.url, name, idle_timeout=IDLE_TIMEOUT_S))
-    with ThreadPoolExecutor(3) as pool:  # each start waits for its daemon: at once
-        list(pool.map(ClusterDaemon.start, daemons))
-    yield daemons
-    for daemon in daemons:
-        daemon.kill()
+    settings = {"idle_timeout": IDLE_TIMEOUT_S}
+    with started_daemons(tmp_path, env, redis.url, psk_file, **settings) as daemons:
+        yield daemons
 
 
 def about(nick: str, lines: list[str]) -> list[str]:

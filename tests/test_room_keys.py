@@ -790,22 +790,30 @@ def test_a_client_acknowledges_sealed_messages_every_16_or_with_lazy_acks_every_
     assert delay <= waited < delay + 0.1
 
 
-def test_a_server_that_knows_path_check_but_not_lazy_acks_still_checks_paths() -> None:
-    """A server of before "lazy-acks" refuses the first caps as "bad-message"; the
-    client asks again with "room-keys", "path-check" and "notices", and gets them."""
-    net = Net()
+def refusing_caps_with(net: Net, member: str) -> list[bytes]:
+    """Make net's server one of before the extension whose caps member is `member`: it
+    answers "bad-message" to any caps that has it (11.1 item 4). Returns the sessions
+    refused, in order, as they come."""
     rules = net.chat_server.rules
     inner = rules.message_received
     refused: list[bytes] = []
 
-    def before_lazy_acks(session_id: bytes, payload: bytes, now: float) -> None:
+    def before(session_id: bytes, payload: bytes, now: float) -> None:
         message = json.loads(payload)
-        if message["t"] == "caps" and "lazy-acks" in message:
+        if message["t"] == "caps" and member in message:
             refused.append(session_id)
             payload = b'{"t":"caps","room-keys":true,"unknown-member":1}'  # bad-message
         inner(session_id, payload, now)
 
-    rules.message_received = before_lazy_acks  # type: ignore[method-assign]
+    rules.message_received = before  # type: ignore[method-assign]
+    return refused
+
+
+def test_a_server_that_knows_path_check_but_not_lazy_acks_still_checks_paths() -> None:
+    """A server of before "lazy-acks" refuses the first caps as "bad-message"; the
+    client asks again with "room-keys", "path-check" and "notices", and gets them."""
+    net = Net()
+    refused = refusing_caps_with(net, "lazy-acks")
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.room_keys_active and alice.chat.path_checks_active, 60)
     assert len(refused) == 1
@@ -820,18 +828,7 @@ def test_a_room_keys_server_that_does_not_know_path_check_still_seals() -> None:
     newest one each time, then with "room-keys" alone, and gets room keys, without
     showing anything."""
     net = Net()
-    rules = net.chat_server.rules
-    inner = rules.message_received
-    refused: list[bytes] = []
-
-    def before_path_check(session_id: bytes, payload: bytes, now: float) -> None:
-        message = json.loads(payload)
-        if message["t"] == "caps" and "path-check" in message:
-            refused.append(session_id)
-            payload = b'{"t":"caps","room-keys":true,"unknown-member":1}'  # bad-message
-        inner(session_id, payload, now)
-
-    rules.message_received = before_path_check  # type: ignore[method-assign]
+    refused = refusing_caps_with(net, "path-check")
     alice, bob = net.client("alice"), net.client("bob")
     net.run_until(lambda: alice.chat.room_keys_active and bob.chat.room_keys_active, 60)
     assert len(refused) == 6
@@ -850,18 +847,7 @@ def test_a_server_of_before_notices_is_asked_again_without_and_gives_path_checks
     "lazy-acks", then without "notices", and gets room keys and path checks, showing
     nothing."""
     net = Net()
-    rules = net.chat_server.rules
-    inner = rules.message_received
-    refused: list[bytes] = []
-
-    def before_notices(session_id: bytes, payload: bytes, now: float) -> None:
-        message = json.loads(payload)
-        if message["t"] == "caps" and "notices" in message:
-            refused.append(session_id)
-            payload = b'{"t":"caps","room-keys":true,"unknown-member":1}'  # bad-message
-        inner(session_id, payload, now)
-
-    rules.message_received = before_notices  # type: ignore[method-assign]
+    refused = refusing_caps_with(net, "notices")
     alice = net.client("alice")
     net.run_until(lambda: alice.chat.path_checks_active and alice.chat.room_keys_active, 60)
     assert len(refused) == 2
