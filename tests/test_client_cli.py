@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from daemon import Daemon
 
+from udpchat.chat.server import ServerSettings
 from udpchat.client.cli import (
     build_parser,
     client_protocol_config,
@@ -317,6 +318,18 @@ def test_idle_timeout_below_15_s_only_for_the_test_suite(
     with pytest.raises(SystemExit):
         testing.parse_args(["h", "--idle-timeout", "0.5"])
     assert client_protocol_config(3).give_up_s == 60
+
+
+def test_a_peer_sends_keepalives_at_most_a_third_of_its_idle_timeout_apart() -> None:
+    """10 s apart at the default 30 s and above; closer below it, so that a daemon and
+    its clients set alike (say 15 s, or a test's 3 s) keep an idle session through two
+    lost keepalives instead of one. The daemon follows the same rule."""
+    assert client_protocol_config(30).keepalive_s == 10
+    assert client_protocol_config(600).keepalive_s == 10
+    assert client_protocol_config(15).keepalive_s == 5
+    assert client_protocol_config(3).keepalive_s == 1
+    assert ServerSettings(idle_timeout_s=6).protocol_config().keepalive_s == 2
+    assert ServerSettings().protocol_config().keepalive_s == 10
 
 
 def test_the_client_id_is_kept_per_server_and_nick_and_never_shared_while_in_use(

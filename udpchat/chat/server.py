@@ -50,7 +50,7 @@ from udpchat.chat.rules import (
 )
 from udpchat.core import events
 from udpchat.core.endpoint import QueueFull, ServerEndpoint, UnknownSession
-from udpchat.core.limits import ProtocolConfig
+from udpchat.core.limits import ProtocolConfig, keepalive_s
 from udpchat.core.ratelimit import TokenBucket
 from udpchat.core.wire import MAX_SEALED_PAYLOAD_BYTES
 
@@ -109,6 +109,7 @@ class ServerSettings:
         """The core's timers and limits, with the operator's settings applied."""
         return ProtocolConfig(
             session_expiry_s=self.idle_timeout_s,
+            keepalive_s=keepalive_s(self.idle_timeout_s),
             # A silent peer must end its session before any message gives up on it.
             give_up_s=max(60.0, 2 * self.idle_timeout_s),
             handshake_rate_per_s=self.handshake_rate,

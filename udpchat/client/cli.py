@@ -40,6 +40,7 @@ from udpchat.core.limits import (
     IDLE_TIMEOUT_MIN_S,
     ProtocolConfig,
     idle_timeout_floor_s,
+    keepalive_s,
 )
 from udpchat.fingerprint import fingerprint
 from udpchat.invite import InviteError, is_invite, parse_invite, save_key
@@ -182,6 +183,7 @@ def client_protocol_config(idle_timeout_s: float) -> ProtocolConfig:
     """The core's timers for a client whose server may be silent ``idle_timeout_s``."""
     return ProtocolConfig(
         session_expiry_s=idle_timeout_s,
+        keepalive_s=keepalive_s(idle_timeout_s),
         # As the server does: a silent server must end the session before any line
         # gives up on it (that would report it undelivered instead of resending it).
         give_up_s=max(60.0, 2 * idle_timeout_s),

@@ -20,8 +20,9 @@ MAX_PAYLOAD_BYTES = 1000
 MESSAGE_OVERHEAD_BYTES = 256
 
 #: The idle timeout (session expiry) an operator or user may set, daemon and client
-#: alike. Peers send a keepalive every 10 s (keepalive_s), so below 15 s one lost
-#: keepalive would already end a healthy idle session.
+#: alike. Peers send a keepalive every 10 s, or a third of their own idle timeout if
+#: that is shorter (keepalive_s()); a peer set much shorter than its partner would
+#: still end a healthy idle session on the partner's silence, hence this floor.
 IDLE_TIMEOUT_MIN_S = 15.0
 IDLE_TIMEOUT_MAX_S = 3600.0
 #: For the test suite only: with this environment variable set to "1", the daemon's
@@ -30,6 +31,18 @@ IDLE_TIMEOUT_MAX_S = 3600.0
 #: (their sessions are kept busy, so the 10 s keepalive does not matter there).
 TESTING_SHORT_IDLE_ENV = "UDPCHAT_TESTING_ALLOW_SHORT_IDLE_TIMEOUT"
 IDLE_TIMEOUT_TESTING_MIN_S = 1.0
+
+
+#: A peer sends a keepalive after this long without sending (ProtocolConfig.keepalive_s).
+KEEPALIVE_MAX_S = 10.0
+
+
+def keepalive_s(idle_timeout_s: float) -> float:
+    """How long a peer whose own idle timeout is ``idle_timeout_s`` stays silent before
+    it sends a keepalive: 10 s, or a third of that timeout when it is shorter, so that
+    a peer set alike (a daemon and clients at 15 s, or tests at a few seconds) keeps a
+    healthy idle session through two lost keepalives."""
+    return min(KEEPALIVE_MAX_S, idle_timeout_s / 3)
 
 
 def idle_timeout_floor_s(environ: Mapping[str, str]) -> float:
@@ -57,7 +70,7 @@ class ProtocolConfig:
     #: Replaced keys still decrypt stragglers for this long.
     key_grace_s: float = 10.0
     #: Send a keepalive when nothing was sent for this long (NAT-friendly: < 25 s).
-    keepalive_s: float = 10.0
+    keepalive_s: float = KEEPALIVE_MAX_S
     #: A session with nothing authentic received for this long has ended.
     session_expiry_s: float = 30.0
     #: A responder session whose initiator never used its keys is forgotten after this.
