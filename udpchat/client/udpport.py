@@ -37,6 +37,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
+from udpchat.client.moderation import WakeModeration
+
 # Linux values (Python 3.11's socket module does not name them): <linux/in.h>,
 # <linux/in6.h>, <linux/socket.h>, <linux/errqueue.h>.
 IP_RECVERR = 11
@@ -98,27 +100,79 @@ class ErrorQueuePort(udp.Port):
         except OSError:
             pass
 
+    #: Wake-up moderation (udpchat.client.moderation), or None to read each datagram
+    #: as soon as it comes.
+    moderation: WakeModeration | None = None
+    #: Datagrams read in one go at most when moderated: a flood cannot keep the
+    #: client from its keyboard and timers.
+    DATAGRAMS_PER_LOOK = 256
+    _resume: Any = None
+
     def doRead(self) -> None:
         """Read one datagram, as udp.Port.doRead does but for the loop: the reactor
         comes back at once if more wait, and looking for more cost a read that finds
         the socket empty (an exception) at every wake-up, more than a turn of the
-        reactor costs in a burst. A read that fails with a network error (the
-        socket's pending error, see the module docstring) has the error queue read,
-        and is tried again."""
+        reactor costs in a burst. Moderated, read all that wait (a held-off batch),
+        then maybe hold off. A read that fails with a network error (the socket's
+        pending error, see the module docstring) has the error queue read, and is
+        tried again."""
+        if self.moderation is None:
+            self._read_one()
+        else:
+            self._look(held=False)
+
+    def _read_one(self) -> bool:
+        """Read and deliver one datagram; False if none waited."""
         try:
             data, addr = self.socket.recvfrom(self.maxPacketSize)
         except OSError as exc:
             if not self._after_error(exc):
-                return
+                return False
             data, addr = self._read_after_errors()
             if data is None:
-                return
+                return False
         if self.addressFamily == socket.AF_INET6:
             addr = addr[:2]  # (host, port), as udp.Port gives it
         try:
             self.protocol.datagramReceived(data, addr)
         except BaseException:
             log.err()
+        return True
+
+    def _look(self, held: bool) -> None:
+        """Read what waits (moderated), then hold off if the stream is busy."""
+        moderation = self.moderation
+        assert moderation is not None
+        read = 0
+        while read < self.DATAGRAMS_PER_LOOK and self.connected and self._read_one():
+            read += 1
+        if not self.connected:  # the protocol stopped listening meanwhile
+            return
+        if not read:
+            if held:
+                moderation.found_none()
+                self.startReading()
+            return
+        now = self.reactor.seconds()
+        moderation.found(now, held)
+        hold = moderation.hold(now)
+        if hold > 0:
+            if not held:
+                self.stopReading()
+            self._resume = self.reactor.callLater(hold, self._resume_looking)
+        elif held:
+            self.startReading()
+
+    def _resume_looking(self) -> None:
+        self._resume = None
+        if self.connected:
+            self._look(held=True)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().connectionLost(reason)
 
     def _after_error(self, exc: OSError) -> bool:
         """A read failed with ``exc``: True if it was a network error, now read from
@@ -155,10 +209,12 @@ class ErrorQueuePort(udp.Port):
 
 
 def listen_udp(reactor: Any) -> Callable[[int, Any, str], Any]:
-    """A listenUDP for ChatLink that opens ErrorQueuePorts on ``reactor``."""
+    """A listenUDP for ChatLink that opens ErrorQueuePorts on ``reactor``, their
+    wake-ups moderated (udpchat.client.moderation)."""
 
     def listen(port: int, protocol: Any, interface: str = "") -> Any:
         opened = ErrorQueuePort(port, protocol, interface, reactor=reactor)
+        opened.moderation = WakeModeration()
         opened.startListening()
         return opened
 
