@@ -53,3 +53,25 @@ def test_a_line_sent_before_an_acknowledged_one_is_lost_in_that_queue_only() -> 
     assert b.on_ack(Ack(2), now=1.6) == [first, second]
     assert a.on_ack(Ack(2), now=1.7) == [lost]
     assert a.idle and b.idle
+
+
+def test_an_ack_of_everything_in_flight_leaves_the_waiting_messages_waiting() -> None:
+    """With the window full, later messages wait; an ack of everything in flight (the
+    one an ack of everything queued would be, too) frees the window for them, in
+    order, and the queue numbers on from where it was."""
+    queue = SendQueue(ProtocolConfig(send_window=2))
+    for i in range(2):
+        assert queue.push_shared(Sent(i, b"line", True, now=1.0)) == i
+    assert queue.push_shared(Sent(2, b"line", True, now=1.0)) is None  # window full
+    queue.push(b"line", 2, sealed=True)
+    queue.push(b"line", 3, sealed=True)
+    assert len(queue.on_ack(Ack(2), now=1.1)) == 2
+    sent = []
+    for message in queue.due(1.1):
+        queue.sent(message, 1.1)
+        sent.append(message.seq)
+    assert sent == [2, 3]
+    assert len(queue.on_ack(Ack(4), now=1.2)) == 2 and queue.idle
+    assert queue.push_shared(Sent(4, b"line", True, now=1.3)) == 4
+    assert queue.push_shared(Sent(5, b"line", True, now=1.3)) == 5
+    assert queue.push_shared(Sent(6, b"line", True, now=1.3)) is None  # window of 2

@@ -313,24 +313,34 @@ class SendQueue:
         16 room lines at a time, and this is most of what an ACK costs it).
         """
         in_flight = self._in_flight
-        pop = in_flight.pop
-        acked: list[InFlight] = []
-        keep = acked.append
-        oldest = self._oldest_in_flight()
-        if oldest is not None:
-            # Everything in flight lies within one window of the oldest: an ack of
-            # more (even of messages never sent) costs no more than the window.
-            for seq in range(oldest, min(ack.cumulative, oldest + self._config.send_window)):
-                message = pop(seq, None)
-                if message is not None:
-                    keep(message)
-        for start, end in ack.ranges:
-            if end - start > len(in_flight):
-                named = [s for s in in_flight if start <= s < end]
-            else:
-                named = [s for s in range(start, end) if s in in_flight]
-            for seq in named:
-                keep(pop(seq))
+        acked: list[InFlight]
+        if ack.cumulative >= self._next_seq and not self._waiting:
+            # Everything ever queued is in flight and acknowledged (the usual ack of a
+            # busy room's member): taken at once; the ranges, beyond the cumulative
+            # part, name nothing in flight; and whatever goes into flight next is
+            # numbered from _next_seq on, so _oldest can jump there (no walk later).
+            acked = list(in_flight.values())
+            in_flight.clear()
+            self._oldest = self._next_seq
+        else:
+            acked = []
+            pop = in_flight.pop
+            keep = acked.append
+            oldest = self._oldest_in_flight()
+            if oldest is not None:
+                # Everything in flight lies within one window of the oldest: an ack of
+                # more (even of messages never sent) costs no more than the window.
+                for seq in range(oldest, min(ack.cumulative, oldest + self._window)):
+                    message = pop(seq, None)
+                    if message is not None:
+                        keep(message)
+            for start, end in ack.ranges:
+                if end - start > len(in_flight):
+                    named = [s for s in in_flight if start <= s < end]
+                else:
+                    named = [s for s in range(start, end) if s in in_flight]
+                for seq in named:
+                    keep(pop(seq))
         if not acked:
             return acked
         newest_clean: InFlight | None = None
