@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from udpchat.chat.cluster import ClusterRules, Reply, Request
 
 SHUTDOWN_TEXT = "stopped by its operator"
+_SESSION_ID, _ROOM_KEYS = itemgetter(0), itemgetter(1)  # of Broadcast.members' pairs
 #: What a member still on the previous key hears when a key rotation's overlap ends.
 KEY_RETIRED_TEXT = (
     "the server's key was replaced and the old one is no longer accepted; "
@@ -450,7 +453,8 @@ class ChatServer:
         negotiated room keys (each gets the key first if it lacks it), as is for the
         others. Per member that leaves only an HMAC and a send to do."""
         members = action.members
-        capable = [sid for sid, room_keys in members if room_keys]
+        # [sid for sid, room_keys in members if room_keys], in C: once per member.
+        capable = list(compress(map(_SESSION_ID, members), map(_ROOM_KEYS, members)))
         sealed = None
         if not capable:
             # Nobody may keep the key: a member who comes back later must get a new

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import ClassVar
 
 from udpchat.core.limits import MESSAGE_OVERHEAD_BYTES, ProtocolConfig
@@ -93,6 +94,7 @@ class Sent:
 
 #: What a queue holds in flight: a message of its own, or its share of a room's line.
 InFlight = Outgoing | Sent
+_PAYLOAD = attrgetter("payload")  # of an InFlight
 
 
 class SendQueue:
@@ -320,8 +322,23 @@ class SendQueue:
             # part, name nothing in flight; and whatever goes into flight next is
             # numbered from _next_seq on, so _oldest can jump there (no walk later).
             acked = list(in_flight.values())
+            if not acked:
+                return acked
             in_flight.clear()
             self._oldest = self._next_seq
+            # What follows the else, for a window now empty: the lost messages are
+            # all gone with it, RACK has nothing left to look at, the timer stops;
+            # the RTT sample is the newest message sent once (nearly always the last).
+            freed = sum(map(len, map(_PAYLOAD, acked)))
+            self._bytes -= freed + len(acked) * MESSAGE_OVERHEAD_BYTES
+            self._lost = 0
+            for newest in reversed(acked):
+                if newest.transmissions == 1:
+                    self.rtt.sample(now - newest.last_sent)
+                    break
+            self._backoff = 0
+            self.rto_at = None
+            return acked
         else:
             acked = []
             pop = in_flight.pop
