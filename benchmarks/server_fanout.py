@@ -60,6 +60,7 @@ class Room:
             client.send(json.dumps(hello).encode(), self.now)
             self.clients[("127.0.0.1", 20000 + i)] = client
         self.deliveries = 0
+        self.wakeups = 0  # the server's timer came due (the daemon wakes up for each)
         self.said = 0  # lines said so far: each has an id of its own
         self.settle()
         for client in self.clients.values():
@@ -99,6 +100,7 @@ class Room:
     def _timer(self) -> list[tuple[bytes, Any]]:
         timer = self.server.get_timer()
         if timer is not None and timer <= self.now:
+            self.wakeups += 1
             self.server.handle_timer(self.now)
         return self.server.datagrams_to_send(self.now)
 
@@ -109,7 +111,7 @@ class Room:
     def run(self, senders: int, rate: float, seconds: float) -> int:
         """Lines said for `seconds`; returns the deliveries (sealed lines shown)."""
         talkers = list(self.clients.values())[:senders]
-        self.deliveries = 0
+        self.deliveries = self.wakeups = 0
         end = self.now + seconds
         next_line = self.now
         while self.now < end:
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     expected = round(args.seconds * rate) * senders * (receivers + senders - 1)
     print(
         f"load {args.load}: {receivers} receivers + {senders} senders x {rate:g} lines/s, "
-        f"{args.seconds:g} s: {deliveries} deliveries ({expected} lines said x members)"
+        f"{args.seconds:g} s: {deliveries} deliveries ({expected} lines said x members), "
+        f"{room.wakeups / args.seconds:.0f} timer wake-ups/s"
     )
     if args.bytecodes:
         total = sum(counts.values())
