@@ -279,23 +279,3 @@ def test_a_keepalive_due_with_a_rekey_still_goes_out() -> None:
     client.handle_timer(later)
     kinds = [data[0] for data in client.datagrams_to_send(later)]
     assert kinds == [wire.HANDSHAKE_INIT, wire.DATA]
-
-
-def test_the_servers_timer_is_not_armed_for_a_deadline_that_moved_later() -> None:
-    """A message sent arms the session's retransmission timeout; once it is
-    acknowledged, the server's timer is the session's next real deadline, not the
-    timeout that moved away: a daemon would otherwise wake up for nothing, about once
-    per member of a busy room per timeout."""
-    pair = make_pair(delay_s=0.01)
-    session_id = pair.connect()
-    pair.run(lambda: pair.server.is_idle(session_id), 5)
-    pair.server.send(session_id, b"hello", pair.now)
-    pair.flush()
-    timeout = pair.server.get_timer()
-    assert timeout is not None and timeout < pair.now + ProtocolConfig().max_rto_s
-    pair.run(lambda: pair.server.is_idle(session_id), 5)
-    assert received(pair.client_events)[-1] == b"hello"
-    later = pair.server.get_timer()
-    assert later is not None and later > timeout
-    session = pair.server._sessions[session_id]  # noqa: SLF001
-    assert later == session.next_deadline()

@@ -153,7 +153,6 @@ class ServerEndpoint(_Endpoint):
         self._timers: list[tuple[float, int, bytes]] = []
         self._scheduled: dict[bytes, float] = {}
         self._timer_order = itertools.count()
-        self._checked: tuple[float, int, bytes] | None = None  # top entry, deadline true
         # A replayed message 1 is caught here while it is still fresh enough to pass.
         self._seen_ephemerals = BoundedExpiringSet(
             config.handshake_cache_max,
@@ -517,11 +516,10 @@ class ServerEndpoint(_Endpoint):
     def _schedule(self, session: Session) -> None:
         """Make the heap hold the session's next deadline, or an earlier one.
 
-        A deadline that moved later (a keepalive, expiry or retransmission timeout
-        pushed back by traffic) keeps its earlier entry: get_timer moves that entry
-        when it comes to the top (and handle_timer copes with one that fires early
-        anyway: it finds nothing due and reschedules). One look per entry at the top
-        is far cheaper than a heap push on every datagram."""
+        A deadline that moved later (a keepalive or expiry pushed back by traffic)
+        keeps its earlier entry: that entry fires early, handle_timer finds nothing
+        due and reschedules. One early wake-up per interval is far cheaper than a
+        heap push on every datagram."""
         session_id = session.session_id
         deadline = session.next_deadline()
         scheduled = self._scheduled.get(session_id)
@@ -531,9 +529,6 @@ class ServerEndpoint(_Endpoint):
         elif scheduled is None or deadline < scheduled:
             self._scheduled[session_id] = deadline
             heapq.heappush(self._timers, (deadline, next(self._timer_order), session_id))
-        checked = self._checked
-        if checked is not None and checked[2] == session_id:
-            self._checked = None  # its deadline may have moved later: look again
 
     def _current(self, entry: tuple[float, int, bytes]) -> Session | None:
         if self._scheduled.get(entry[2]) != entry[0]:
@@ -548,28 +543,9 @@ class ServerEndpoint(_Endpoint):
             # Normally empty here: datagrams_to_send takes them. Left over when a bug
             # interrupted it (or before the first call): due at once, whatever `now`.
             return 0.0
-        timers = self._timers
-        while timers:
-            entry = timers[0]
-            session = self._current(entry)
-            if session is None:
-                heapq.heappop(timers)  # superseded: lazy deletion keeps this O(log n)
-                continue
-            if entry is not self._checked:
-                # What the application will wake up for. An entry whose session's
-                # deadline moved later (every ACK moves a busy member's retransmission
-                # timeout on) is kept by _schedule; it is looked at once, here, when
-                # it comes to the top, and moved to the real deadline: a daemon woke
-                # up for nothing about once per member per timeout.
-                deadline = session.next_deadline()
-                if deadline is None or deadline > entry[0]:
-                    heapq.heappop(timers)
-                    del self._scheduled[entry[2]]
-                    self._schedule(session)
-                    continue
-                self._checked = entry
-            return entry[0]
-        return None
+        while self._timers and self._current(self._timers[0]) is None:
+            heapq.heappop(self._timers)  # superseded: lazy deletion keeps this O(log n)
+        return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> None:
         due: list[Session] = []
