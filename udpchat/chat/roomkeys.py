@@ -84,9 +84,11 @@ class RoomKeys:
                 self.rotations += 1
             key = self._new_key(room, now)
         self._keys.move_to_end(room)
-        missing = [sid for sid in capable if sid not in key.holders]
-        if not missing:  # every line of a settled room: no "room-key" to encode
+        if len(key.holders) == len(members):
+            # Every line of a settled room: the holders are members, and as many, so
+            # they are all of them; no "room-key" to encode, no member to look up.
             return [], key.key_id, key.fernet
+        missing = [sid for sid in capable if sid not in key.holders]
         announce = encode(RoomKey(room, key.key_id, key.secret))
         key.holders.update(missing)
         return [(sid, announce) for sid in missing], key.key_id, key.fernet

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from udpchat.chat.messages import DEFAULT_ROOM, Shutdown, encode
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from udpchat.chat.cluster import ClusterRules, Reply, Request
 
 SHUTDOWN_TEXT = "stopped by its operator"
+_SESSION_ID, _ROOM_KEYS = itemgetter(0), itemgetter(1)  # of Broadcast.members' pairs
 #: What a member still on the previous key hears when a key rotation's overlap ends.
 KEY_RETIRED_TEXT = (
     "the server's key was replaced and the old one is no longer accepted; "
@@ -449,7 +452,9 @@ class ChatServer:
         """One message to a room: sealed once with the room key for the members that
         negotiated room keys (each gets the key first if it lacks it), as is for the
         others. Per member that leaves only an HMAC and a send to do."""
-        capable = [sid for sid, room_keys in action.members if room_keys]
+        members = action.members
+        # [sid for sid, room_keys in members if room_keys], in C: once per member.
+        capable = list(compress(map(_SESSION_ID, members), map(_ROOM_KEYS, members)))
         sealed = None
         if not capable:
             # Nobody may keep the key: a member who comes back later must get a new
@@ -465,14 +470,18 @@ class ChatServer:
         skip = action.skip
         full: list[bytes] = []
         if sealed is not None:
-            sealed_for = (sid for sid in capable if sid != skip)
+            sealed_for = capable
+            if skip in capable:  # the sender, once: removed in C, not filtered in Python
+                sealed_for = capable.copy()
+                sealed_for.remove(skip)
             full += self.endpoint.send_many(sealed_for, sealed, now, sealed=True)
-        plain = [
-            sid for sid, room_keys in action.members
-            if sid != skip and not (room_keys and sealed is not None)
-        ]  # fmt: skip
-        if plain:
-            full += self.endpoint.send_many(plain, action.payload, now)
+        if sealed is None or len(capable) < len(members):  # else everyone got it sealed
+            plain = [
+                sid for sid, room_keys in members
+                if sid != skip and not (room_keys and sealed is not None)
+            ]  # fmt: skip
+            if plain:
+                full += self.endpoint.send_many(plain, action.payload, now)
         for session_id in full:
             self._queue_full(session_id, now)
 

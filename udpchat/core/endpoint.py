@@ -33,7 +33,7 @@ from udpchat.core.handshake import (
 )
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import AddressRateLimiter, BoundedExpiringSet
-from udpchat.core.reliability import MessageTooLarge, QueueFull
+from udpchat.core.reliability import MessageTooLarge, QueueFull, Sent
 from udpchat.core.session import Session, check_size
 from udpchat.core.stats import DropStats
 
@@ -387,30 +387,32 @@ class ServerEndpoint(_Endpoint):
         self, session_ids: Iterable[bytes], payload: bytes, now: float, sealed: bool = False
     ) -> list[bytes]:
         """send() of one payload to many sessions, the members of a room: the size is
-        checked once, and per member what is left is its own sequence number, datagram
-        and MAC. Sessions that are gone are skipped. Returns the sessions whose send
-        queue was full: nothing was queued for them."""
+        checked once, the message is one record in every send queue (one message id,
+        unique within each session), and per member what is left is its own
+        sequence number, datagram and MAC. Sessions that are gone are skipped. Returns
+        the sessions whose send queue was full: nothing was queued for them."""
         check_size(payload, sealed)
-        sessions = self._sessions
-        message_ids = self._message_ids
-        out = self._out
+        message = Sent(next(self._message_ids), payload, sealed, now)
+        session_of = self._sessions.get
+        out = self._out.append
         full: list[bytes] = []
         for session_id in session_ids:
-            session = sessions.get(session_id)
-            if session is None or session.ended or not session.established:
+            session = session_of(session_id)
+            if session is None:
                 continue
             # _send(), written out: this loop runs once per member per room line.
-            message_id = next(message_ids)
             try:
-                fast = session.send_now(payload, message_id, now, sealed)
+                fast = session.send_now(message)
                 if fast is None:
-                    session.queue(payload, message_id, sealed)
+                    if session.ended or not session.established:
+                        continue
+                    session.queue(payload, message.message_id, sealed)
                     self._touch(session)
                     continue
             except QueueFull:
                 full.append(session_id)
                 continue
-            out.append((fast[0], session.addr))
+            out((fast[0], session.addr))
             if fast[1]:  # the retransmission timer started: it may be the earliest
                 self._schedule(session)
         return full
@@ -418,7 +420,7 @@ class ServerEndpoint(_Endpoint):
     def _send(
         self, session: Session, payload: bytes, message_id: int, now: float, sealed: bool
     ) -> None:
-        fast = session.send_now(payload, message_id, now, sealed)
+        fast = session.send_now(Sent(message_id, payload, sealed, now))
         if fast is None:
             session.queue(payload, message_id, sealed)
             self._touch(session)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import ClassVar
 
 from udpchat.core.limits import MESSAGE_OVERHEAD_BYTES, ProtocolConfig
 from udpchat.core.wire import Ack
@@ -59,6 +61,42 @@ class Outgoing:
     lost: bool = True  # due for (re)transmission
 
 
+class Sent:
+    """A message transmitted once, at `first_sent`, and not lost since: what the fast
+    path (SendQueue.push_shared) files in flight instead of an Outgoing.
+
+    A room's line is one Sent for every member it goes to at once
+    (ServerEndpoint.send_many): what differs per member, the sequence number, is the
+    key it is filed under in each queue. An Outgoing per member per line was most of
+    what the send queue cost a busy room's server (an object per delivery). It reads
+    like an Outgoing; a queue replaces it with one (outgoing()) the moment it would
+    change: lost, retransmitted.
+    """
+
+    __slots__ = ("message_id", "payload", "sealed", "first_sent", "last_sent", "cost")
+
+    transmissions: ClassVar[int] = 1
+    lost: ClassVar[bool] = False
+
+    def __init__(self, message_id: int, payload: bytes, sealed: bool, now: float) -> None:
+        self.message_id = message_id
+        self.payload = payload
+        self.sealed = sealed
+        self.first_sent = now
+        self.last_sent = now
+        self.cost = len(payload) + MESSAGE_OVERHEAD_BYTES  # against send_queue_bytes
+
+    def outgoing(self, seq: int, lost: bool) -> Outgoing:
+        """The same message, in flight in one queue as `seq`, as an Outgoing of its own."""
+        first = self.first_sent
+        return Outgoing(seq, self.message_id, self.payload, self.sealed, first, first, 1, lost)
+
+
+#: What a queue holds in flight: a message of its own, or its share of a room's line.
+InFlight = Outgoing | Sent
+_PAYLOAD = attrgetter("payload")  # of an InFlight
+
+
 class SendQueue:
     """Messages waiting for their first transmission or for an acknowledgement.
 
@@ -83,6 +121,8 @@ class SendQueue:
         "_backoff",
         "rto_at",
         "_bytes",
+        "_window",
+        "_max_bytes",
     )
 
     def __init__(self, config: ProtocolConfig) -> None:
@@ -93,7 +133,7 @@ class SendQueue:
         # one per session (10,000 idle sessions within 100 MB); it is short and
         # mostly empty, since a message goes straight into flight when it can.
         self._waiting: list[Outgoing] = []
-        self._in_flight: dict[int, Outgoing] = {}  # seq -> message, in seq order
+        self._in_flight: dict[int, InFlight] = {}  # seq -> message, in seq order
         # No sequence number below this is in flight. Found by stepping forward, not
         # by iterating the dict: a dict whose front was popped walks over the holes
         # first, which was the hottest line of the server's fan-out.
@@ -107,6 +147,8 @@ class SendQueue:
         # What the queued messages cost (payload + MESSAGE_OVERHEAD_BYTES each),
         # against send_queue_bytes.
         self._bytes = 0
+        self._window = config.send_window  # the config's, read once per message sent
+        self._max_bytes = config.send_queue_bytes
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._in_flight)
@@ -136,7 +178,12 @@ class SendQueue:
         """Fast path: if nothing waits or is due for retransmission and the window has
         room, the message goes straight into flight, transmitted now (the caller puts
         it into a datagram at once); returns its sequence number. None otherwise: use
-        push() and due(). Raises QueueFull like push().
+        push() and due(). Raises QueueFull like push()."""
+        return self.push_shared(Sent(message_id, payload, sealed, now))
+
+    def push_shared(self, message: Sent) -> int | None:
+        """push_sent() of a message transmitted at message.first_sent, which other
+        queues may hold too (a room's line): it is filed as it is, not copied.
 
         One member of a busy room costs the server this once per line, so it is
         _window_end() and _charge() written out: with nothing waiting, the window
@@ -145,24 +192,23 @@ class SendQueue:
             return None
         seq = self._next_seq
         in_flight = self._in_flight
-        config = self._config
         if in_flight:
             oldest = self._oldest
             while oldest not in in_flight:
                 oldest += 1
             self._oldest = oldest
-            if seq >= oldest + config.send_window:
+            if seq >= oldest + self._window:
                 return None
-        cost = len(payload) + MESSAGE_OVERHEAD_BYTES
-        if self._bytes + cost > config.send_queue_bytes:
+        cost = message.cost
+        if self._bytes + cost > self._max_bytes:
             raise QueueFull("send queue is full (bytes)")
         self._bytes += cost
-        in_flight[seq] = Outgoing(seq, message_id, payload, sealed, now, now, 1, False)
-        if sealed:
+        in_flight[seq] = message
+        if message.sealed:
             self._sealed = True
         self._next_seq = self._sent_below = seq + 1
         if self.rto_at is None:
-            self.rto_at = now + self._rto()
+            self.rto_at = message.first_sent + self._rto()
         return seq
 
     def peer_acks_lazily(self) -> None:
@@ -194,7 +240,9 @@ class SendQueue:
         """Messages to transmit now: retransmissions first, then new ones in the window.
         Each one yielded must be passed to sent() or unsend() before the next."""
         if self._lost:  # rare: only after a loss; otherwise no walk over the window
-            for message in [m for m in self._in_flight.values() if m.lost]:
+            # (A Sent is never lost: it is replaced by an Outgoing first.)
+            in_flight = self._in_flight.values()
+            for message in [m for m in in_flight if isinstance(m, Outgoing) and m.lost]:
                 yield message
         end = self._window_end()
         waiting = self._waiting
@@ -239,9 +287,13 @@ class SendQueue:
         """The RTO fired: everything in flight is lost; back off."""
         if self.rto_at is None or self.rto_at > now:
             return
-        for message in self._in_flight.values():
-            message.lost = True
-        self._lost = len(self._in_flight)
+        in_flight = self._in_flight
+        for seq, message in list(in_flight.items()):
+            if isinstance(message, Outgoing):
+                message.lost = True
+            else:
+                in_flight[seq] = message.outgoing(seq, lost=True)
+        self._lost = len(in_flight)
         if self._rto() < self._config.max_rto_s:
             self._backoff += 1
         self.rto_at = None  # re-armed by the retransmissions
@@ -254,7 +306,7 @@ class SendQueue:
         limit = self._sent_below
         return ack.cumulative <= limit and all(end <= limit for _, end in ack.ranges)
 
-    def on_ack(self, ack: Ack, now: float) -> list[Outgoing]:
+    def on_ack(self, ack: Ack, now: float) -> list[InFlight]:
         """Remove acknowledged messages; take an RTT sample (Karn: first sends only).
 
         Costs what it acknowledges, not the window: the cumulative part is taken from
@@ -263,27 +315,52 @@ class SendQueue:
         16 room lines at a time, and this is most of what an ACK costs it).
         """
         in_flight = self._in_flight
-        pop = in_flight.pop
-        acked: list[Outgoing] = []
-        keep = acked.append
-        oldest = self._oldest_in_flight()
-        if oldest is not None:
-            # Everything in flight lies within one window of the oldest: an ack of
-            # more (even of messages never sent) costs no more than the window.
-            for seq in range(oldest, min(ack.cumulative, oldest + self._config.send_window)):
-                message = pop(seq, None)
-                if message is not None:
-                    keep(message)
-        for start, end in ack.ranges:
-            if end - start > len(in_flight):
-                named = [s for s in in_flight if start <= s < end]
-            else:
-                named = [s for s in range(start, end) if s in in_flight]
-            for seq in named:
-                keep(pop(seq))
+        acked: list[InFlight]
+        if ack.cumulative >= self._next_seq and not self._waiting:
+            # Everything ever queued is in flight and acknowledged (the usual ack of a
+            # busy room's member): taken at once; the ranges, beyond the cumulative
+            # part, name nothing in flight; and whatever goes into flight next is
+            # numbered from _next_seq on, so _oldest can jump there (no walk later).
+            acked = list(in_flight.values())
+            if not acked:
+                return acked
+            in_flight.clear()
+            self._oldest = self._next_seq
+            # What follows the else, for a window now empty: the lost messages are
+            # all gone with it, RACK has nothing left to look at, the timer stops;
+            # the RTT sample is the newest message sent once (nearly always the last).
+            freed = sum(map(len, map(_PAYLOAD, acked)))
+            self._bytes -= freed + len(acked) * MESSAGE_OVERHEAD_BYTES
+            self._lost = 0
+            for newest in reversed(acked):
+                if newest.transmissions == 1:
+                    self.rtt.sample(now - newest.last_sent)
+                    break
+            self._backoff = 0
+            self.rto_at = None
+            return acked
+        else:
+            acked = []
+            pop = in_flight.pop
+            keep = acked.append
+            oldest = self._oldest_in_flight()
+            if oldest is not None:
+                # Everything in flight lies within one window of the oldest: an ack of
+                # more (even of messages never sent) costs no more than the window.
+                for seq in range(oldest, min(ack.cumulative, oldest + self._window)):
+                    message = pop(seq, None)
+                    if message is not None:
+                        keep(message)
+            for start, end in ack.ranges:
+                if end - start > len(in_flight):
+                    named = [s for s in in_flight if start <= s < end]
+                else:
+                    named = [s for s in range(start, end) if s in in_flight]
+                for seq in named:
+                    keep(pop(seq))
         if not acked:
             return acked
-        newest_clean: Outgoing | None = None
+        newest_clean: InFlight | None = None
         newest_sent = 0.0
         freed = len(acked) * MESSAGE_OVERHEAD_BYTES
         lost = 0
@@ -304,13 +381,16 @@ class SendQueue:
         # and older than 9/8 RTT. Any message in flight can be, retransmissions
         # included, so the whole window (at most send_window) is looked at.
         threshold = 1.125 * (self.rtt.srtt or self.rtt.rto)
-        for message in in_flight.values():
+        for seq, message in in_flight.items():
             if (
                 not message.lost
                 and message.last_sent < newest_sent
                 and message.last_sent + threshold <= now
             ):
-                message.lost = True
+                if isinstance(message, Outgoing):
+                    message.lost = True
+                else:  # a value replaced, not a key added: the walk goes on
+                    in_flight[seq] = message.outgoing(seq, lost=True)
                 self._lost += 1
         self.rto_at = now + self._rto() if in_flight else None
         return acked
@@ -326,9 +406,9 @@ class SendQueue:
             and first.first_sent + self._config.give_up_s <= now
         )
 
-    def drain(self) -> list[Outgoing]:
+    def drain(self) -> list[InFlight]:
         """Everything still unacknowledged, in order; the queue is empty afterwards."""
-        rest = list(self._in_flight.values()) + list(self._waiting)
+        rest: list[InFlight] = [*self._in_flight.values(), *self._waiting]
         self._in_flight.clear()
         self._waiting.clear()
         self._lost = 0

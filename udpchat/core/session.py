@@ -27,13 +27,20 @@ from udpchat.core.handshake import (
 )
 from udpchat.core.limits import MAX_DATAGRAM_BYTES, MAX_PAYLOAD_BYTES, ProtocolConfig
 from udpchat.core.ratelimit import TokenBucket
-from udpchat.core.reliability import MessageTooLarge, ReceiveBuffer, SendQueue
+from udpchat.core.reliability import MessageTooLarge, ReceiveBuffer, SendQueue, Sent
 from udpchat.core.replay import ReplayWindow
 from udpchat.core.stats import DropStats
 from udpchat.core.wire import Malformed, SessionKeys
 
 _MESSAGE_FRAME_PACK = wire.MESSAGE_FRAME.pack
-_ENVELOPE_HEADER_PACK = wire.ENVELOPE_HEADER.pack
+_FRAME_MESSAGE = wire.FRAME_MESSAGE
+_ENVELOPE = wire.ENVELOPE
+#: An ENVELOPE's header followed by a MESSAGE frame's (type, sequence, length): the
+#: start of a datagram carrying one room line, packed at once (both are "!"-packed,
+#: so the two formats in one are the two byte strings one after the other).
+_ENVELOPE_MESSAGE_PACK = struct.Struct(
+    wire.ENVELOPE_HEADER.format + wire.MESSAGE_FRAME.format[1:]
+).pack
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
@@ -427,16 +434,17 @@ class Session:
         check_size(payload, sealed)
         self._sendq.push(payload, message_id, sealed)
 
-    def send_now(
-        self, payload: bytes, message_id: int, now: float, sealed: bool
-    ) -> tuple[bytes, bool] | None:
+    def send_now(self, message: Sent) -> tuple[bytes, bool] | None:
         """Fast path of queue() + flush() for one message when nothing else is waiting:
         the datagram to send now (with the pending ack if it fits) and whether the
         session's timer may have to move earlier. None if the message must take the
-        ordinary path (something queued, lost, a handshake out, the window full).
+        ordinary path (something queued, lost, a handshake out, the window full) or
+        cannot go at all (the session ended or is not established).
 
-        This is what each member of a busy room costs the server, once per line; the
-        caller has checked the payload's size (check_size), once for the whole room."""
+        `message` is sent at message.first_sent, and may go to other sessions too (a
+        room's line): it is kept as it is until acknowledged. This is what each member
+        of a busy room costs the server, once per line; the caller has checked the
+        payload's size (check_size), once for the whole room."""
         if (
             self.ended
             or self._send_epoch is None
@@ -446,30 +454,35 @@ class Session:
             return None
         sendq = self._sendq
         timer_was_running = sendq.rto_at is not None
-        seq = sendq.push_sent(payload, message_id, sealed, now)
+        seq = sendq.push_shared(message)
         if seq is None:
             return None
-        frame = _MESSAGE_FRAME_PACK(wire.FRAME_MESSAGE, seq, len(payload)) + payload
+        payload = message.payload
+        now = message.first_sent
+        keyset = self._keys[self._send_epoch]
+        self._ping_needed = False
+        if message.sealed and self._ack_due is None:
+            # A room line, nothing to acknowledge (the usual case): the envelope's
+            # header and the message frame's in one pack; _envelope() written out.
+            packet = keyset.next_packet
+            data = _ENVELOPE_MESSAGE_PACK(
+                _ENVELOPE, self.session_id, keyset.epoch, packet, _FRAME_MESSAGE, seq, len(payload)
+            ) + payload  # fmt: skip
+            keyset.next_packet = packet + 1
+            keyset.datagrams += 1
+            self.last_sent = now
+            return data + keyset.mac_send(data), not timer_was_running
+        frame = _MESSAGE_FRAME_PACK(_FRAME_MESSAGE, seq, len(payload)) + payload
         if self._ack_due is not None:
             ack = wire.encode_ack_frame(self._recvq.ack())
-            budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if sealed else FRAMES_BUDGET_BYTES
+            budget = wire.ENVELOPE_FRAMES_BUDGET_BYTES if message.sealed else FRAMES_BUDGET_BYTES
             if len(ack) + len(frame) <= budget:  # else the ack goes at its own time
                 frame = ack + frame
                 self._ack_due = None
                 self._sealed_unacked = 0
-        keyset = self._keys[self._send_epoch]
-        self._ping_needed = False
-        if not sealed:
-            return self._seal(keyset, frame, now), not timer_was_running
-        # _envelope(), written out: this line runs once per member per room line.
-        data = (
-            _ENVELOPE_HEADER_PACK(wire.ENVELOPE, self.session_id, keyset.epoch, keyset.next_packet)
-            + frame
-        )
-        keyset.next_packet += 1
-        keyset.datagrams += 1
-        self.last_sent = now
-        return data + keyset.mac_send(data), not timer_was_running
+        if message.sealed:
+            return self._envelope(keyset, frame, now), not timer_was_running
+        return self._seal(keyset, frame, now), not timer_was_running
 
     def abort(self) -> None:
         """End the session at once after a bug in its handling, telling nobody: its

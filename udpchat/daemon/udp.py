@@ -235,19 +235,27 @@ class ChatProtocol(DatagramProtocol):
             self.history.write(changes)
 
     def _write(self, now: float) -> None:
+        out = self.server.datagrams_to_send(now)
         transport: Any = self.transport  # IUDPTransport (opaque to mypy)
+        if not out or transport is None:
+            return
         # The socket itself: Port.write re-validates the address three times per
         # datagram, which showed in profiles of a busy room; the core's are valid.
-        sendto = None if transport is None else transport.socket.sendto
-        for data, addr in self.server.datagrams_to_send(now):
-            if sendto is not None:
+        # A room line is one datagram per member: the counters are added up once.
+        sendto = transport.socket.sendto
+        sent = sent_bytes = 0
+        try:
+            for data, addr in out:
                 try:
                     sendto(data, addr)
                 except OSError:
                     self._send_errors += 1  # UDP may lose it; the core retransmits
                 else:
-                    self.datagrams_sent += 1
-                    self.bytes_sent += len(data)
+                    sent += 1
+                    sent_bytes += len(data)
+        finally:
+            self.datagrams_sent += sent
+            self.bytes_sent += sent_bytes
 
     def _reschedule(self, at: float | None, now: float) -> None:
         if self._timer is not None and self._timer.active():
