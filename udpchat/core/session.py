@@ -34,6 +34,8 @@ from udpchat.core.wire import Malformed, SessionKeys
 
 _MESSAGE_FRAME_PACK = wire.MESSAGE_FRAME.pack
 _ENVELOPE_HEADER_PACK = wire.ENVELOPE_HEADER.pack
+_ENVELOPE_HEADER_UNPACK = wire.ENVELOPE_HEADER.unpack_from
+_ENVELOPE_MAC_BYTES = wire.ENVELOPE_MAC_BYTES
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
@@ -636,23 +638,25 @@ class Session:
         """Authenticate, de-duplicate and process one ENVELOPE datagram. From the
         server its messages are sealed room messages (delivered with sealed=True);
         from a client it may carry only an ACK and a PING."""
-        _, _, epoch, packet = wire.ENVELOPE_HEADER.unpack_from(datagram)
+        _, _, epoch, packet = _ENVELOPE_HEADER_UNPACK(datagram)
+        signed, mac = datagram[:-_ENVELOPE_MAC_BYTES], datagram[-_ENVELOPE_MAC_BYTES:]
         keyset = self._keys.get(epoch)
-        if keyset is not None:
-            candidates = [keyset]
+        if keyset is not None:  # the current keys (or retiring ones): nearly always
+            if not self._usable(keyset, now):
+                return
+            if not hmac.compare_digest(keyset.mac_receive(signed), mac):
+                self._stats.drop("bad-mac")
+                return
         elif epoch == self.pending_epoch:
-            candidates = self._candidates  # the first datagram under a rekey's keys
+            # The first datagram under a rekey's keys: whichever candidate it proves.
+            for keyset in self._candidates:
+                if hmac.compare_digest(keyset.mac_receive(signed), mac):
+                    break
+            else:
+                self._stats.drop("bad-mac")
+                return
         else:
             self._stats.drop("unknown-epoch")
-            return
-        if keyset is not None and not self._usable(keyset, now):
-            return
-        signed, mac = datagram[: -wire.ENVELOPE_MAC_BYTES], datagram[-wire.ENVELOPE_MAC_BYTES :]
-        for candidate in candidates:
-            if hmac.compare_digest(candidate.mac_receive(signed), mac):
-                break
-        else:
-            self._stats.drop("bad-mac")
             return
         try:
             frames = wire.decode_frames(
@@ -665,7 +669,7 @@ class Session:
         except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
-        self._accept(candidate, packet, frames, addr, now, sealed=True, size=len(datagram))
+        self._accept(keyset, packet, frames, addr, now, sealed=True, size=len(datagram))
 
     def _usable(self, keyset: KeySet, now: float) -> bool:
         """Whether data under `keyset` may still be accepted (counted if not)."""
@@ -689,13 +693,14 @@ class Session:
     ) -> None:
         """An authentic datagram: drop it if replayed or breaking a rule of the
         session (checked before anything changes), else let it change state."""
-        if frames.ack is not None and not self._sendq.acks_only_sent(frames.ack):
+        ack, challenge, response = frames.ack, frames.challenge, frames.response
+        if ack is not None and not self._sendq.acks_only_sent(ack):
             self._stats.drop("blind-ack")
             return
-        if (frames.challenge is not None or frames.response is not None) and (
+        if (challenge is not None or response is not None) and (
             not self.path_checks
-            or (frames.challenge is not None and not self.initiator)
-            or (frames.response is not None and self.initiator)
+            or (challenge is not None and not self.initiator)
+            or (response is not None and self.initiator)
         ):
             self._stats.drop("bad-frame")  # path frames only as negotiated, one way each
             return
@@ -705,25 +710,25 @@ class Session:
         # Authentic and fresh: only now may it change any state.
         self.last_received = now
         keyset.datagrams += 1
-        newest = packet > keyset.highest_received
-        keyset.highest_received = max(keyset.highest_received, packet)
         if keyset.epoch == self.pending_epoch:
             self._confirm(keyset, now)
-        if newest and keyset.epoch == self._send_epoch and addr != self.addr:
-            old, self.addr = self.addr, addr
-            if not self.initiator:
-                self._path_changed(fresh=True)
-                if old is not None:
-                    self._emit(events.SessionRoamed(self.session_id, old, addr))
+        if packet > keyset.highest_received:  # the newest
+            keyset.highest_received = packet
+            if keyset.epoch == self._send_epoch and addr != self.addr:
+                old, self.addr = self.addr, addr
+                if not self.initiator:
+                    self._path_changed(fresh=True)
+                    if old is not None:
+                        self._emit(events.SessionRoamed(self.session_id, old, addr))
         if self._path_credit is not None and addr == self.addr:
             self._path_credit += PATH_CREDIT_FACTOR * size
             self._challenge_due = self._challenge is not None
         self._process(frames, now, sealed)
-        if frames.response is not None and self._challenge is not None:
-            if hmac.compare_digest(frames.response, self._challenge):
+        if response is not None and self._challenge is not None:
+            if hmac.compare_digest(response, self._challenge):
                 self._validate(self.addr)
-        if frames.challenge is not None:
-            self._response_due = frames.challenge  # answered in the next flush, at once
+        if challenge is not None:
+            self._response_due = challenge  # answered in the next flush, at once
 
     def use_lazy_acks(self) -> None:
         """Both peers negotiated "lazy-acks" (PROTOCOL.md 11.8). The initiator (the
@@ -770,12 +775,30 @@ class Session:
             if self.report_delivered:
                 for message in acked:
                     self._emit(events.MessageDelivered(self.session_id, message.message_id))
+        recvq = self._recvq
         for seq, payload in frames.messages:
-            if self._recvq.is_new(seq):
+            if seq == recvq.next_expected and not self.receive_paused:
+                # The next in order, nearly every message: the branch below, written
+                # out for it (it is new, in any window of one or more, and there is
+                # always room for it).
+                if not self._message_bucket.allow(now):
+                    self._stats.drop("message-rate")
+                    continue
+                for ready, was_sealed in recvq.add(seq, payload, sealed):
+                    self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+                if sealed:
+                    self._sealed_unacked += 1
+                    if self._sealed_unacked >= self._sealed_ack_every:
+                        due = now
+                    else:
+                        due = now + self._sealed_ack_delay_s
+                else:
+                    due = now + self._config.ack_delay_s
+            elif recvq.is_new(seq):
                 if self.receive_paused:
                     self._stats.drop("receive-paused")  # not acknowledged: it comes again
                     continue
-                if not self._recvq.has_room(seq, payload):
+                if not recvq.has_room(seq, payload):
                     # Like beyond-window: not stored, not acknowledged; the sender
                     # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
                     self._stats.drop("receive-buffer-full")
@@ -784,8 +807,8 @@ class Session:
                     # Not acknowledged: the sender retransmits later (backpressure).
                     self._stats.drop("message-rate")
                     continue
-                in_order = seq == self._recvq.next_expected
-                for ready, was_sealed in self._recvq.add(seq, payload, sealed):
+                in_order = seq == recvq.next_expected
+                for ready, was_sealed in recvq.add(seq, payload, sealed):
                     self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
                 if not in_order:
                     due = now
@@ -797,7 +820,7 @@ class Session:
                         due = now + self._sealed_ack_delay_s
                 else:
                     due = now + self._config.ack_delay_s
-            elif self._recvq.is_duplicate(seq):
+            elif recvq.is_duplicate(seq):
                 due = now  # our ack was probably lost: repeat it at once
             else:
                 self._stats.drop("beyond-window")
@@ -811,17 +834,22 @@ class Session:
     def next_deadline(self) -> float | None:
         # Called after every flush of every session: written as plain comparisons,
         # without building a list (it showed in the profiles of a busy room).
+        # A client asks after every datagram it receives, too.
         if self.ended:
             return None
         config = self._config
-        deadline = self.last_received + self._expiry_s()
+        send_epoch = self._send_epoch
+        if send_epoch is not None:  # established: _expiry_s(), written out
+            deadline = self.last_received + config.session_expiry_s
+        else:
+            deadline = self.last_received + self._expiry_s()
         ack_due = self._ack_due
         if ack_due is not None and ack_due < deadline:
             deadline = ack_due
         retry = self._handshake_retry_at
         if retry is not None and retry < deadline:
             deadline = retry
-        if self._send_epoch is not None:  # established
+        if send_epoch is not None:  # established
             keepalive = self.last_sent + config.keepalive_s
             if keepalive < deadline:
                 deadline = keepalive
@@ -829,7 +857,7 @@ class Session:
             if retransmit is not None and retransmit < deadline:
                 deadline = retransmit
             if self.initiator and self._initiator is None:
-                current = self._keys[self._send_epoch]
+                current = self._keys[send_epoch]
                 if current.datagrams >= config.rekey_after_datagrams:
                     rekey = current.created  # due now
                 else:
