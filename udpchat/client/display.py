@@ -340,6 +340,8 @@ class Renderer:
     def __init__(self, style: Style = PLAIN) -> None:
         self.style = style
         self._painter = _Painter(style)
+        # No colour, no timestamp before a live line: pipe mode as scripts use it.
+        self._plain = not style.colour and style.timestamps == "off"
         self.unshowable = 0
         self._unreported = 0
         self._reported_at: float | None = None
@@ -349,10 +351,16 @@ class Renderer:
         ``nick`` (the user's) and a highlighting style, alerts are highlighted."""
         out: list[str] = []
         highlight = self.style.highlight
+        plain = self._plain
         for item in items:
             try:
-                alert = highlight and nick is not None and is_alert(item, nick)
-                line = _format(item, self._painter, now, alert)
+                if plain and type(item) is messages.SayOut and item.ts is None:
+                    # A pipe's usual line, written out: what _format makes of it in
+                    # a plain style (tests/test_client_display.py holds them equal).
+                    line = f"<{clean(item.nick)}> {clean(item.text)}"
+                else:
+                    alert = highlight and nick is not None and is_alert(item, nick)
+                    line = _format(item, self._painter, now, alert)
             except Exception as exc:  # anything: one item, one guard
                 line = self._unshowable(exc, now)
             if line is not None:
