@@ -833,9 +833,9 @@ def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
     if not isinstance(obj, dict):
         raise MessageError("bad-message", "message is not a JSON object")
     kind = obj.get("t")
-    if not isinstance(kind, str) or kind not in schemas:
+    schema = schemas.get(kind) if isinstance(kind, str) else None
+    if schema is None:
         raise MessageError("bad-message", "unknown message type")
-    schema = schemas[kind]
     keys = obj.keys()
     if not schema.keys <= keys:
         missing = schema.keys - keys

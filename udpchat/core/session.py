@@ -825,7 +825,9 @@ class Session:
             else:
                 self._stats.drop("beyond-window")
                 continue
-            self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
+            ack_due = self._ack_due
+            if ack_due is None or due < ack_due:
+                self._ack_due = due
         if frames.close and not self.ended:
             self._end("closed")
 
