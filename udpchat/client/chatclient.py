@@ -500,14 +500,15 @@ class ChatClient:
     def _pump(self, now: float) -> None:
         """Handle every pending event, then hand queued lines to the core."""
         next_event = self.endpoint.next_event  # after every datagram: once per event
-        while self.state is not State.DONE:
+        done = State.DONE
+        while self.state is not done:
             event = next_event()
             if event is None:
                 if not self._flush(now):
                     break
                 continue
             self._on_event(event, now)
-        if self.state is State.DONE:
+        if self.state is done:
             while self.endpoint.next_event() is not None:
                 pass  # the close() aftermath; nothing is waiting for it any more
         if self._echoes.waiting:

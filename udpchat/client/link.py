@@ -184,7 +184,7 @@ class ChatLink:
         # A server listening on a wildcard address answers from whichever of its
         # addresses routing picks, not necessarily the one we wrote to: accept the
         # server's port from any address. The core authenticates every datagram.
-        if addr[1] != self.server[1][1]:
+        if addr[1] != self.servers[self.chat.address_index][1][1]:  # self.server's port
             return
         now = self.now()
         try:
