@@ -36,6 +36,9 @@ _MESSAGE_FRAME_PACK = wire.MESSAGE_FRAME.pack
 _ENVELOPE_HEADER_PACK = wire.ENVELOPE_HEADER.pack
 _ENVELOPE_HEADER_UNPACK = wire.ENVELOPE_HEADER.unpack_from
 _ENVELOPE_MAC_BYTES = wire.ENVELOPE_MAC_BYTES
+_MESSAGE_FRAME_UNPACK = wire.MESSAGE_FRAME.unpack_from
+#: An ENVELOPE's header and a MESSAGE frame's, without the MAC: a room line is longer.
+_LINE_MIN_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.MESSAGE_FRAME_BYTES
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
@@ -658,6 +661,23 @@ class Session:
         else:
             self._stats.drop("unknown-epoch")
             return
+        size = len(signed)
+        if (
+            size > _LINE_MIN_BYTES
+            and signed[wire.ENVELOPE_HEADER_BYTES] == wire.FRAME_MESSAGE
+            and self.initiator
+        ):
+            # A room line, nearly all a client receives: one MESSAGE frame and
+            # nothing else. What decode_frames, _accept and _process do with it,
+            # written out: no ack, path frame or close to look at.
+            _, seq, length = _MESSAGE_FRAME_UNPACK(signed, wire.ENVELOPE_HEADER_BYTES)
+            if length + _LINE_MIN_BYTES == size and length <= wire.MAX_SEALED_PAYLOAD_BYTES:
+                if not keyset.replay.accept(packet):
+                    self._stats.drop("replay")
+                    return
+                self._fresh(keyset, packet, addr, now, len(datagram))
+                self._receive_message(seq, signed[_LINE_MIN_BYTES:], now, True)
+                return
         try:
             frames = wire.decode_frames(
                 signed[wire.ENVELOPE_HEADER_BYTES :],
@@ -707,7 +727,19 @@ class Session:
         if not keyset.replay.accept(packet):
             self._stats.drop("replay")
             return
-        # Authentic and fresh: only now may it change any state.
+        self._fresh(keyset, packet, addr, now, size)
+        self._process(frames, now, sealed)
+        if response is not None and self._challenge is not None:
+            if hmac.compare_digest(response, self._challenge):
+                self._validate(self.addr)
+        if challenge is not None:
+            self._response_due = challenge  # answered in the next flush, at once
+
+    def _fresh(
+        self, keyset: KeySet, packet: int, addr: events.Address, now: float, size: int
+    ) -> None:
+        """An authentic datagram passed the replay window and every rule (_accept):
+        only now may it change any state. What it says is processed next."""
         self.last_received = now
         keyset.datagrams += 1
         if keyset.epoch == self.pending_epoch:
@@ -723,12 +755,6 @@ class Session:
         if self._path_credit is not None and addr == self.addr:
             self._path_credit += PATH_CREDIT_FACTOR * size
             self._challenge_due = self._challenge is not None
-        self._process(frames, now, sealed)
-        if response is not None and self._challenge is not None:
-            if hmac.compare_digest(response, self._challenge):
-                self._validate(self.addr)
-        if challenge is not None:
-            self._response_due = challenge  # answered in the next flush, at once
 
     def use_lazy_acks(self) -> None:
         """Both peers negotiated "lazy-acks" (PROTOCOL.md 11.8). The initiator (the
@@ -775,61 +801,66 @@ class Session:
             if self.report_delivered:
                 for message in acked:
                     self._emit(events.MessageDelivered(self.session_id, message.message_id))
-        recvq = self._recvq
         for seq, payload in frames.messages:
-            if seq == recvq.next_expected and not self.receive_paused:
-                # The next in order, nearly every message: the branch below, written
-                # out for it (it is new, in any window of one or more, and there is
-                # always room for it).
-                if not self._message_bucket.allow(now):
-                    self._stats.drop("message-rate")
-                    continue
-                for ready, was_sealed in recvq.add(seq, payload, sealed):
-                    self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-                if sealed:
-                    self._sealed_unacked += 1
-                    if self._sealed_unacked >= self._sealed_ack_every:
-                        due = now
-                    else:
-                        due = now + self._sealed_ack_delay_s
-                else:
-                    due = now + self._config.ack_delay_s
-            elif recvq.is_new(seq):
-                if self.receive_paused:
-                    self._stats.drop("receive-paused")  # not acknowledged: it comes again
-                    continue
-                if not recvq.has_room(seq, payload):
-                    # Like beyond-window: not stored, not acknowledged; the sender
-                    # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
-                    self._stats.drop("receive-buffer-full")
-                    continue
-                if not self._message_bucket.allow(now):
-                    # Not acknowledged: the sender retransmits later (backpressure).
-                    self._stats.drop("message-rate")
-                    continue
-                in_order = seq == recvq.next_expected
-                for ready, was_sealed in recvq.add(seq, payload, sealed):
-                    self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-                if not in_order:
-                    due = now
-                elif sealed:
-                    self._sealed_unacked += 1
-                    if self._sealed_unacked >= self._sealed_ack_every:
-                        due = now
-                    else:
-                        due = now + self._sealed_ack_delay_s
-                else:
-                    due = now + self._config.ack_delay_s
-            elif recvq.is_duplicate(seq):
-                due = now  # our ack was probably lost: repeat it at once
-            else:
-                self._stats.drop("beyond-window")
-                continue
-            ack_due = self._ack_due
-            if ack_due is None or due < ack_due:
-                self._ack_due = due
+            self._receive_message(seq, payload, now, sealed)
         if frames.close and not self.ended:
             self._end("closed")
+
+    def _receive_message(self, seq: int, payload: bytes, now: float, sealed: bool) -> None:
+        """One MESSAGE frame of an authentic, fresh datagram: deliver it (and those
+        it completes) in order, or drop it unacknowledged; schedule the ack."""
+        recvq = self._recvq
+        if seq == recvq.next_expected and not self.receive_paused:
+            # The next in order, nearly every message: the branch below, written
+            # out for it (it is new, in any window of one or more, and there is
+            # always room for it).
+            if not self._message_bucket.allow(now):
+                self._stats.drop("message-rate")
+                return
+            for ready, was_sealed in recvq.add(seq, payload, sealed):
+                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+            if sealed:
+                self._sealed_unacked += 1
+                if self._sealed_unacked >= self._sealed_ack_every:
+                    due = now
+                else:
+                    due = now + self._sealed_ack_delay_s
+            else:
+                due = now + self._config.ack_delay_s
+        elif recvq.is_new(seq):
+            if self.receive_paused:
+                self._stats.drop("receive-paused")  # not acknowledged: it comes again
+                return
+            if not recvq.has_room(seq, payload):
+                # Like beyond-window: not stored, not acknowledged; the sender
+                # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
+                self._stats.drop("receive-buffer-full")
+                return
+            if not self._message_bucket.allow(now):
+                # Not acknowledged: the sender retransmits later (backpressure).
+                self._stats.drop("message-rate")
+                return
+            in_order = seq == recvq.next_expected
+            for ready, was_sealed in recvq.add(seq, payload, sealed):
+                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+            if not in_order:
+                due = now
+            elif sealed:
+                self._sealed_unacked += 1
+                if self._sealed_unacked >= self._sealed_ack_every:
+                    due = now
+                else:
+                    due = now + self._sealed_ack_delay_s
+            else:
+                due = now + self._config.ack_delay_s
+        elif recvq.is_duplicate(seq):
+            due = now  # our ack was probably lost: repeat it at once
+        else:
+            self._stats.drop("beyond-window")
+            return
+        ack_due = self._ack_due
+        if ack_due is None or due < ack_due:
+            self._ack_due = due
 
     # -- timers ------------------------------------------------------------------
 
