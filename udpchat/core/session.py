@@ -645,7 +645,10 @@ class Session:
         signed, mac = datagram[:-_ENVELOPE_MAC_BYTES], datagram[-_ENVELOPE_MAC_BYTES:]
         keyset = self._keys.get(epoch)
         if keyset is not None:  # the current keys (or retiring ones): nearly always
-            if not self._usable(keyset, now):
+            if (
+                keyset.retire_at is not None
+                or keyset.created + self._config.reject_after_s <= now
+            ) and not self._usable(keyset, now):  # (it counts why not)
                 return
             if not hmac.compare_digest(keyset.mac_receive(signed), mac):
                 self._stats.drop("bad-mac")
