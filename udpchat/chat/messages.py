@@ -810,8 +810,11 @@ _CLIENT_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ClientMessage)
 _SERVER_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ServerMessage)
 
 
+_BYTES_TYPES: Final = (bytes, bytearray, memoryview)
+
+
 def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if not isinstance(data, _BYTES_TYPES):
         raise MessageError("bad-message", "a message is bytes")
     if len(data) > MAX_PAYLOAD_BYTES:
         raise MessageError("too-long", f"message longer than {MAX_PAYLOAD_BYTES} bytes")

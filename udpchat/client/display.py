@@ -330,6 +330,9 @@ def _body(item: Item, p: _Painter, highlight: bool = False) -> str | None:
     return None
 
 
+_SAY_OUT = messages.SayOut
+
+
 class Renderer:
     """The display lines of a batch of items in one style, each item formatted in its
     own guard: an item that cannot be formatted (a value no check foresaw, or a bug)
@@ -350,15 +353,15 @@ class Renderer:
         """One line per item that shows as one, in order (see class docstring); with
         ``nick`` (the user's) and a highlighting style, alerts are highlighted."""
         out: list[str] = []
-        highlight = self.style.highlight
         plain = self._plain
         for item in items:
             try:
-                if plain and type(item) is messages.SayOut and item.ts is None:
+                if plain and type(item) is _SAY_OUT and item.ts is None:
                     # A pipe's usual line, written out: what _format makes of it in
                     # a plain style (tests/test_client_display.py holds them equal).
                     line = f"<{clean(item.nick)}> {clean(item.text)}"
                 else:
+                    highlight = self.style.highlight
                     alert = highlight and nick is not None and is_alert(item, nick)
                     line = _format(item, self._painter, now, alert)
             except Exception as exc:  # anything: one item, one guard

@@ -39,6 +39,9 @@ _ENVELOPE_MAC_BYTES = wire.ENVELOPE_MAC_BYTES
 _MESSAGE_FRAME_UNPACK = wire.MESSAGE_FRAME.unpack_from
 #: An ENVELOPE's header and a MESSAGE frame's, without the MAC: a room line is longer.
 _LINE_MIN_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.MESSAGE_FRAME_BYTES
+_FRAMES_AT = wire.ENVELOPE_HEADER_BYTES
+_FRAME_MESSAGE = wire.FRAME_MESSAGE
+_MAX_SEALED_PAYLOAD_BYTES = wire.MAX_SEALED_PAYLOAD_BYTES
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
@@ -665,16 +668,12 @@ class Session:
             self._stats.drop("unknown-epoch")
             return
         size = len(signed)
-        if (
-            size > _LINE_MIN_BYTES
-            and signed[wire.ENVELOPE_HEADER_BYTES] == wire.FRAME_MESSAGE
-            and self.initiator
-        ):
+        if size > _LINE_MIN_BYTES and signed[_FRAMES_AT] == _FRAME_MESSAGE and self.initiator:
             # A room line, nearly all a client receives: one MESSAGE frame and
             # nothing else. What decode_frames, _accept and _process do with it,
             # written out: no ack, path frame or close to look at.
-            _, seq, length = _MESSAGE_FRAME_UNPACK(signed, wire.ENVELOPE_HEADER_BYTES)
-            if length + _LINE_MIN_BYTES == size and length <= wire.MAX_SEALED_PAYLOAD_BYTES:
+            _, seq, length = _MESSAGE_FRAME_UNPACK(signed, _FRAMES_AT)
+            if length + _LINE_MIN_BYTES == size and length <= _MAX_SEALED_PAYLOAD_BYTES:
                 if not keyset.replay.accept(packet):
                     self._stats.drop("replay")
                     return
