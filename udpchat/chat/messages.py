@@ -60,8 +60,10 @@ _BAD_TEXT_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: nick_error says), and a text of at most TEXT_MAX_BYTES characters without a
 #: character text_error refuses. A string they do not match takes the detailed checks,
 #: which say what is wrong (tests/test_messages.py holds the two to the same answer).
-_NICK_RE = re.compile(r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\[\]\\^{}|`-]{0,%d}" % (NICK_MAX_CHARS - 1))
-_PLAIN_TEXT_RE = re.compile("[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,%d}" % TEXT_MAX_BYTES)
+_NICK_RE = re.compile(
+    r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\[\]\\^{}|`-]" + f"{{0,{NICK_MAX_CHARS - 1}}}"
+)
+_PLAIN_TEXT_RE = re.compile("[^\x00-\x1f\x7f-\x9f\ud800-\udfff]" + f"{{1,{TEXT_MAX_BYTES}}}")
 #: Characters that are at most 4 bytes in UTF-8: a text this long fits TEXT_MAX_BYTES.
 _SURELY_SHORT_CHARS = TEXT_MAX_BYTES // 4
 #: A server notice's "code" (PROTOCOL.md 11.8): a word a program can match on.
@@ -144,20 +146,17 @@ def text_error(text: str) -> str | None:
     return f"line contains a control character (U+{ord(char):04X})"
 
 
-def _plain_line(room: object, nick: object, text: object, line_id: object) -> bool:
+def _plain_line(room: str, nick: str, text: str, line_id: str) -> bool:
     """True if all four are valid (room_error, nick_error, text_error and
     _check_line_id would find nothing wrong), for the usual line; False says nothing
-    (the detailed checks then decide)."""
+    (the detailed checks then decide). Whatever the values' types."""
     try:
         return bool(
-            _ROOM_RE.fullmatch(room)  # type: ignore[arg-type]
-            and _NICK_RE.fullmatch(nick)  # type: ignore[arg-type]
-            and _PLAIN_TEXT_RE.fullmatch(text)  # type: ignore[arg-type]
-            and HEX_ID_RE.fullmatch(line_id)  # type: ignore[arg-type]
-            and (
-                len(text) <= _SURELY_SHORT_CHARS  # type: ignore[arg-type]
-                or len(text.encode("utf-8")) <= TEXT_MAX_BYTES  # type: ignore[attr-defined]
-            )
+            _ROOM_RE.fullmatch(room)
+            and _NICK_RE.fullmatch(nick)
+            and _PLAIN_TEXT_RE.fullmatch(text)
+            and HEX_ID_RE.fullmatch(line_id)
+            and (len(text) <= _SURELY_SHORT_CHARS or len(text.encode("utf-8")) <= TEXT_MAX_BYTES)
         )
     except TypeError:  # not a string (a match of bytes raises it too)
         return False
@@ -657,7 +656,7 @@ _JSON: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant
 #: Its scanner (in C), called directly for a message that is one JSON value and
 #: nothing else, as every message a server sends is: JSONDecoder.decode's Python
 #: around it (whitespace before and after, its errors) was a sixth of decoding a line.
-_SCAN: Final = _JSON.scan_once
+_SCAN: Final = _JSON.scan_once  # type: ignore[attr-defined]  # set in __init__
 
 
 def _str(obj: Mapping[str, Any], key: str) -> str:
@@ -783,6 +782,7 @@ def _schema(cls: type[Message]) -> _Schema:
     # place: a chat line is built from a tuple without a dict in between.
     in_place = [name for name, _, _ in readers[: len(strings)]] == list(names)
     single = len(others) == 1 and in_place
+    make: Callable[..., Message] = cls  # fields in place, by position
     other_key, other_read = (others[0][1], others[0][2]) if single else ("", _str)
 
     def build(obj: Mapping[str, Any]) -> Message:
@@ -791,9 +791,9 @@ def _schema(cls: type[Message]) -> _Schema:
             # Fields are read in declaration order, so the first bad one is reported.
             return cls(**{name: read(obj, key) for name, key, read in readers})
         if single:  # say, me (the optional "ts"), notice, who: one more field
-            return cls(*taken, other_read(obj, other_key))
+            return make(*taken, other_read(obj, other_key))
         if in_place and not others:
-            return cls(*taken)
+            return make(*taken)
         values = dict(zip(names, taken, strict=True))
         for name, key, read in others:
             values[name] = read(obj, key)

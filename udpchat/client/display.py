@@ -355,6 +355,7 @@ class Renderer:
         out: list[str] = []
         plain = self._plain
         for item in items:
+            line: str | None
             try:
                 if plain and type(item) is _SAY_OUT and item.ts is None:
                     # A pipe's usual line, written out: what _format makes of it in

@@ -113,9 +113,9 @@ class ErrorQueuePort(udp.Port):
         comes back at once if more wait, and looking for more cost a read that finds
         the socket empty (an exception) at every wake-up, more than a turn of the
         reactor costs in a burst. Moderated, the same after a quiet spell; in a
-        stream, all that wait (a batch), then hold off. A read that fails with a network error (the socket's
-        pending error, see the module docstring) has the error queue read, and is
-        tried again."""
+        stream, all that wait (a batch), then hold off. A read that fails with a
+        network error (the socket's pending error, see the module docstring) has the
+        error queue read, and is tried again."""
         if self.moderation is None:
             self._read_one()
         else:

@@ -649,8 +649,7 @@ class Session:
         keyset = self._keys.get(epoch)
         if keyset is not None:  # the current keys (or retiring ones): nearly always
             if (
-                keyset.retire_at is not None
-                or keyset.created + self._config.reject_after_s <= now
+                keyset.retire_at is not None or keyset.created + self._config.reject_after_s <= now
             ) and not self._usable(keyset, now):  # (it counts why not)
                 return
             if not hmac.compare_digest(keyset.mac_receive(signed), mac):
