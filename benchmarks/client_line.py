@@ -49,9 +49,13 @@ class Room:
         self.server = ChatServer(psk, ServerSettings(history_lines=0))
         room = self
 
+        # What the client sends (its acks) reaches the server after the client's
+        # handling of the datagram: the server's work is not the client's.
+        self.from_client: list[bytes] = []
+
         class Socket:
             def sendto(self, data: bytes, addr: Any) -> None:
-                room.server.receive_datagram(data, RX, room.reactor.seconds())
+                room.from_client.append(data)
 
         class Port:
             socket = Socket()
@@ -101,6 +105,9 @@ class Room:
                     received(lambda d=data: self.link.datagram_received(d, SERVER))
             else:
                 self.sender.receive_datagram(data, now)
+        sent, self.from_client = self.from_client, []
+        for data in sent:
+            self.server.receive_datagram(data, RX, now)
         self.sender.handle_timer(now)
         deadline = self.server.get_timer()
         if deadline is not None and deadline <= now:

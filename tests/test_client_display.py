@@ -374,3 +374,18 @@ def test_no_control_character_survives_formatting(nick: str, room: str, text: st
         line = format_item(item, PLAIN, now=NOW)
         assert line is not None
         assert not re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", line)
+
+
+@given(st.text(), st.text(), st.sampled_from([None, NOW - 60]), st.booleans())
+def test_a_pipes_live_line_is_rendered_as_format_item_renders_it(
+    nick: str, text: str, ts: float | None, history: bool
+) -> None:
+    """The renderer of a plain style writes a live line out itself (a pipe's every
+    line); the line is the one format_item gives, for any strings, and lines from a
+    room's history still take format_item's way (their time, or --no-history)."""
+    style = Style(timestamps="off", history=history)
+    item: Any = object.__new__(messages.SayOut)
+    for name, value in (("room", "lobby"), ("nick", nick), ("text", text), ("ts", ts)):
+        object.__setattr__(item, name, value)
+    expected = format_item(item, style, now=NOW)
+    assert Renderer(style).lines([item], NOW) == ([] if expected is None else [expected])

@@ -110,3 +110,26 @@ def test_the_client_installs_it_unless_a_reactor_is_there_already(
         [sys.executable, "-c", script], env=subprocess_env, capture_output=True, text=True
     )
     assert out.stdout.split() == ["True", "False", "ClientReactor"], out.stderr
+
+
+def test_a_turn_runs_what_is_due_and_only_that(reactor: ClientReactor) -> None:
+    """A turn with nothing due is answered at once (a datagram woke the client); a
+    timer that is due, a new one that is due, a call from another thread, and one
+    cancelled while many others wait still take Twisted's way, as before."""
+    now = [100.0]
+    reactor.seconds = lambda: now[0]
+    ran: list[str] = []
+    reactor.callLater(5, ran.append, "later")
+    reactor.runUntilCurrent()
+    reactor.runUntilCurrent()  # nothing due: nothing runs
+    assert ran == []
+    now[0] = 105.0
+    reactor.callLater(0, ran.append, "new")
+    reactor.callFromThread(ran.append, "thread")
+    reactor.runUntilCurrent()
+    assert sorted(ran) == ["later", "new", "thread"]
+    calls = [reactor.callLater(60, ran.append, "never") for _ in range(60)]
+    for call in calls:
+        call.cancel()
+    reactor.runUntilCurrent()  # more than 50 cancelled: Twisted tidies its heap
+    assert reactor.getDelayedCalls() == [] and reactor._cancellations == 0

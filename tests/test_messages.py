@@ -589,3 +589,28 @@ def test_a_server_notice_has_a_code_for_programs_and_a_text_for_humans() -> None
         b'{"t":"caps","room-keys":true,"path-check":true,"notices":true}'
     )
     assert encode(Caps(False)) == b'{"t":"caps","room-keys":false}'
+
+
+def _detailed_line_ok(room: object, nick: object, text: object, line_id: object) -> bool:
+    try:
+        SayOut(room, nick, text, line_id, ts=0.0)  # type: ignore[arg-type]  # not live
+    except MessageError:
+        return False
+    return True
+
+
+@given(
+    room=rooms | st.text(max_size=30) | st.none(),
+    nick=nicks | st.text(max_size=30) | st.binary(max_size=4),
+    text=texts | st.text(max_size=420) | st.sampled_from(["é" * 200, "é" * 201, "x" * 400]),
+    line_id=line_ids | st.text(max_size=17),
+)
+def test_the_fast_check_of_a_live_line_agrees_with_the_detailed_checks(
+    room: Any, nick: Any, text: Any, line_id: Any
+) -> None:
+    """A live room line is checked with one match per field (every line a client
+    shows); it accepts exactly the lines the detailed checks accept, which then say
+    what is wrong with the others (a history line, with "ts", takes only those)."""
+    from udpchat.chat.messages import _plain_line
+
+    assert _plain_line(room, nick, text, line_id) == _detailed_line_ok(room, nick, text, line_id)

@@ -213,6 +213,41 @@ def test_a_replayed_envelope_is_dropped_as_replay() -> None:
     assert pair.server.stats.take() == {"replay": 1}
 
 
+@pytest.mark.parametrize(
+    ("frames", "delivered", "dropped"),
+    [
+        (wire.encode_message_frame(0, b"line"), [b"line"], {}),
+        (wire.encode_message_frame(0, b"line") + wire.PING_FRAME, [b"line"], {}),
+        (wire.encode_message_frame(0, b"line")[:-1], [], {"bad-frame": 1}),
+        (wire.encode_message_frame(0, b"line") + b"\x00", [], {"bad-frame": 1}),
+        (wire.encode_message_frame(0, b""), [b""], {}),
+    ],
+    ids=["lone", "then-ping", "short", "trailing-byte", "empty"],
+)
+def test_a_server_envelope_with_one_message_frame_is_read_as_the_frame_decoder_reads_it(
+    frames: bytes, delivered: list[bytes], dropped: dict[str, int]
+) -> None:
+    """The client reads a room line (an ENVELOPE with one MESSAGE frame and nothing
+    else) on a path of its own; every other layout, and a frame whose length does not
+    fit, takes the frame decoder, whose strictness decides: delivered once if valid,
+    else dropped as "bad-frame" without spending its packet number."""
+    pair = make_pair()
+    sid = pair.connect()
+    pair.run(lambda: pair.network.next_arrival() is None, max_seconds=5)
+    pair.client.stats.take()
+    drain(pair.client)
+    key = keyset(pair.client).mac_receive.key
+    pair.client.receive_datagram(envelope(sid, 0, 1000, frames, key), pair.now)
+    assert [e.payload for e in drain(pair.client) if isinstance(e, events.MessageReceived)] == (
+        delivered
+    )
+    assert pair.client.stats.take() == dropped
+    if dropped:  # the packet number is not spent: a valid datagram with it is taken
+        again = envelope(sid, 0, 1000, wire.encode_message_frame(0, b"ok"), key)
+        pair.client.receive_datagram(again, pair.now)
+        assert drain(pair.client) == [events.MessageReceived(sid, b"ok", True)]
+
+
 def test_an_envelope_forged_by_another_member_is_dropped_as_bad_mac() -> None:
     """Bob, another session of the same server, knows everything about Alice's session
     but its keys: her session id, epoch, the next packet numbers, the frame layout and

@@ -56,6 +56,16 @@ _ROOM_RE = re.compile(r"[a-z0-9_-]{1,24}")
 #: characters (the last is "=", the one before it one of the 16 that end 32 bytes).
 _FERNET_KEY_RE = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=")
 _BAD_TEXT_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Fast checks of what nearly every message holds, one C call each: a valid nick (as
+#: nick_error says), and a text of at most TEXT_MAX_BYTES characters without a
+#: character text_error refuses. A string they do not match takes the detailed checks,
+#: which say what is wrong (tests/test_messages.py holds the two to the same answer).
+_NICK_RE = re.compile(
+    r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\[\]\\^{}|`-]" + f"{{0,{NICK_MAX_CHARS - 1}}}"
+)
+_PLAIN_TEXT_RE = re.compile("[^\x00-\x1f\x7f-\x9f\ud800-\udfff]" + f"{{1,{TEXT_MAX_BYTES}}}")
+#: Characters that are at most 4 bytes in UTF-8: a text this long fits TEXT_MAX_BYTES.
+_SURELY_SHORT_CHARS = TEXT_MAX_BYTES // 4
 #: A server notice's "code" (PROTOCOL.md 11.8): a word a program can match on.
 _NOTICE_CODE_RE = re.compile(r"[a-z0-9-]{1,32}")
 
@@ -134,6 +144,22 @@ def text_error(text: str) -> str | None:
     if "\ud800" <= char <= "\udfff":
         return f"line contains an unpaired surrogate (U+{ord(char):04X})"
     return f"line contains a control character (U+{ord(char):04X})"
+
+
+def _plain_line(room: str, nick: str, text: str, line_id: str) -> bool:
+    """True if all four are valid (room_error, nick_error, text_error and
+    _check_line_id would find nothing wrong), for the usual line; False says nothing
+    (the detailed checks then decide). Whatever the values' types."""
+    try:
+        return bool(
+            _ROOM_RE.fullmatch(room)
+            and _NICK_RE.fullmatch(nick)
+            and _PLAIN_TEXT_RE.fullmatch(text)
+            and HEX_ID_RE.fullmatch(line_id)
+            and (len(text) <= _SURELY_SHORT_CHARS or len(text.encode("utf-8")) <= TEXT_MAX_BYTES)
+        )
+    except TypeError:  # not a string (a match of bytes raises it too)
+        return False
 
 
 def _check_nick(nick: object) -> None:
@@ -341,6 +367,11 @@ class _RoomLine:
     ts: float | None = None
 
     def __post_init__(self) -> None:
+        # A client builds one for every line it shows: the usual live line is checked
+        # with a match per field here, in C; any other takes the checks below, which
+        # accept the same lines and say what is wrong with the others.
+        if self.ts is None and _plain_line(self.room, self.nick, self.text, self.line_id):
+            return
         _check_room(self.room)
         _check_nick(self.nick)
         _check_text(self.text)
@@ -622,6 +653,10 @@ def _no_constants(name: str) -> None:
 #: One strict decoder for every message: json.loads with these arguments builds a
 #: new JSONDecoder (and its scanner) per call, a third of decoding a chat line.
 _JSON: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+#: Its scanner (in C), called directly for a message that is one JSON value and
+#: nothing else, as every message a server sends is: JSONDecoder.decode's Python
+#: around it (whitespace before and after, its errors) was a sixth of decoding a line.
+_SCAN: Final = _JSON.scan_once  # type: ignore[attr-defined]  # set in __init__
 
 
 def _str(obj: Mapping[str, Any], key: str) -> str:
@@ -743,11 +778,23 @@ def _schema(cls: type[Message]) -> _Schema:
     names = tuple(name for name, _ in strings)
     take = _taker(tuple(key for _, key in strings))
 
+    # When the string fields come first (all but "room-key"), they are passed in
+    # place: a chat line is built from a tuple without a dict in between.
+    in_place = [name for name, _, _ in readers[: len(strings)]] == list(names)
+    single = len(others) == 1 and in_place
+    make: Callable[..., Message] = cls  # fields in place, by position
+    other_key, other_read = (others[0][1], others[0][2]) if single else ("", _str)
+
     def build(obj: Mapping[str, Any]) -> Message:
-        values = dict(zip(names, take(obj), strict=True))
-        if not _ONLY_STR >= set(map(type, values.values())):
+        taken = take(obj)
+        if not _ONLY_STR >= set(map(type, taken)):
             # Fields are read in declaration order, so the first bad one is reported.
             return cls(**{name: read(obj, key) for name, key, read in readers})
+        if single:  # say, me (the optional "ts"), notice, who: one more field
+            return make(*taken, other_read(obj, other_key))
+        if in_place and not others:
+            return make(*taken)
+        values = dict(zip(names, taken, strict=True))
         for name, key, read in others:
             values[name] = read(obj, key)
         return cls(**values)
@@ -763,17 +810,25 @@ _CLIENT_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ClientMessage)
 _SERVER_SCHEMAS: Final[dict[str, _Schema]] = _schemas(ServerMessage)
 
 
+_BYTES_TYPES: Final = (bytes, bytearray, memoryview)
+
+
 def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if not isinstance(data, _BYTES_TYPES):
         raise MessageError("bad-message", "a message is bytes")
     if len(data) > MAX_PAYLOAD_BYTES:
         raise MessageError("too-long", f"message longer than {MAX_PAYLOAD_BYTES} bytes")
     try:
-        source = bytes(data).decode("utf-8")
+        source = (data if type(data) is bytes else bytes(data)).decode("utf-8")
     except UnicodeDecodeError:
         raise MessageError("bad-message", "message is not valid UTF-8") from None
     try:
-        obj = _JSON.decode(source)
+        try:
+            obj, end = _SCAN(source, 0)
+        except StopIteration:  # no value at 0 (whitespace first, or not JSON)
+            end = -1
+        if end != len(source):  # not one value alone: what decode() makes of it
+            obj = _JSON.decode(source)
     except (ValueError, RecursionError) as exc:
         if isinstance(exc, MessageError):
             raise
@@ -781,9 +836,9 @@ def _decode(data: bytes, schemas: Mapping[str, _Schema]) -> Message:
     if not isinstance(obj, dict):
         raise MessageError("bad-message", "message is not a JSON object")
     kind = obj.get("t")
-    if not isinstance(kind, str) or kind not in schemas:
+    schema = schemas.get(kind) if isinstance(kind, str) else None
+    if schema is None:
         raise MessageError("bad-message", "unknown message type")
-    schema = schemas[kind]
     keys = obj.keys()
     if not schema.keys <= keys:
         missing = schema.keys - keys

@@ -330,6 +330,9 @@ def _body(item: Item, p: _Painter, highlight: bool = False) -> str | None:
     return None
 
 
+_SAY_OUT = messages.SayOut
+
+
 class Renderer:
     """The display lines of a batch of items in one style, each item formatted in its
     own guard: an item that cannot be formatted (a value no check foresaw, or a bug)
@@ -340,6 +343,8 @@ class Renderer:
     def __init__(self, style: Style = PLAIN) -> None:
         self.style = style
         self._painter = _Painter(style)
+        # No colour, no timestamp before a live line: pipe mode as scripts use it.
+        self._plain = not style.colour and style.timestamps == "off"
         self.unshowable = 0
         self._unreported = 0
         self._reported_at: float | None = None
@@ -348,11 +353,18 @@ class Renderer:
         """One line per item that shows as one, in order (see class docstring); with
         ``nick`` (the user's) and a highlighting style, alerts are highlighted."""
         out: list[str] = []
-        highlight = self.style.highlight
+        plain = self._plain
         for item in items:
+            line: str | None
             try:
-                alert = highlight and nick is not None and is_alert(item, nick)
-                line = _format(item, self._painter, now, alert)
+                if plain and type(item) is _SAY_OUT and item.ts is None:
+                    # A pipe's usual line, written out: what _format makes of it in
+                    # a plain style (tests/test_client_display.py holds them equal).
+                    line = f"<{clean(item.nick)}> {clean(item.text)}"
+                else:
+                    highlight = self.style.highlight
+                    alert = highlight and nick is not None and is_alert(item, nick)
+                    line = _format(item, self._painter, now, alert)
             except Exception as exc:  # anything: one item, one guard
                 line = self._unshowable(exc, now)
             if line is not None:

@@ -184,7 +184,7 @@ class ChatLink:
         # A server listening on a wildcard address answers from whichever of its
         # addresses routing picks, not necessarily the one we wrote to: accept the
         # server's port from any address. The core authenticates every datagram.
-        if addr[1] != self.server[1][1]:
+        if addr[1] != self.servers[self.chat.address_index][1][1]:  # self.server's port
             return
         now = self.now()
         try:
@@ -263,30 +263,31 @@ class ChatLink:
             return
         if now is None:
             now = self.now()
+        chat, front = self.chat, self.front
         try:
-            self._send(self.chat.datagrams_to_send(now))
+            datagrams = chat.datagrams_to_send(now)
+            if datagrams:  # after most datagrams received, none
+                self._send(datagrams)
         except Exception as exc:
             self._bug(exc)
-        if self.front is not None:
+        if front is not None:
             try:
-                self.front.update(self.chat.take_output())
+                front.update(chat.take_output())
             except Exception as exc:
                 self._bug(exc)
-        if self.chat.done:
+        if chat.done:
             self._stop()
-            if self.front is not None:
-                self.front.chat_done()
+            if front is not None:
+                front.chat_done()
             return
         try:
-            deadline = self.chat.get_timer()
+            deadline = chat.get_timer()
         except Exception as exc:
             self._bug(exc)
             deadline = now + BUG_RETRY_S
         self._schedule(deadline, now)
 
     def _send(self, datagrams: list[bytes]) -> None:
-        if not datagrams:
-            return
         # The socket itself: Port.write validates the address three times per
         # datagram, a fifth of the client's CPU when a busy room is acknowledged.
         family, addr = self.server

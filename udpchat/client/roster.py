@@ -16,6 +16,9 @@ from udpchat.chat import messages
 ROSTER_MAX_NICKS = 10_000
 
 
+_ROOM_LINES = (messages.SayOut, messages.MeOut)
+
+
 class Roster:
     """The nicks of one room, with when each last spoke (see module docstring)."""
 
@@ -40,7 +43,7 @@ class Roster:
 
     def update(self, msg: messages.ServerMessage) -> None:
         """Follow one message from the server (the user's own joins are ``enter``)."""
-        if isinstance(msg, messages.SayOut | messages.MeOut):  # most messages: first
+        if isinstance(msg, _ROOM_LINES):  # most messages: first
             if msg.room == self.room and msg.ts is None:  # live lines only
                 self._add(msg.nick, spoke=True)
         elif isinstance(msg, messages.WhoList) and msg.room == self.room and not msg.more:

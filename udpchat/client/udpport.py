@@ -112,10 +112,10 @@ class ErrorQueuePort(udp.Port):
         """Read one datagram, as udp.Port.doRead does but for the loop: the reactor
         comes back at once if more wait, and looking for more cost a read that finds
         the socket empty (an exception) at every wake-up, more than a turn of the
-        reactor costs in a burst. Moderated, read all that wait (a held-off batch),
-        then maybe hold off. A read that fails with a network error (the socket's
-        pending error, see the module docstring) has the error queue read, and is
-        tried again."""
+        reactor costs in a burst. Moderated, the same after a quiet spell; in a
+        stream, all that wait (a batch), then hold off. A read that fails with a
+        network error (the socket's pending error, see the module docstring) has the
+        error queue read, and is tried again."""
         if self.moderation is None:
             self._read_one()
         else:
@@ -143,25 +143,45 @@ class ErrorQueuePort(udp.Port):
         """Read what waits (moderated), then hold off if the stream is busy."""
         moderation = self.moderation
         assert moderation is not None
-        read = 0
-        while read < self.DATAGRAMS_PER_LOOK and self.connected and self._read_one():
-            read += 1
+        if not held:
+            # Woken by the socket. A datagram after a quiet spell (every line of a
+            # quiet room) is read alone, as unmoderated: looking for a second one
+            # found the socket empty, a system call and an exception per line, and
+            # the reactor comes back at once if more wait. In a stream, the rest is
+            # read now and the socket left alone for a while.
+            if not self._read_one() or not self.connected:
+                return
+            now = self.reactor.seconds()
+            moderation.found(now)
+            hold = moderation.hold(now)
+            if not hold:
+                return
+            self._read_waiting(1)
+            if self.connected:  # (the protocol may have stopped listening meanwhile)
+                self.stopReading()
+                self._resume = self.reactor.callLater(hold, self._resume_looking)
+            return
+        read = self._read_waiting(0)
         if not self.connected:  # the protocol stopped listening meanwhile
             return
         if not read:
-            if held:
-                moderation.found_none()
-                self.startReading()
+            moderation.found_none()
+            self.startReading()
             return
         now = self.reactor.seconds()
         moderation.found(now, held)
         hold = moderation.hold(now)
         if hold > 0:
-            if not held:
-                self.stopReading()
             self._resume = self.reactor.callLater(hold, self._resume_looking)
-        elif held:
+        else:
             self.startReading()
+
+    def _read_waiting(self, read: int) -> int:
+        """Read what waits, up to DATAGRAMS_PER_LOOK in all with the ``read`` already
+        read in this look; return how many in all."""
+        while read < self.DATAGRAMS_PER_LOOK and self.connected and self._read_one():
+            read += 1
+        return read
 
     def _resume_looking(self) -> None:
         self._resume = None

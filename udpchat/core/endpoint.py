@@ -50,6 +50,8 @@ INIT_BYTES = wire.INIT_BYTES
 MIN_DATA_BYTES = wire.DATA_HEADER_BYTES + wire.MIN_FERNET_BYTES
 HANDSHAKE_TOKEN_MAC_BYTES = 32  # a Fernet token ends with its HMAC-SHA256
 MIN_ENVELOPE_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.ENVELOPE_MAC_BYTES
+_COOKIE_REPLY, _DATA, _ENVELOPE = wire.COOKIE_REPLY, wire.DATA, wire.ENVELOPE
+_SESSION_ID_END = 1 + wire.SESSION_ID_BYTES
 #: Message 1s of one handshake a cookie reply may answer (the client's latest ones).
 RECENT_INITS = 4
 #: A change of the system clock's offset smaller than this is jitter (or NTP slewing,
@@ -121,7 +123,7 @@ class _Endpoint:
             initiator=initiator,
             config=self._config,
             stats=self.stats,
-            emit=self._emit,
+            emit=self._events.append,  # _emit(), without its call per event
             now=now,
             addr=addr,
             handshake_keys=(key.psk32, key.f_hs),
@@ -619,26 +621,35 @@ class ClientEndpoint(_Endpoint):
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         session = self._session
-        if len(data) > MAX_DATAGRAM_BYTES:
+        size = len(data)
+        if size > MAX_DATAGRAM_BYTES:
             self.stats.drop("too-large")
-        elif not data:
+            return
+        if not size:
             self.stats.drop("short")
-        elif session is None or session.ended:
+            return
+        if session is None or session.ended:
             self.stats.drop("unknown-session")
-        elif data[0] == wire.COOKIE_REPLY:  # no session id: bound to our message 1
+            return
+        kind = data[0]
+        if kind == _COOKIE_REPLY:  # no session id: bound to our message 1
             self._receive_cookie_reply(session, data, now)
-        elif data[1 : 1 + wire.SESSION_ID_BYTES] != session.session_id:
+        elif data[1:_SESSION_ID_END] != session.session_id:
             self.stats.drop("unknown-session")
-        elif data[0] == wire.HANDSHAKE_RESPONSE:
+        elif kind == _ENVELOPE:  # most of what a client receives (room lines): first
+            if size >= MIN_ENVELOPE_BYTES:
+                session.receive_envelope(data, None, now)
+            else:
+                self.stats.drop("short")
+        elif kind == _DATA:
+            if size >= MIN_DATA_BYTES:
+                session.receive_data(data, None, now)
+            else:
+                self.stats.drop("short")
+        elif kind == wire.HANDSHAKE_RESPONSE:
             session.receive_response(data, now)
             if session.handshake_attempts == 0:  # completed
                 self._may_probe = True
-        elif data[0] == wire.DATA and len(data) >= MIN_DATA_BYTES:
-            session.receive_data(data, None, now)
-        elif data[0] == wire.ENVELOPE and len(data) >= MIN_ENVELOPE_BYTES:
-            session.receive_envelope(data, None, now)
-        elif data[0] in (wire.DATA, wire.ENVELOPE):
-            self.stats.drop("short")
         else:
             self.stats.drop("unknown-type")
 
@@ -701,7 +712,10 @@ class ClientEndpoint(_Endpoint):
         session = self._session
         if session is None:
             return []
-        out = [datagram for datagram, _ in session.flush(now)]
+        flushed = session.flush(now)
+        if not flushed:  # after nearly every datagram received
+            return []
+        out = [datagram for datagram, _ in flushed]
         if out and out[0][0] == wire.HANDSHAKE_INIT:  # handshake messages come first
             self._recent_inits.append(out[0])
         return out

@@ -419,6 +419,8 @@ class SendQueue:
     def next_deadline(self) -> float | None:
         """When on_timer or given_up need a look (lost messages are flushed at once)."""
         deadline = self.rto_at
+        if not self._in_flight:  # a client that only listens: asked after every line
+            return deadline
         oldest = self._oldest_in_flight()
         if oldest is not None:
             first = self._in_flight[oldest]
@@ -482,6 +484,8 @@ class ReceiveBuffer:
         ready = [(payload, sealed)]
         self.next_expected += 1
         buffered = self._buffered
+        if not buffered:  # in order, nothing waiting: nearly every message
+            return ready
         while self.next_expected in buffered:
             message = buffered.pop(self.next_expected)
             self._bytes -= len(message[0]) + MESSAGE_OVERHEAD_BYTES

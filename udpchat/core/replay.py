@@ -68,29 +68,28 @@ class ReplayWindow:
         ``[0, REJECT_AFTER_MESSAGES)``. Call it only after the datagram
         carrying ``counter`` has authenticated.
         """
-        shifted = self._shifted(counter)
-        if shifted is None:
+        # The state in locals: every datagram a session receives comes here (a
+        # client's every room line).
+        if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
+        shifted = counter + 1
+        top = self._top
+        if shifted + WINDOW_SIZE < top:
+            return False
+        ring = self._ring
         index = shifted >> _WORD_SHIFT
-        if shifted > self._top:
-            # Slide forward: zero the words the window moves into (at most
-            # the whole ring), then the newest counter becomes the top.
-            index_current = self._top >> _WORD_SHIFT
-            for i in range(1, min(index - index_current, _RING_WORDS) + 1):
-                self._ring[(index_current + i) & _RING_MASK] = 0
+        if shifted > top:
+            # Slide forward: zero the words the window moves into (at most the whole
+            # ring), then the newest counter becomes the top.
+            index_current = top >> _WORD_SHIFT
+            if index != index_current:
+                for i in range(1, min(index - index_current, _RING_WORDS) + 1):
+                    ring[(index_current + i) & _RING_MASK] = 0
             self._top = shifted
         slot = index & _RING_MASK
         bit = 1 << (shifted & _BIT_MASK)
-        if self._ring[slot] & bit:
+        word = ring[slot]
+        if word & bit:
             return False
-        self._ring[slot] |= bit
+        ring[slot] = word | bit
         return True
-
-    def _shifted(self, counter: int) -> int | None:
-        """Return ``counter + 1`` if it is in range and not too old, else None."""
-        if not 0 <= counter < REJECT_AFTER_MESSAGES:
-            return None
-        shifted = counter + 1
-        if shifted + WINDOW_SIZE < self._top:
-            return None
-        return shifted

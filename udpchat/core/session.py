@@ -41,6 +41,13 @@ _ENVELOPE = wire.ENVELOPE
 _ENVELOPE_MESSAGE_PACK = struct.Struct(
     wire.ENVELOPE_HEADER.format + wire.MESSAGE_FRAME.format[1:]
 ).pack
+_ENVELOPE_HEADER_UNPACK = wire.ENVELOPE_HEADER.unpack_from
+_ENVELOPE_MAC_BYTES = wire.ENVELOPE_MAC_BYTES
+_MESSAGE_FRAME_UNPACK = wire.MESSAGE_FRAME.unpack_from
+#: An ENVELOPE's header and a MESSAGE frame's, without the MAC: a room line is longer.
+_LINE_MIN_BYTES = wire.ENVELOPE_HEADER_BYTES + wire.MESSAGE_FRAME_BYTES
+_FRAMES_AT = wire.ENVELOPE_HEADER_BYTES
+_MAX_SEALED_PAYLOAD_BYTES = wire.MAX_SEALED_PAYLOAD_BYTES
 
 #: Largest plaintext whose Fernet token keeps the datagram within MAX_DATAGRAM_BYTES:
 #: the ciphertext is the plaintext PKCS7-padded to a multiple of 16 (at least +1).
@@ -111,7 +118,7 @@ class KeySet:
 def _open_with_any(keysets: list[KeySet], token: bytes) -> tuple[KeySet, bytes] | None:
     for keyset in keysets:
         try:
-            return keyset, wire.open_token(keyset.receive, token)[0]
+            return keyset, keyset.receive.decrypt(token)
         except InvalidToken:
             continue
     return None
@@ -649,24 +656,41 @@ class Session:
         """Authenticate, de-duplicate and process one ENVELOPE datagram. From the
         server its messages are sealed room messages (delivered with sealed=True);
         from a client it may carry only an ACK and a PING."""
-        _, _, epoch, packet = wire.ENVELOPE_HEADER.unpack_from(datagram)
+        _, _, epoch, packet = _ENVELOPE_HEADER_UNPACK(datagram)
+        signed, mac = datagram[:-_ENVELOPE_MAC_BYTES], datagram[-_ENVELOPE_MAC_BYTES:]
         keyset = self._keys.get(epoch)
-        if keyset is not None:
-            candidates = [keyset]
+        if keyset is not None:  # the current keys (or retiring ones): nearly always
+            if (
+                keyset.retire_at is not None or keyset.created + self._config.reject_after_s <= now
+            ) and not self._usable(keyset, now):  # (it counts why not)
+                return
+            if not hmac.compare_digest(keyset.mac_receive(signed), mac):
+                self._stats.drop("bad-mac")
+                return
         elif epoch == self.pending_epoch:
-            candidates = self._candidates  # the first datagram under a rekey's keys
+            # The first datagram under a rekey's keys: whichever candidate it proves.
+            for keyset in self._candidates:
+                if hmac.compare_digest(keyset.mac_receive(signed), mac):
+                    break
+            else:
+                self._stats.drop("bad-mac")
+                return
         else:
             self._stats.drop("unknown-epoch")
             return
-        if keyset is not None and not self._usable(keyset, now):
-            return
-        signed, mac = datagram[: -wire.ENVELOPE_MAC_BYTES], datagram[-wire.ENVELOPE_MAC_BYTES :]
-        for candidate in candidates:
-            if hmac.compare_digest(candidate.mac_receive(signed), mac):
-                break
-        else:
-            self._stats.drop("bad-mac")
-            return
+        size = len(signed)
+        if size > _LINE_MIN_BYTES and signed[_FRAMES_AT] == _FRAME_MESSAGE and self.initiator:
+            # A room line, nearly all a client receives: one MESSAGE frame and
+            # nothing else. What decode_frames, _accept and _process do with it,
+            # written out: no ack, path frame or close to look at.
+            _, seq, length = _MESSAGE_FRAME_UNPACK(signed, _FRAMES_AT)
+            if length + _LINE_MIN_BYTES == size and length <= _MAX_SEALED_PAYLOAD_BYTES:
+                if not keyset.replay.accept(packet):
+                    self._stats.drop("replay")
+                    return
+                self._fresh(keyset, packet, addr, now, len(datagram))
+                self._receive_message(seq, signed[_LINE_MIN_BYTES:], now, True)
+                return
         try:
             frames = wire.decode_frames(
                 signed[wire.ENVELOPE_HEADER_BYTES :],
@@ -678,7 +702,7 @@ class Session:
         except (Malformed, struct.error):
             self._stats.drop("bad-frame")
             return
-        self._accept(candidate, packet, frames, addr, now, sealed=True, size=len(datagram))
+        self._accept(keyset, packet, frames, addr, now, sealed=True, size=len(datagram))
 
     def _usable(self, keyset: KeySet, now: float) -> bool:
         """Whether data under `keyset` may still be accepted (counted if not)."""
@@ -702,41 +726,48 @@ class Session:
     ) -> None:
         """An authentic datagram: drop it if replayed or breaking a rule of the
         session (checked before anything changes), else let it change state."""
-        if frames.ack is not None and not self._sendq.acks_only_sent(frames.ack):
+        ack, challenge, response = frames.ack, frames.challenge, frames.response
+        if ack is not None and not self._sendq.acks_only_sent(ack):
             self._stats.drop("blind-ack")
             return
-        if (frames.challenge is not None or frames.response is not None) and (
+        if (challenge is not None or response is not None) and (
             not self.path_checks
-            or (frames.challenge is not None and not self.initiator)
-            or (frames.response is not None and self.initiator)
+            or (challenge is not None and not self.initiator)
+            or (response is not None and self.initiator)
         ):
             self._stats.drop("bad-frame")  # path frames only as negotiated, one way each
             return
         if not keyset.replay.accept(packet):
             self._stats.drop("replay")
             return
-        # Authentic and fresh: only now may it change any state.
+        self._fresh(keyset, packet, addr, now, size)
+        self._process(frames, now, sealed)
+        if response is not None and self._challenge is not None:
+            if hmac.compare_digest(response, self._challenge):
+                self._validate(self.addr)
+        if challenge is not None:
+            self._response_due = challenge  # answered in the next flush, at once
+
+    def _fresh(
+        self, keyset: KeySet, packet: int, addr: events.Address, now: float, size: int
+    ) -> None:
+        """An authentic datagram passed the replay window and every rule (_accept):
+        only now may it change any state. What it says is processed next."""
         self.last_received = now
         keyset.datagrams += 1
-        newest = packet > keyset.highest_received
-        keyset.highest_received = max(keyset.highest_received, packet)
         if keyset.epoch == self.pending_epoch:
             self._confirm(keyset, now)
-        if newest and keyset.epoch == self._send_epoch and addr != self.addr:
-            old, self.addr = self.addr, addr
-            if not self.initiator:
-                self._path_changed(fresh=True)
-                if old is not None:
-                    self._emit(events.SessionRoamed(self.session_id, old, addr))
+        if packet > keyset.highest_received:  # the newest
+            keyset.highest_received = packet
+            if keyset.epoch == self._send_epoch and addr != self.addr:
+                old, self.addr = self.addr, addr
+                if not self.initiator:
+                    self._path_changed(fresh=True)
+                    if old is not None:
+                        self._emit(events.SessionRoamed(self.session_id, old, addr))
         if self._path_credit is not None and addr == self.addr:
             self._path_credit += PATH_CREDIT_FACTOR * size
             self._challenge_due = self._challenge is not None
-        self._process(frames, now, sealed)
-        if frames.response is not None and self._challenge is not None:
-            if hmac.compare_digest(frames.response, self._challenge):
-                self._validate(self.addr)
-        if frames.challenge is not None:
-            self._response_due = frames.challenge  # answered in the next flush, at once
 
     def use_lazy_acks(self) -> None:
         """Both peers negotiated "lazy-acks" (PROTOCOL.md 11.8). The initiator (the
@@ -784,57 +815,87 @@ class Session:
                 for message in acked:
                     self._emit(events.MessageDelivered(self.session_id, message.message_id))
         for seq, payload in frames.messages:
-            if self._recvq.is_new(seq):
-                if self.receive_paused:
-                    self._stats.drop("receive-paused")  # not acknowledged: it comes again
-                    continue
-                if not self._recvq.has_room(seq, payload):
-                    # Like beyond-window: not stored, not acknowledged; the sender
-                    # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
-                    self._stats.drop("receive-buffer-full")
-                    continue
-                if not self._message_bucket.allow(now):
-                    # Not acknowledged: the sender retransmits later (backpressure).
-                    self._stats.drop("message-rate")
-                    continue
-                in_order = seq == self._recvq.next_expected
-                for ready, was_sealed in self._recvq.add(seq, payload, sealed):
-                    self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-                if not in_order:
-                    due = now
-                elif sealed:
-                    self._sealed_unacked += 1
-                    if self._sealed_unacked >= self._sealed_ack_every:
-                        due = now
-                    else:
-                        due = now + self._sealed_ack_delay_s
-                else:
-                    due = now + self._config.ack_delay_s
-            elif self._recvq.is_duplicate(seq):
-                due = now  # our ack was probably lost: repeat it at once
-            else:
-                self._stats.drop("beyond-window")
-                continue
-            self._ack_due = due if self._ack_due is None else min(self._ack_due, due)
+            self._receive_message(seq, payload, now, sealed)
         if frames.close and not self.ended:
             self._end("closed")
+
+    def _receive_message(self, seq: int, payload: bytes, now: float, sealed: bool) -> None:
+        """One MESSAGE frame of an authentic, fresh datagram: deliver it (and those
+        it completes) in order, or drop it unacknowledged; schedule the ack."""
+        recvq = self._recvq
+        if seq == recvq.next_expected and not self.receive_paused:
+            # The next in order, nearly every message: the branch below, written
+            # out for it (it is new, in any window of one or more, and there is
+            # always room for it).
+            if not self._message_bucket.allow(now):
+                self._stats.drop("message-rate")
+                return
+            for ready, was_sealed in recvq.add(seq, payload, sealed):
+                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+            if sealed:
+                self._sealed_unacked += 1
+                if self._sealed_unacked >= self._sealed_ack_every:
+                    due = now
+                else:
+                    due = now + self._sealed_ack_delay_s
+            else:
+                due = now + self._config.ack_delay_s
+        elif recvq.is_new(seq):
+            if self.receive_paused:
+                self._stats.drop("receive-paused")  # not acknowledged: it comes again
+                return
+            if not recvq.has_room(seq, payload):
+                # Like beyond-window: not stored, not acknowledged; the sender
+                # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
+                self._stats.drop("receive-buffer-full")
+                return
+            if not self._message_bucket.allow(now):
+                # Not acknowledged: the sender retransmits later (backpressure).
+                self._stats.drop("message-rate")
+                return
+            in_order = seq == recvq.next_expected
+            for ready, was_sealed in recvq.add(seq, payload, sealed):
+                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+            if not in_order:
+                due = now
+            elif sealed:
+                self._sealed_unacked += 1
+                if self._sealed_unacked >= self._sealed_ack_every:
+                    due = now
+                else:
+                    due = now + self._sealed_ack_delay_s
+            else:
+                due = now + self._config.ack_delay_s
+        elif recvq.is_duplicate(seq):
+            due = now  # our ack was probably lost: repeat it at once
+        else:
+            self._stats.drop("beyond-window")
+            return
+        ack_due = self._ack_due
+        if ack_due is None or due < ack_due:
+            self._ack_due = due
 
     # -- timers ------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         # Called after every flush of every session: written as plain comparisons,
         # without building a list (it showed in the profiles of a busy room).
+        # A client asks after every datagram it receives, too.
         if self.ended:
             return None
         config = self._config
-        deadline = self.last_received + self._expiry_s()
+        send_epoch = self._send_epoch
+        if send_epoch is not None:  # established: _expiry_s(), written out
+            deadline = self.last_received + config.session_expiry_s
+        else:
+            deadline = self.last_received + self._expiry_s()
         ack_due = self._ack_due
         if ack_due is not None and ack_due < deadline:
             deadline = ack_due
         retry = self._handshake_retry_at
         if retry is not None and retry < deadline:
             deadline = retry
-        if self._send_epoch is not None:  # established
+        if send_epoch is not None:  # established
             keepalive = self.last_sent + config.keepalive_s
             if keepalive < deadline:
                 deadline = keepalive
@@ -842,7 +903,7 @@ class Session:
             if retransmit is not None and retransmit < deadline:
                 deadline = retransmit
             if self.initiator and self._initiator is None:
-                current = self._keys[self._send_epoch]
+                current = self._keys[send_epoch]
                 if current.datagrams >= config.rekey_after_datagrams:
                     rekey = current.created  # due now
                 else:

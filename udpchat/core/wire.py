@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -71,6 +72,8 @@ DATA_HEADER = struct.Struct("!B8sB")  # type, session id, key epoch
 DATA_HEADER_BYTES = DATA_HEADER.size  # 10
 PACKET_NUMBER = struct.Struct("!Q")
 MESSAGE_FRAME = struct.Struct("!BQH")  # type, sequence, payload length
+MESSAGE_FRAME_BYTES = MESSAGE_FRAME.size  # 11
+_MESSAGE_FRAME_UNPACK = MESSAGE_FRAME.unpack_from
 ACK_FRAME = struct.Struct("!BQB")  # type, cumulative (next expected), range count
 ACK_RANGE = struct.Struct("!QQ")  # [start, end)
 INIT_BODY = struct.Struct("!BB8sB32s16s")  # type, version, sid, epoch, e_i, resume tag
@@ -332,9 +335,10 @@ class Ack:
     ranges: tuple[tuple[int, int], ...] = ()
 
 
-@dataclass(frozen=True)
-class Frames:
-    """The decoded content of one DATA datagram."""
+class Frames(NamedTuple):
+    """The decoded content of one DATA or ENVELOPE datagram. A named tuple, not a
+    frozen dataclass: one is made for every datagram received, and a frozen
+    dataclass sets each of its six fields through object.__setattr__."""
 
     messages: tuple[tuple[int, bytes], ...] = ()
     ack: Ack | None = None
@@ -369,6 +373,13 @@ def path_response_frame(data: bytes) -> bytes:
 def decode_frames(body: bytes, max_ranges: int, max_payload: int = MAX_PAYLOAD_BYTES) -> Frames:
     """Parse the frames after the packet number; anything odd raises Malformed.
     `max_payload` is MAX_PAYLOAD_BYTES in DATA, MAX_SEALED_PAYLOAD_BYTES in ENVELOPE."""
+    size = len(body)
+    if size > MESSAGE_FRAME_BYTES and body[0] == FRAME_MESSAGE:
+        # The usual datagram, a room line: one MESSAGE frame and nothing else. The
+        # loop below would read it the same way, and reads everything else.
+        _, seq, length = _MESSAGE_FRAME_UNPACK(body)
+        if length + MESSAGE_FRAME_BYTES == size and length <= max_payload:
+            return Frames(((seq, body[MESSAGE_FRAME_BYTES:]),))
     messages: list[tuple[int, bytes]] = []
     ack: Ack | None = None
     ping = close = False
