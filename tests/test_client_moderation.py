@@ -119,3 +119,29 @@ def test_a_busy_stream_is_read_in_batches_and_a_line_after_a_pause_at_once(
         reactor.doIteration(1.0)  # one wake-up: the line, not a hold's end
         assert len(received.got) == 5 and opened in reactor.getReaders()
     assert [data for data, _ in received.got] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_a_consumer_pause_holds_even_a_busy_stream_until_it_resumes(
+    port: tuple[ClientReactor, ErrorQueuePort, Received],
+) -> None:
+    """Flow control wins over moderation: paused (stdout is not being read) while a
+    busy stream is held off, the port reads nothing when the hold would have ended,
+    nor after; resumed, it reads what waited."""
+    reactor, opened, received = port
+    to = opened.socket.getsockname()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for count, data in enumerate((b"1", b"2"), 1):
+            sender.sendto(data, to)
+            run_until(reactor, lambda n=count: len(received.got) == n)
+        assert opened not in reactor.getReaders()  # busy: held off
+        opened.pauseProducing()
+        sender.sendto(b"3", to)
+        time.sleep(0.05)  # past the hold
+        for _ in range(3):
+            reactor.runUntilCurrent()
+            reactor.doIteration(0.02)
+        assert [data for data, _ in received.got] == [b"1", b"2"]
+        assert opened not in reactor.getReaders()
+        opened.resumeProducing()
+        run_until(reactor, lambda: len(received.got) == 3)
+    assert received.got[2][0] == b"3"

@@ -107,6 +107,9 @@ class ErrorQueuePort(udp.Port):
     #: client from its keyboard and timers.
     DATAGRAMS_PER_LOOK = 256
     _resume: Any = None
+    #: Paused by its consumer (flow control: stdout is not being read): no look,
+    #: held or not, reads until it resumes.
+    _paused = False
 
     def doRead(self) -> None:
         """Read one datagram, as udp.Port.doRead does but for the loop: the reactor
@@ -149,7 +152,7 @@ class ErrorQueuePort(udp.Port):
             # found the socket empty, a system call and an exception per line, and
             # the reactor comes back at once if more wait. In a stream, the rest is
             # read now and the socket left alone for a while.
-            if not self._read_one() or not self.connected:
+            if not self._read_one() or not self._reading:
                 return
             now = self.reactor.seconds()
             moderation.found(now)
@@ -157,12 +160,12 @@ class ErrorQueuePort(udp.Port):
             if not hold:
                 return
             self._read_waiting(1)
-            if self.connected:  # (the protocol may have stopped listening meanwhile)
+            if self._reading:  # (the protocol may have paused or stopped meanwhile)
                 self.stopReading()
                 self._resume = self.reactor.callLater(hold, self._resume_looking)
             return
         read = self._read_waiting(0)
-        if not self.connected:  # the protocol stopped listening meanwhile
+        if not self._reading:  # the protocol paused or stopped listening meanwhile
             return
         if not read:
             moderation.found_none()
@@ -179,19 +182,38 @@ class ErrorQueuePort(udp.Port):
     def _read_waiting(self, read: int) -> int:
         """Read what waits, up to DATAGRAMS_PER_LOOK in all with the ``read`` already
         read in this look; return how many in all."""
-        while read < self.DATAGRAMS_PER_LOOK and self.connected and self._read_one():
+        while read < self.DATAGRAMS_PER_LOOK and self._reading and self._read_one():
             read += 1
         return read
 
+    @property
+    def _reading(self) -> bool:
+        """Still listening, and not paused by the consumer."""
+        return bool(self.connected) and not self._paused
+
     def _resume_looking(self) -> None:
         self._resume = None
-        if self.connected:
+        if self._reading:
             self._look(held=True)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def _cancel_hold(self) -> None:
         if self._resume is not None and self._resume.active():
             self._resume.cancel()
         self._resume = None
+
+    def pauseProducing(self) -> None:
+        """Flow control (ChatLink.pauseProducing): read nothing more, held or not,
+        until resumeProducing."""
+        self._paused = True
+        self._cancel_hold()
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        super().resumeProducing()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancel_hold()
         super().connectionLost(reason)
 
     def _after_error(self, exc: OSError) -> bool:
