@@ -251,9 +251,17 @@ def test_a_client_whose_nat_moves_it_keeps_receiving_at_full_speed(
     daemon: Daemon, env: dict[str, str], clients: Callable[..., PipeClient]
 ) -> None:
     """Alice's NAT gives her a new source port in the middle of a burst of bob's
-    lines. The daemon may send a new address only 3x what came from it until the
-    address proves itself (PROTOCOL.md 5.3): the client answers its PATH_CHALLENGE
-    at once, so every line still arrives, once and in order, with no reconnect."""
+    lines, and she says something. The daemon may send a new address only 3x what
+    came from it until the address proves itself (PROTOCOL.md 5.3): the client
+    answers its PATH_CHALLENGE at once, so every line still arrives, once and in
+    order, with no reconnect.
+
+    (The daemon learns the new address from the client's next datagram. Without
+    her line that is her next ACK, due within a second if lines were waiting for
+    one, but none is due if her last ACK, after every 32nd line, left just before
+    the move: then the daemon hears from her at her next keepalive, 10 s later,
+    and the lines in between wait for it (PROTOCOL.md 11.7). Here she speaks, so
+    that the test does not depend on that timing: it failed once under load.)"""
     with UDPProxy(daemon.address, max_lifetime_s=60) as proxy:
         bob = clients(daemon.port, daemon.key_file, "bob", env)
         bob.wait_for("-!- bob has joined lobby", timeout=40)
@@ -264,6 +272,7 @@ def test_a_client_whose_nat_moves_it_keeps_receiving_at_full_speed(
         bob.type(*lines[:50])
         alice.wait_until(lambda _: len(alice.said("bob")) >= 20, "the first lines")
         proxy.rebind()
+        alice.type("moved")
         bob.type(*lines[50:])
         alice.wait_until(lambda _: len(alice.said("bob")) >= 150, "bob's lines", timeout=15)
         assert alice.said("bob") == lines
