@@ -824,22 +824,9 @@ class Session:
         it completes) in order, or drop it unacknowledged; schedule the ack."""
         recvq = self._recvq
         if seq == recvq.next_expected and not self.receive_paused:
-            # The next in order, nearly every message: the branch below, written
-            # out for it (it is new, in any window of one or more, and there is
-            # always room for it).
-            if not self._message_bucket.allow(now):
-                self._stats.drop("message-rate")
-                return
-            for ready, was_sealed in recvq.add(seq, payload, sealed):
-                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-            if sealed:
-                self._sealed_unacked += 1
-                if self._sealed_unacked >= self._sealed_ack_every:
-                    due = now
-                else:
-                    due = now + self._sealed_ack_delay_s
-            else:
-                due = now + self._config.ack_delay_s
+            # The next in order, nearly every message: new, in any window of one or
+            # more, and there is always room for it; only its rate is left to check.
+            in_order = True
         elif recvq.is_new(seq):
             if self.receive_paused:
                 self._stats.drop("receive-paused")  # not acknowledged: it comes again
@@ -849,28 +836,31 @@ class Session:
                 # retransmits it once the stream has moved on (PROTOCOL.md 5.4).
                 self._stats.drop("receive-buffer-full")
                 return
-            if not self._message_bucket.allow(now):
-                # Not acknowledged: the sender retransmits later (backpressure).
-                self._stats.drop("message-rate")
-                return
             in_order = seq == recvq.next_expected
-            for ready, was_sealed in recvq.add(seq, payload, sealed):
-                self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
-            if not in_order:
-                due = now
-            elif sealed:
-                self._sealed_unacked += 1
-                if self._sealed_unacked >= self._sealed_ack_every:
-                    due = now
-                else:
-                    due = now + self._sealed_ack_delay_s
-            else:
-                due = now + self._config.ack_delay_s
         elif recvq.is_duplicate(seq):
-            due = now  # our ack was probably lost: repeat it at once
+            # Our ack was probably lost: repeat it at once.
+            if self._ack_due is None or now < self._ack_due:
+                self._ack_due = now
+            return
         else:
             self._stats.drop("beyond-window")
             return
+        if not self._message_bucket.allow(now):
+            # Not acknowledged: the sender retransmits later (backpressure).
+            self._stats.drop("message-rate")
+            return
+        for ready, was_sealed in recvq.add(seq, payload, sealed):
+            self._emit(events.MessageReceived(self.session_id, ready, was_sealed))
+        if not in_order:
+            due = now
+        elif sealed:
+            self._sealed_unacked += 1
+            if self._sealed_unacked >= self._sealed_ack_every:
+                due = now
+            else:
+                due = now + self._sealed_ack_delay_s
+        else:
+            due = now + self._config.ack_delay_s
         ack_due = self._ack_due
         if ack_due is None or due < ack_due:
             self._ack_due = due
