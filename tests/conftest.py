@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet
 from hypothesis import settings
 from hypothesis import strategies as st
 from pipe_client import PipeClient
+from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 if TYPE_CHECKING:
     from daemon import Daemon
@@ -147,3 +148,16 @@ def clients() -> Iterator[Callable[..., PipeClient]]:
     yield start
     for client in started:
         client.kill()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port, in
+    tmp_path/redis; stopped at the end. Skips where Debian's redis-server is missing."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder).start()
+    yield server
+    server.stop()

@@ -26,15 +26,6 @@ FERNET_TOKEN = re.compile(rb"gAAAAA[A-Za-z0-9_=-]+")
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def three_daemons(
     tmp_path: Path, subprocess_env: dict[str, str], redis: RedisServer, psk_file: Path
 ) -> Iterator[list[ClusterDaemon]]:

@@ -41,15 +41,6 @@ REAPED = re.compile(
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def env(subprocess_env: dict[str, str]) -> dict[str, str]:
     return {**subprocess_env, TESTING_SHORT_IDLE_ENV: "1"}
 

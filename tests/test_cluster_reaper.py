@@ -16,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Generator, Iterator
-from pathlib import Path
+from collections.abc import Generator
 from typing import Any, cast
 
 import pytest
@@ -80,13 +79,6 @@ class Daemon:
         """The member id of a welcomed session (None: not welcomed)."""
         assert self.server.cluster is not None
         return self.server.cluster.member_id(session)
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def until(check: Any, what: str, timeout: float = 5.0) -> Any:

@@ -4,7 +4,6 @@ stop logged the warning an operator watches for when Redis goes away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,8 @@ from test_cluster import ClusterDaemon
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 
 
-@pytest.fixture
-def redis_up(tmp_path: Path) -> Iterator[RedisServer]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    yield server
-    server.stop()
-
-
 def test_a_clean_stop_does_not_say_redis_is_unreachable(
-    tmp_path: Path, subprocess_env: dict[str, str], redis_up: RedisServer, psk_file: Path
+    tmp_path: Path, subprocess_env: dict[str, str], redis: RedisServer, psk_file: Path
 ) -> None:
     """SIGTERM closes the daemon's Redis connections itself: its blocking read ends
     with them, and that is not Redis going away. The log says the daemon stopped,
@@ -33,9 +23,9 @@ def test_a_clean_stop_does_not_say_redis_is_unreachable(
     folder.mkdir()
     (folder / "chat.key").write_bytes(psk_file.read_bytes())
     (folder / "chat.key").chmod(0o600)
-    daemon = ClusterDaemon(folder, subprocess_env, redis_up.url, "a").start()
+    daemon = ClusterDaemon(folder, subprocess_env, redis.url, "a").start()
     assert daemon.stop() == 0
     log = daemon.log()
     assert "Received SIGTERM" in log
     assert "unreachable" not in log, log
-    assert redis_up.ping()
+    assert redis.ping()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
-from redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
+from redis_server import RedisServer
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -54,15 +53,6 @@ def test_an_error_reply_is_a_redis_error_and_garbage_is_refused() -> None:
         parse_reply(b"?what\r\n")
     with pytest.raises(RedisError):
         parse_reply(b"$99999999999\r\n")
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip(SKIP_REASON)
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest_twisted.inlineCallbacks
